@@ -1,0 +1,79 @@
+"""The single translation of broker errors to RFC 9457 problem+json, with fixed public messages."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from broker.errors import BrokerError, InvalidDpop, InvalidIdentity
+
+log = logging.getLogger(__name__)
+PROBLEM = "application/problem+json"
+
+STATUS = {
+    "invalid_identity": 401,
+    "invalid_dpop": 401,
+    "policy_denied": 403,
+    "forbidden": 403,
+    "subject_frozen": 403,
+    "boundary_frozen": 403,
+    "invalid_request": 400,
+    "multi_boundary": 400,
+    "unknown_boundary": 400,
+    "unknown_scope": 400,
+    "ttl_exceeds_cap": 400,
+    "not_found": 404,
+    "backend_unavailable": 503,
+    "ledger_unavailable": 503,
+}
+# details of these stay in debug logs: they would tell an attacker which check failed
+HIDDEN_DETAIL = (InvalidIdentity, InvalidDpop)
+OAUTH_ERROR = {"invalid_identity": "invalid_grant", "invalid_request": "invalid_request", "unknown_boundary": "invalid_target"}
+
+
+def problem(request: Request, status: int, code: str, title: str, detail: str | None = None, **extra) -> JSONResponse:
+    body = {"type": f"urn:broker:problem:{code}", "title": title, "status": status, "code": code, **extra}
+    if detail:
+        body["detail"] = detail
+    if request.url.path.startswith("/oauth/"):
+        body["error"] = OAUTH_ERROR.get(code, "invalid_request" if status < 500 else "server_error")
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _broker_error(request: Request, exc: BrokerError) -> JSONResponse:
+    status = STATUS.get(exc.code, 500)
+    log.debug("refused %s %s: %s %s", request.method, request.url.path, exc.code, exc.detail)
+    if status >= 500:
+        log.warning("%s %s failed: %s", request.method, request.url.path, exc.code)
+    detail = None if isinstance(exc, HIDDEN_DETAIL) or status >= 500 else exc.detail
+    return problem(request, status, exc.code, exc.public_message, detail)
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # never echo the input back: it may hold a token
+    errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")} for e in exc.errors()[:20]]
+    return problem(request, 422, "validation_error", "The request body or parameters are invalid.", errors=errors)
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+    code = codes.get(exc.status_code, "http_error")
+    title = exc.detail if isinstance(exc.detail, str) and exc.status_code != 404 else "Not found."
+    return problem(request, exc.status_code, code, title)
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(request, 500, "internal_error", "The broker could not complete the request.")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(BrokerError, _broker_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,29 @@
+"""Liveness and readiness for the platform."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from broker.api.deps import Service
+from broker.errors import BrokerError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(svc: Service) -> JSONResponse:
+    checks = {}
+    for name, check in svc.readiness_checks().items():
+        try:
+            check()
+            checks[name] = "ok"
+        except (BrokerError, Exception) as exc:  # readiness reports, it never raises
+            checks[name] = getattr(exc, "code", "failed")
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)

@@ -1,0 +1,37 @@
+"""The `jwt` backend: credentials are broker-signed JWTs; revocation is the ledger's deny list."""
+
+from __future__ import annotations
+
+from broker.backends.base import MintRequest, Minted, fingerprint
+from broker.config import BoundaryConfig
+from broker.signing import KeyStore, build_claims
+
+
+class JwtBackend:
+    """Signs a JWT per grant, then verifies what it signed before handing it out."""
+
+    kind = "jwt"
+
+    def __init__(self, keys: KeyStore, issuer: str) -> None:
+        self._keys = keys
+        self._issuer = issuer
+
+    def mint(self, request: MintRequest) -> Minted:
+        claims = build_claims(
+            issuer=self._issuer,
+            subject=request.subject,
+            audience=request.boundary.jwt_audience,
+            scopes=request.scopes,
+            task=request.task,
+            jti=request.grant_id,
+            issued_at=request.issued_at,
+            expires_at=request.expires_at,
+            cnf_jkt=request.cnf_jkt,
+        )
+        token = self._keys.sign(claims)
+        self._keys.verify(token, issuer=self._issuer, audience=claims["aud"])
+        credential = {"type": "jwt", "token": token, "token_type": "DPoP" if request.cnf_jkt else "Bearer"}
+        return Minted(credential=credential, handle=request.grant_id, fingerprint=fingerprint(token))
+
+    def revoke(self, boundary: BoundaryConfig, handle: str) -> None:
+        """Nothing to call: the grant's status is the deny list that introspection answers from."""

@@ -1,0 +1,286 @@
+"""Settings: one typed object from env (prefix BROKER_) and a YAML file, validated at start-up."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.errors import ConfigError
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+NAME = r"^[a-z0-9][a-z0-9._:/-]{0,127}$"
+SCOPE = r"^[a-z][a-z0-9_.-]{0,63}$"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from an int or a string like `90`, `90s`, `15m`, `1h`, `2d`."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 15m")
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d{1,9})\s*([smhd]?)\s*", str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (use seconds or 30s, 15m, 1h, 1d)")
+    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttestorConfig(Strict):
+    """One trusted identity issuer and how its tokens become a subject."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    preset: Literal["kubernetes", "github_actions", "spiffe_jwt", "oidc"]
+    issuer: str = Field(min_length=1)
+    audiences: list[str] = Field(min_length=1)
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"], min_length=1)
+    jwks_uri: str | None = None
+    jwks_file: Path | None = None
+    subject_claim: str = "sub"
+    trust_domain: str | None = None
+    allow_extra_audiences: bool = False
+    leeway: Duration = 30
+    max_token_lifetime: Duration = 86400
+    jwks_cache_ttl: Duration = 300
+    jwks_min_refresh_interval: Duration = 10
+    jwks_timeout: float = Field(default=5.0, gt=0, le=30)
+    jwks_max_bytes: int = Field(default=262_144, gt=0, le=4_194_304)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        bad = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
+        if bad:
+            raise ValueError(f"algorithms {bad} are not allowed; choose from {sorted(ASYMMETRIC_ALGORITHMS)}")
+        return value
+
+    @field_validator("leeway")
+    @classmethod
+    def _small_skew(cls, value: int) -> int:
+        if value > 300:
+            raise ValueError("leeway above 300 seconds is not allowed")
+        return value
+
+    @model_validator(mode="after")
+    def _preset_needs(self) -> AttestorConfig:
+        if self.jwks_uri and self.jwks_file:
+            raise ValueError("set jwks_uri or jwks_file, not both")
+        if self.preset == "spiffe_jwt" and not self.trust_domain:
+            raise ValueError("preset spiffe_jwt needs trust_domain")
+        for url in filter(None, [self.jwks_uri, self.issuer if not self.jwks_file else None]):
+            if not re.match(r"^https?://", url) and self.preset != "kubernetes":
+                raise ValueError(f"{url!r} must be an http(s) URL")
+        return self
+
+
+class ScopeConfig(Strict):
+    """What one scope maps to in the backend (empty for the jwt backend)."""
+
+    token_role: str | None = None
+    path: str | None = None
+    policies: list[str] = Field(default_factory=list)
+
+
+class BoundaryConfig(Strict):
+    """One trust boundary: one backend, a closed set of scopes, a TTL cap."""
+
+    name: str = Field(pattern=NAME)
+    backend: Literal["jwt", "vault_token", "vault_secret"]
+    scopes: dict[str, ScopeConfig] = Field(min_length=1)
+    max_ttl: Duration = 900
+    default_ttl: Duration | None = None
+    audience: str | None = None
+    require_dpop: bool = False
+    connection: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _list_or_map(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {scope: {} for scope in value}
+        return {key: ({} if item is None else item) for key, item in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scope_names(cls, value: dict[str, ScopeConfig]) -> dict[str, ScopeConfig]:
+        for scope in value:
+            if not re.match(SCOPE, scope):
+                raise ValueError(f"scope {scope!r} must match {SCOPE}")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> BoundaryConfig:
+        if self.default_ttl and self.default_ttl > self.max_ttl:
+            raise ValueError("default_ttl is above max_ttl")
+        for scope, cfg in self.scopes.items():
+            if self.backend == "vault_token" and not cfg.token_role:
+                raise ValueError(f"scope {scope!r}: a vault_token boundary maps each scope to a token_role")
+            if self.backend == "vault_secret" and not cfg.path:
+                raise ValueError(f"scope {scope!r}: a vault_secret boundary maps each scope to a path")
+        return self
+
+    @property
+    def jwt_audience(self) -> str:
+        return self.audience or self.name
+
+
+class VaultConfig(Strict):
+    """How the broker reaches and logs in to Vault/OpenBao."""
+
+    addr: str = "http://127.0.0.1:8200"
+    auth_method: Literal["token", "approle", "kubernetes"] = "token"
+    token: str | None = Field(default=None, repr=False)
+    token_file: Path | None = None
+    role_id: str | None = None
+    secret_id: str | None = Field(default=None, repr=False)
+    secret_id_file: Path | None = None
+    kubernetes_role: str | None = None
+    kubernetes_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    auth_mount: str | None = None
+    namespace: str | None = None
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    tls_verify: bool = True
+    timeout: float = Field(default=5.0, gt=0, le=60)
+
+
+class Settings(Strict):
+    """Everything the broker needs, built once by `load_settings` and passed in."""
+
+    env: Literal["production", "development", "test"] = "production"
+    config: Path | None = None
+    issuer: str = "http://127.0.0.1:8080"
+    data_dir: Path = Path(".broker")
+    database_url: str | None = None
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    signing_algorithm: Literal["ES256", "EdDSA"] = "ES256"
+    policy_file: Path | None = None
+    policy: dict[str, Any] | None = None
+    attestors: list[AttestorConfig] = Field(default_factory=list)
+    boundaries: list[BoundaryConfig] = Field(default_factory=list)
+    vault: VaultConfig | None = None
+    max_body_bytes: int = Field(default=65_536, gt=0)
+    revoke_retry_max_delay: Duration = 60
+    worker_interval: float = Field(default=1.0, gt=0)
+    dev_issuer: str | None = None
+    fault_injection: set[Literal["crash_after_mint", "fail_ledger_after_mint"]] = Field(default_factory=set)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [b.name for b in self.boundaries]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"boundary names must be unique: {dupes}")
+        _refuse_shared_backend_roles(self.boundaries)
+        if self.fault_injection and self.env != "test":
+            raise ValueError("fault_injection is allowed only when env is test")
+        if self.dev_issuer and self.env == "production":
+            raise ValueError("the development identity issuer is refused when env is production")
+        return self
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'broker.db'}"
+
+    def boundary(self, name: str) -> BoundaryConfig | None:
+        return next((b for b in self.boundaries if b.name == name), None)
+
+
+def _refuse_shared_backend_roles(boundaries: list[BoundaryConfig]) -> None:
+    """Promise 2: no Vault role, path or policy may serve two boundaries."""
+    owner: dict[str, str] = {}
+    for boundary in boundaries:
+        for cfg in boundary.scopes.values():
+            keys = [f"token role {cfg.token_role}"] if cfg.token_role else []
+            keys += [f"path {cfg.path}"] if cfg.path else []
+            keys += [f"policy {p}" for p in cfg.policies]
+            for key in keys:
+                other = owner.setdefault(key, boundary.name)
+                if other != boundary.name:
+                    raise ValueError(f"boundaries {other!r} and {boundary.name!r} share Vault {key}")
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the YAML file (BROKER_CONFIG or `config`), env vars and overrides."""
+    env_only = _env_settings()
+    path = Path(config) if config else env_only.get("config")
+    data: dict[str, Any] = {}
+    if path:
+        data = _read_yaml(Path(path))
+        data["config"] = Path(path)
+    data.update({k: v for k, v in env_only.items() if k != "config"})
+    data.update(overrides)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    return _resolve_paths(settings)
+
+
+def _env_settings() -> dict[str, Any]:
+    class _EnvOnly(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="BROKER_", extra="ignore")
+        env: str | None = None
+        config: Path | None = None
+        issuer: str | None = None
+        data_dir: Path | None = None
+        database_url: str | None = None
+        sqlite_synchronous: str | None = None
+        signing_algorithm: str | None = None
+        policy_file: Path | None = None
+
+    return _EnvOnly().model_dump(exclude_none=True)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return loaded
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = str(path) if path else "settings"
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {field}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(settings: Settings) -> Settings:
+    """Relative paths in the YAML file are relative to that file's folder."""
+    if not settings.config:
+        return settings
+    base = settings.config.parent
+    updates: dict[str, Any] = {}
+    if settings.policy_file and not settings.policy_file.is_absolute():
+        updates["policy_file"] = base / settings.policy_file
+    attestors = []
+    for att in settings.attestors:
+        if att.jwks_file and not att.jwks_file.is_absolute():
+            att = att.model_copy(update={"jwks_file": base / att.jwks_file})
+        attestors.append(att)
+    updates["attestors"] = attestors
+    return settings.model_copy(update=updates)

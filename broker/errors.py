@@ -1,0 +1,119 @@
+"""The broker's one exception tree. No HTTP here: `broker/api/errors.py` maps `code` to status."""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Base of every error the broker raises on purpose."""
+
+    code = "internal_error"
+    public_message = "The broker could not complete the request."
+
+    def __init__(self, detail: str = "", **context: object) -> None:
+        super().__init__(detail or self.public_message)
+        self.detail = detail or self.public_message
+        self.context = context
+
+
+class ConfigError(BrokerError):
+    """Configuration or policy file is invalid; the message names file, field and problem."""
+
+    code = "config_error"
+
+
+class InvalidIdentity(BrokerError):
+    """The identity token was missing, malformed, unsigned, expired or not from a trusted issuer."""
+
+    code = "invalid_identity"
+    public_message = "The identity token could not be verified."
+
+
+class PolicyDenied(BrokerError):
+    """Policy does not allow this subject this boundary, scope or role."""
+
+    code = "policy_denied"
+    public_message = "Policy does not allow this request."
+
+
+class Forbidden(PolicyDenied):
+    """The caller is authenticated but does not own or may not act on the resource."""
+
+    code = "forbidden"
+    public_message = "The caller may not act on this resource."
+
+
+class SubjectFrozen(PolicyDenied):
+    """An operator froze this subject; no new grant until lifted."""
+
+    code = "subject_frozen"
+    public_message = "This subject is frozen by an operator."
+
+
+class BoundaryFrozen(PolicyDenied):
+    """An operator froze this boundary; no new grant until lifted."""
+
+    code = "boundary_frozen"
+    public_message = "This boundary is frozen by an operator."
+
+
+class BadRequest(BrokerError):
+    """The request is well-formed JSON but asks for something invalid."""
+
+    code = "invalid_request"
+    public_message = "The request is invalid."
+
+
+class MultiBoundary(BadRequest):
+    """The request spans more than one boundary."""
+
+    code = "multi_boundary"
+    public_message = "A grant covers exactly one boundary; this request spans several."
+
+
+class UnknownBoundary(BadRequest):
+    """The boundary is not configured."""
+
+    code = "unknown_boundary"
+    public_message = "The boundary is not known."
+
+
+class UnknownScope(BadRequest):
+    """A scope is not in the boundary's closed list."""
+
+    code = "unknown_scope"
+    public_message = "A requested scope does not exist in this boundary."
+
+
+class TtlExceedsCap(BadRequest):
+    """The requested TTL is above the policy or boundary cap."""
+
+    code = "ttl_exceeds_cap"
+    public_message = "The requested TTL exceeds the allowed cap."
+
+
+class NotFound(BrokerError):
+    """The grant, task or revocation does not exist (or is not visible to the caller)."""
+
+    code = "not_found"
+    public_message = "Not found."
+
+
+class InvalidDpop(BrokerError):
+    """A DPoP proof is required and missing, or it is invalid, replayed or for another key."""
+
+    code = "invalid_dpop"
+    public_message = "A valid DPoP proof is required."
+
+
+class BackendUnavailable(BrokerError):
+    """The downstream credential backend (Vault/OpenBao) failed or could not be reached."""
+
+    code = "backend_unavailable"
+    public_message = "The credential backend is unavailable."
+
+
+class LedgerUnavailable(BrokerError):
+    """The ledger could not be written; nothing is issued (fail closed)."""
+
+    code = "ledger_unavailable"
+    public_message = "The ledger is unavailable; nothing was issued."

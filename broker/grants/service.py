@@ -1,0 +1,399 @@
+"""The use cases: authenticate, issue, complete, revoke, expire, introspect.
+
+Every decision is chained into the ledger before it is answered (promise 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jwt
+
+from broker.backends import Backend, MintRequest, Minted
+from broker.config import BoundaryConfig, Settings
+from broker.errors import (
+    BackendUnavailable,
+    BrokerError,
+    InvalidIdentity,
+    LedgerUnavailable,
+    MultiBoundary,
+    NotFound,
+    PolicyDenied,
+    TtlExceedsCap,
+    UnknownBoundary,
+    UnknownScope,
+)
+from broker.identity import Attestors, Identity, token_fingerprint
+from broker.ledger import ACTIVE, REVOKE_PENDING, Event, Grant, LedgerStore
+from broker.policy import PolicySource
+from broker.signing import KeyStore
+
+log = logging.getLogger(__name__)
+DEFAULT_TTL = 300
+
+
+@dataclass(frozen=True)
+class GrantRequest:
+    """What a workload asks for: one task, one boundary, some scopes, a TTL (seconds, "max" or default)."""
+
+    task: str
+    boundary: str | list[str]
+    scopes: tuple[str, ...]
+    ttl: int | Literal["max"] | None = None
+    cnf_jkt: str | None = None
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A committed grant and the credential to hand out once."""
+
+    grant: Grant
+    credential: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RevokeOutcome:
+    """How many grants a revocation matched, finished and left pending."""
+
+    matched: int
+    revoked: int
+    pending: int
+    grant_ids: list[str] = field(default_factory=list)
+
+
+class GrantService:
+    """Ties identity, policy, backends and the ledger into the broker's use cases."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        attestors: Attestors,
+        policy: PolicySource,
+        backends: Mapping[str, Backend],
+        ledger: LedgerStore,
+        keys: KeyStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.attestors = attestors
+        self.policy = policy
+        self.backends = backends
+        self.ledger = ledger
+        self.keys = keys
+        self.clock = clock
+        self.boundaries = {b.name: b for b in settings.boundaries}
+
+    # --- identity --------------------------------------------------------------------------
+
+    def authenticate(self, token: str | None, *, action: str) -> Identity:
+        """Verify the identity token; a failure is recorded as `denied` before it is raised."""
+        try:
+            if not token:
+                raise InvalidIdentity("no bearer identity token")
+            return self.attestors.verify(token)
+        except InvalidIdentity as exc:
+            detail = {"code": exc.code, "action": action, "reason": exc.detail[:200]}
+            if token:
+                detail["token_fp"] = token_fingerprint(token)
+            self.ledger.record(Event(kind="denied", detail=detail))
+            raise
+
+    def readiness_checks(self) -> dict[str, Callable[[], object]]:
+        """What `/readyz` checks; backends with a remote system add theirs."""
+        checks: dict[str, Callable[[], object]] = {"ledger": self.ledger.ping, "keys": lambda: self.keys.active}
+        for backend in {id(b): b for b in self.backends.values()}.values():
+            ping = getattr(backend, "ping", None)
+            if ping:
+                checks[backend.kind] = ping
+        return checks
+
+    def roles(self, identity: Identity) -> frozenset[str]:
+        return self.policy.current.roles(attestor=identity.attestor, subject=identity.subject, claims=identity.claims)
+
+    # --- issue -----------------------------------------------------------------------------
+
+    def issue(self, identity: Identity, request: GrantRequest) -> Issued:
+        """Check, decide, mint, record, answer: in that order, failing closed."""
+        boundary, scopes, ttl = self._admit(identity, request)
+        now = self.clock()
+        mint = MintRequest(
+            grant_id="g_" + secrets.token_urlsafe(18),
+            subject=identity.subject,
+            task=request.task,
+            boundary=boundary,
+            scopes=scopes,
+            ttl=ttl,
+            issued_at=now,
+            expires_at=now + ttl,
+            cnf_jkt=request.cnf_jkt,
+        )
+        minted = self._mint(identity, request, mint)
+        grant = self._grant_row(identity, mint, minted)
+        self._commit_issue(grant, minted, identity)
+        return Issued(grant=grant, credential={**minted.credential, "expires_at": mint.expires_at})
+
+    def _admit(self, identity: Identity, request: GrantRequest) -> tuple[BoundaryConfig, tuple[str, ...], int]:
+        """Every refusal before minting, each recorded as `denied` with its stable code."""
+        try:
+            boundary = self._one_boundary(request.boundary)
+            scopes = _own_scopes(boundary, request.scopes)
+            self._check_not_frozen(identity, boundary)
+            cap = self._policy_cap(identity, boundary, scopes)
+            return boundary, scopes, _ttl(request.ttl, boundary, cap)
+        except BrokerError as exc:
+            self._deny(identity, request, exc)
+            raise
+
+    def _one_boundary(self, requested: str | list[str]) -> BoundaryConfig:
+        names = sorted(set(requested)) if isinstance(requested, list) else [requested]
+        if len(names) != 1:
+            raise MultiBoundary(f"request names {len(names)} boundaries")
+        boundary = self.boundaries.get(names[0])
+        if boundary is None:
+            raise UnknownBoundary(f"boundary {names[0]!r} is not configured")
+        return boundary
+
+    def _check_not_frozen(self, identity: Identity, boundary: BoundaryConfig) -> None:
+        """Hook for operator freezes; the operator module replaces it with a real check."""
+
+    def _policy_cap(self, identity: Identity, boundary: BoundaryConfig, scopes: tuple[str, ...]) -> int:
+        decision = self.policy.current.decide(
+            attestor=identity.attestor,
+            subject=identity.subject,
+            claims=identity.claims,
+            boundary=boundary.name,
+            scopes=frozenset(scopes),
+        )
+        if not decision.allowed:
+            raise PolicyDenied(decision.reason)
+        return min(decision.max_ttl or boundary.max_ttl, boundary.max_ttl)
+
+    def _mint(self, identity: Identity, request: GrantRequest, mint: MintRequest) -> Minted:
+        try:
+            return self.backends[mint.boundary.backend].mint(mint)
+        except BackendUnavailable as exc:
+            self._deny(identity, request, exc)
+            raise
+
+    def _grant_row(self, identity: Identity, mint: MintRequest, minted: Minted) -> Grant:
+        return Grant(
+            id=mint.grant_id,
+            subject=identity.subject,
+            attestor=identity.attestor,
+            task=mint.task,
+            boundary=mint.boundary.name,
+            backend=mint.boundary.backend,
+            scopes=" ".join(mint.scopes),
+            handle=minted.handle,
+            fingerprint=minted.fingerprint,
+            issued_at=mint.issued_at,
+            expires_at=mint.expires_at,
+            cnf_jkt=mint.cnf_jkt,
+        )
+
+    def _commit_issue(self, grant: Grant, minted: Minted, identity: Identity) -> None:
+        """Fail closed: if the ledger does not take the grant, the minted credential is revoked."""
+        event = Event(
+            kind="issued",
+            subject=grant.subject,
+            boundary=grant.boundary,
+            task=grant.task,
+            grant_id=grant.id,
+            actor=grant.subject,
+            detail={
+                "scopes": grant.scope_list,
+                "expires_at": grant.expires_at,
+                "fingerprint": minted.fingerprint,
+                "identity_fp": identity.token_fingerprint,
+                "attestor": identity.attestor,
+            },
+        )
+        try:
+            if "fail_ledger_after_mint" in self.settings.fault_injection:
+                raise LedgerUnavailable("fault injection: ledger write fails after mint")
+            self.ledger.record_issued(grant, event)
+        except LedgerUnavailable:
+            self._revoke_unrecorded(grant)
+            raise
+
+    def _revoke_unrecorded(self, grant: Grant) -> None:
+        boundary = self.boundaries[grant.boundary]
+        try:
+            self.backends[grant.backend].revoke(boundary, grant.handle)
+        except BrokerError:
+            # reconcile at start-up finds it by its metadata and revokes it then
+            log.error("minted credential for grant %s not recorded and not revoked", grant.id)
+
+    def _deny(self, identity: Identity, request: GrantRequest, exc: BrokerError) -> None:
+        boundary = request.boundary if isinstance(request.boundary, str) else ",".join(request.boundary)
+        self.ledger.record(
+            Event(
+                kind="denied",
+                subject=identity.subject,
+                boundary=boundary[:128],
+                task=request.task,
+                actor=identity.subject,
+                detail={
+                    "code": exc.code,
+                    "action": "issue",
+                    "reason": exc.detail[:200],
+                    "scopes": list(request.scopes)[:32],
+                    "identity_fp": identity.token_fingerprint,
+                },
+            )
+        )
+
+    # --- read ------------------------------------------------------------------------------
+
+    def get(self, identity: Identity, grant_id: str) -> Grant:
+        """The grant, to its owner or an operator; others learn nothing (404)."""
+        grant = self.ledger.get_grant(grant_id)
+        if grant is None or not (_owns(identity, grant) or "operator" in self.roles(identity)):
+            raise NotFound("grant not found")
+        return grant
+
+    # --- completion and revocation ---------------------------------------------------------
+
+    def complete(self, identity: Identity, grant_id: str) -> Grant:
+        """The owner says done: revoke now. Idempotent."""
+        grant = self.ledger.get_grant(grant_id)
+        if grant is None or not _owns(identity, grant):
+            self._record_refusal(identity, "complete", grant_id=grant_id)
+            raise NotFound("grant not found")
+        self.revoke([grant.id], end_status="completed", actor=identity.subject, reason="completed by owner")
+        return self.ledger.get_grant(grant_id) or grant
+
+    def complete_task(self, identity: Identity, task: str) -> RevokeOutcome:
+        """Complete every grant of the caller's task."""
+        grants = self.ledger.task_grants(identity.subject, task)
+        grants = [g for g in grants if g.attestor == identity.attestor]
+        if not grants:
+            self._record_refusal(identity, "complete_task", task=task)
+            raise NotFound("task not found")
+        outcome = self.revoke(
+            [g.id for g in grants], end_status="completed", actor=identity.subject, reason="task completed"
+        )
+        return RevokeOutcome(len(grants), outcome.revoked, outcome.pending, [g.id for g in grants])
+
+    def revoke(
+        self,
+        grant_ids: Sequence[str],
+        *,
+        end_status: str,
+        actor: str,
+        reason: str,
+        revocation_id: str | None = None,
+    ) -> RevokeOutcome:
+        """Outbox: commit the intent for every grant, then execute; failures stay `revoke_pending`."""
+        moved = self.ledger.begin_revoke(
+            grant_ids, end_status=end_status, actor=actor, reason=reason, revocation_id=revocation_id
+        )
+        revoked = sum(self.execute_revocation(grant) for grant in moved)
+        return RevokeOutcome(len(moved), revoked, len(moved) - revoked, [g.id for g in moved])
+
+    def execute_revocation(self, grant: Grant) -> bool:
+        """Revoke at the backend; True when done, False when left for the retry worker."""
+        boundary = self.boundaries.get(grant.boundary)
+        backend = self.backends.get(grant.backend)
+        try:
+            if boundary is None or backend is None:
+                raise BackendUnavailable(f"no backend configured for boundary {grant.boundary!r}")
+            backend.revoke(boundary, grant.handle)
+        except BrokerError as exc:
+            delay = _backoff(grant.revoke_attempts, self.settings.revoke_retry_max_delay)
+            self.ledger.fail_revoke(grant.id, error=exc.detail, retry_at=self.clock() + delay)
+            return False
+        self.ledger.finish_revoke(grant.id)
+        return True
+
+    def retry_pending(self, limit: int = 500) -> int:
+        """One pass of the outbox worker: execute due revocations; returns how many succeeded."""
+        claimed = self.ledger.claim_due_revocations(self.clock(), limit, lease=30.0)
+        return sum(self.execute_revocation(grant) for grant in claimed)
+
+    def expire_due(self, limit: int = 1000) -> int:
+        """One pass of the reaper: grants past expiry end as `expired`, their credential revoked."""
+        ids = self.ledger.expired_active(self.clock(), limit)
+        if not ids:
+            return 0
+        return self.revoke(ids, end_status="expired", actor="broker:reaper", reason="ttl elapsed").matched
+
+    def record_invalid_request(self, identity: Identity, action: str) -> None:
+        self._record_refusal(identity, action, code="validation_error")
+
+    def _record_refusal(self, identity: Identity, action: str, code: str = "not_found", **where: str) -> None:
+        self.ledger.record(
+            Event(
+                kind="denied",
+                subject=identity.subject,
+                actor=identity.subject,
+                grant_id=where.get("grant_id"),
+                task=where.get("task"),
+                detail={"code": code, "action": action, "identity_fp": identity.token_fingerprint},
+            )
+        )
+
+    # --- introspection ---------------------------------------------------------------------
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662: active only if the signature holds, it has not expired, and the grant is active."""
+        try:
+            claims = self.keys.verify(token, issuer=self.settings.issuer)
+        except (jwt.InvalidTokenError, ValueError):
+            return {"active": False}
+        if self.ledger.grant_status(str(claims.get("jti"))) != ACTIVE or claims["exp"] <= self.clock():
+            return {"active": False}
+        keep = ("sub", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf")
+        return {"active": True, "token_type": "Bearer", **{k: claims[k] for k in keep if k in claims}}
+
+    def grant_of_token(self, token: str) -> Grant | None:
+        """The grant behind a valid, unexpired broker JWT (an expired one is the reaper's)."""
+        try:
+            claims = self.keys.verify(token, issuer=self.settings.issuer)
+        except (jwt.InvalidTokenError, ValueError):
+            return None
+        return self.ledger.get_grant(str(claims.get("jti")))
+
+
+def is_pending(grant: Grant) -> bool:
+    return grant.status == REVOKE_PENDING
+
+
+def _owns(identity: Identity, grant: Grant) -> bool:
+    return grant.subject == identity.subject and grant.attestor == identity.attestor
+
+
+def _own_scopes(boundary: BoundaryConfig, requested: Sequence[str]) -> tuple[str, ...]:
+    """Scopes of this boundary only: `other:write` is another boundary (refused, never dropped)."""
+    scopes = []
+    for scope in requested:
+        qualifier, _, name = scope.rpartition(":")
+        if qualifier and qualifier != boundary.name:
+            raise MultiBoundary(f"scope {scope[:64]!r} belongs to another boundary")
+        if name not in boundary.scopes:
+            raise UnknownScope(f"scope {name[:64]!r} is not in boundary {boundary.name!r}")
+        scopes.append(name)
+    return tuple(sorted(set(scopes)))
+
+
+def _ttl(requested: int | str | None, boundary: BoundaryConfig, cap: int) -> int:
+    """TTL ≤ policy cap ≤ boundary cap; never shortened silently unless the caller asked for "max"."""
+    if requested == "max":
+        return cap
+    if requested is None:
+        return min(boundary.default_ttl or DEFAULT_TTL, cap)
+    if int(requested) > cap:
+        raise TtlExceedsCap(f"ttl {requested}s exceeds the cap of {cap}s")
+    return int(requested)
+
+
+def _backoff(attempts: int, max_delay: int) -> float:
+    """Exponential backoff with full jitter, capped."""
+    return random.uniform(0.5, 1.0) * min(max_delay, 2 ** min(attempts, 16))

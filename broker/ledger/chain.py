@@ -1,0 +1,59 @@
+"""The audit hash chain: canonical form of an event, link hashing, and verification (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+GENESIS = "0" * 64
+CHAINED_FIELDS = ("seq", "id", "ts", "kind", "subject", "boundary", "task", "grant_id", "actor", "detail")
+
+
+def canonical(event: dict[str, Any]) -> bytes:
+    """Stable bytes for the chained fields: sorted keys, no spaces, UTF-8."""
+    body = {name: event[name] for name in CHAINED_FIELDS}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def link(prev_hash: str, event: dict[str, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode() + canonical(event)).hexdigest()
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of walking the chain; `first_bad_seq` names the first row that does not fit."""
+
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+    head_seq: int = 0
+    head_hash: str = GENESIS
+
+
+def verify_chain(events: Iterable[dict[str, Any]], head: tuple[int, str] | None) -> VerifyResult:
+    """Walk events in seq order; catches edited, deleted, inserted and reordered rows."""
+    prev_hash, expected_seq, checked = GENESIS, 1, 0
+    for event in events:
+        bad = _check(event, prev_hash, expected_seq)
+        if bad:
+            return VerifyResult(False, checked, event["seq"], bad, expected_seq - 1, prev_hash)
+        prev_hash, expected_seq, checked = event["hash"], expected_seq + 1, checked + 1
+    head_seq, head_hash = head or (0, GENESIS)
+    if (head_seq, head_hash) != (expected_seq - 1, prev_hash):
+        problem = f"chain ends at seq {expected_seq - 1} but the head records seq {head_seq}: rows deleted at the end"
+        return VerifyResult(False, checked, expected_seq, problem, head_seq, head_hash)
+    return VerifyResult(True, checked, head_seq=head_seq, head_hash=head_hash)
+
+
+def _check(event: dict[str, Any], prev_hash: str, expected_seq: int) -> str | None:
+    if event["seq"] != expected_seq:
+        return f"expected seq {expected_seq}, found {event['seq']}: a row was deleted or reordered"
+    if event["prev_hash"] != prev_hash:
+        return "prev_hash does not match the previous row's hash: rows deleted or reordered"
+    if link(prev_hash, event) != event["hash"]:
+        return "hash does not match the row's content: the row was edited"
+    return None

@@ -1,0 +1,96 @@
+"""SQLAlchemy tables of the ledger: grants, the hash-chained audit events, and the chain head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Float, Index, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
+
+ACTIVE = "active"
+REVOKE_PENDING = "revoke_pending"
+FINAL_STATUSES = ("completed", "revoked", "expired")
+
+
+class Base(MappedAsDataclass, DeclarativeBase):
+    """Declarative base; rows are dataclasses so callers never touch SQL."""
+
+
+class Grant(Base):
+    """One issued credential: who, which task, which boundary, until when, and how to revoke it.
+
+    Never the secret: `handle` is a lease id, token accessor or JWT `jti`; `fingerprint` a SHA-256.
+    """
+
+    __tablename__ = "grants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(512))
+    attestor: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(128))
+    boundary: Mapped[str] = mapped_column(String(128))
+    backend: Mapped[str] = mapped_column(String(32))
+    scopes: Mapped[str] = mapped_column(String(512))
+    handle: Mapped[str] = mapped_column(String(256))
+    fingerprint: Mapped[str] = mapped_column(String(80))
+    issued_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default=ACTIVE)
+    cnf_jkt: Mapped[str | None] = mapped_column(String(64), default=None)
+    end_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    end_reason: Mapped[str | None] = mapped_column(String(256), default=None)
+    end_actor: Mapped[str | None] = mapped_column(String(512), default=None)
+    ended_at: Mapped[float | None] = mapped_column(Float, default=None)
+    revocation_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    revoke_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+    __table_args__ = (
+        Index("ix_grants_status_expires", "status", "expires_at"),
+        Index("ix_grants_status_next_attempt", "status", "next_attempt_at"),
+        Index("ix_grants_subject", "subject"),
+        Index("ix_grants_boundary", "boundary"),
+        Index("ix_grants_task_subject", "task", "subject"),
+        Index("ix_grants_revocation", "revocation_id"),
+    )
+
+    @property
+    def scope_list(self) -> list[str]:
+        return self.scopes.split()
+
+
+class AuditEvent(Base):
+    """One decision, chained: `hash = SHA-256(prev_hash ‖ canonical JSON of the event)`."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    ts: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str | None] = mapped_column(String(512))
+    boundary: Mapped[str | None] = mapped_column(String(128))
+    task: Mapped[str | None] = mapped_column(String(128))
+    grant_id: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(512))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_kind_ts", "kind", "ts"),
+        Index("ix_audit_subject_ts", "subject", "ts"),
+        Index("ix_audit_boundary_ts", "boundary", "ts"),
+        Index("ix_audit_grant", "grant_id"),
+        Index("ix_audit_ts", "ts"),
+    )
+
+
+class ChainHead(Base):
+    """The single row every append locks: last sequence number and hash of the chain."""
+
+    __tablename__ = "ledger_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))

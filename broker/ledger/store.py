@@ -1,0 +1,270 @@
+"""All SQL of the broker: grants, the outbox of revocations, and the append-only audit chain."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.errors import LedgerUnavailable
+from broker.ledger.chain import GENESIS, VerifyResult, link, verify_chain
+from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Base, ChainHead, Grant
+
+
+@dataclass
+class Event:
+    """An audit event before it is chained; `detail` holds no secret and no token."""
+
+    kind: str
+    subject: str | None = None
+    boundary: str | None = None
+    task: str | None = None
+    grant_id: str | None = None
+    actor: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Engine:
+    """The one place an engine is built: SQLite gets WAL, a busy timeout and immediate transactions."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # noqa: ANN001
+        # IMMEDIATE takes the write lock up front, so a read-then-append never fails to upgrade;
+        # reads stay deferred so WAL lets them run beside a writer
+        deferred = conn.get_execution_options().get("sqlite_deferred")
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+class LedgerStore:
+    """Grants and audit events in one database; every write appends to the hash chain."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(engine.execution_options(sqlite_deferred=True), expire_on_commit=False)
+        self._clock = clock
+        self._lock_head = engine.dialect.name != "sqlite"
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+        with self._tx() as session:
+            if session.get(ChainHead, 1) is None:
+                session.add(ChainHead(id=1, seq=0, hash=GENESIS))
+
+    def ping(self) -> None:
+        with self._tx(readonly=True) as session:
+            session.execute(text("SELECT 1"))
+
+    @contextmanager
+    def _tx(self, readonly: bool = False) -> Iterator[Session]:
+        try:
+            factory = self._read_sessions if readonly else self._sessions
+            with factory() as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(f"ledger write failed: {type(exc).__name__}") from exc
+
+    def _append(self, session: Session, events: Sequence[Event]) -> list[AuditEvent]:
+        """Chain events onto the head inside the caller's transaction (the head row is the lock)."""
+        query = select(ChainHead).where(ChainHead.id == 1)
+        head = session.execute(query.with_for_update() if self._lock_head else query).scalar_one()
+        rows, now = [], self._clock()
+        for item in events:
+            row = _event_row(item, head.seq + 1, now, head.hash)
+            session.add(row)
+            head.seq, head.hash = row.seq, row.hash
+            rows.append(row)
+        return rows
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def record(self, *events: Event) -> list[AuditEvent]:
+        """Append events on their own (denials, operator actions)."""
+        with self._tx() as session:
+            return self._append(session, events)
+
+    def record_issued(self, grant: Grant, issued: Event) -> None:
+        """The grant row and its `issued` event commit together, or neither does."""
+        with self._tx() as session:
+            session.add(grant)
+            self._append(session, [issued])
+
+    def begin_revoke(
+        self, grant_ids: Sequence[str], *, end_status: str, actor: str, reason: str, revocation_id: str | None = None
+    ) -> list[Grant]:
+        """Outbox step 1: mark active grants `revoke_pending` with the intended final status.
+
+        Returns the grants this call moved; grants already ending are left as they are (idempotent).
+        """
+        now = self._clock()
+        with self._tx() as session:
+            rows = session.scalars(
+                _for_update(select(Grant).where(Grant.id.in_(grant_ids), Grant.status == ACTIVE), self._lock_head)
+            ).all()
+            for grant in rows:
+                grant.status, grant.end_status, grant.end_actor = REVOKE_PENDING, end_status, actor
+                grant.end_reason, grant.ended_at, grant.next_attempt_at = reason[:256], now, now
+                grant.revocation_id = revocation_id
+            return list(rows)
+
+    def finish_revoke(self, grant_id: str, extra: dict[str, Any] | None = None) -> Grant | None:
+        """Outbox step 2 succeeded: the grant reaches its final status and the event is chained."""
+        with self._tx() as session:
+            grant = session.get(Grant, grant_id, with_for_update=self._lock_head)
+            if grant is None or grant.status != REVOKE_PENDING:
+                return None
+            grant.status, grant.next_attempt_at = grant.end_status or "revoked", None
+            self._append(session, [_end_event(grant, grant.status, extra or {})])
+            return grant
+
+    def fail_revoke(self, grant_id: str, *, error: str, retry_at: float) -> Grant | None:
+        """Outbox step 2 failed: count the attempt, schedule the retry, chain a `revoke_failed` event."""
+        with self._tx() as session:
+            grant = session.get(Grant, grant_id, with_for_update=self._lock_head)
+            if grant is None or grant.status != REVOKE_PENDING:
+                return None
+            grant.revoke_attempts += 1
+            grant.next_attempt_at = retry_at
+            detail = {"error": error[:200], "attempt": grant.revoke_attempts, "retry_at": retry_at}
+            self._append(session, [_end_event(grant, "revoke_failed", detail)])
+            return grant
+
+    def claim_due_revocations(self, now: float, limit: int, lease: float) -> list[Grant]:
+        """Pending revocations whose retry time has come, pushed `lease` seconds ahead so one worker owns them."""
+        with self._tx() as session:
+            query = (
+                select(Grant)
+                .where(Grant.status == REVOKE_PENDING, Grant.next_attempt_at <= now)
+                .order_by(Grant.next_attempt_at)
+                .limit(limit)
+            )
+            if self._lock_head:
+                query = query.with_for_update(skip_locked=True)
+            rows = list(session.scalars(query).all())
+            for grant in rows:
+                grant.next_attempt_at = now + lease
+            return rows
+
+    def expired_active(self, now: float, limit: int) -> list[str]:
+        with self._tx(readonly=True) as session:
+            query = select(Grant.id).where(Grant.status == ACTIVE, Grant.expires_at <= now).limit(limit)
+            return list(session.scalars(query).all())
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def get_grant(self, grant_id: str) -> Grant | None:
+        with self._tx(readonly=True) as session:
+            return session.get(Grant, grant_id)
+
+    def grant_status(self, grant_id: str) -> str | None:
+        with self._tx(readonly=True) as session:
+            return session.scalar(select(Grant.status).where(Grant.id == grant_id))
+
+    def task_grants(self, subject: str, task: str) -> list[Grant]:
+        with self._tx(readonly=True) as session:
+            return list(session.scalars(select(Grant).where(Grant.subject == subject, Grant.task == task)).all())
+
+    def grants(self, **filters: Any) -> list[Grant]:
+        with self._tx(readonly=True) as session:
+            query = select(Grant)
+            for name, value in filters.items():
+                if value is not None:
+                    query = query.where(getattr(Grant, name) == value)
+            return list(session.scalars(query.order_by(Grant.issued_at)).all())
+
+    def pending_count(self) -> int:
+        with self._tx(readonly=True) as session:
+            return len(session.scalars(select(Grant.id).where(Grant.status == REVOKE_PENDING)).all())
+
+    def events(self, after_seq: int = 0, limit: int = 1000) -> list[AuditEvent]:
+        with self._tx(readonly=True) as session:
+            query = select(AuditEvent).where(AuditEvent.seq > after_seq).order_by(AuditEvent.seq).limit(limit)
+            return list(session.scalars(query).all())
+
+    def verify(self, batch: int = 5000) -> VerifyResult:
+        """Walk the whole chain in batches against the head row."""
+        with self._tx(readonly=True) as session:
+            head = session.get(ChainHead, 1)
+            head_pair = (head.seq, head.hash) if head else None
+            rows = session.execute(
+                select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=batch)
+            ).scalars()
+            return verify_chain((_as_dict(r) for r in rows), head_pair)
+
+
+def _for_update(query, lock: bool):  # noqa: ANN001, ANN202
+    return query.with_for_update() if lock else query
+
+
+def _event_row(item: Event, seq: int, now: float, prev_hash: str) -> AuditEvent:
+    body = {
+        "seq": seq,
+        "id": uuid.uuid4().hex,
+        "ts": round(now, 6),
+        "kind": item.kind,
+        "subject": item.subject,
+        "boundary": item.boundary,
+        "task": item.task,
+        "grant_id": item.grant_id,
+        "actor": item.actor,
+        "detail": item.detail,
+    }
+    return AuditEvent(**body, prev_hash=prev_hash, hash=link(prev_hash, body))
+
+
+def _end_event(grant: Grant, kind: str, detail: dict[str, Any]) -> Event:
+    base = {"reason": grant.end_reason, "backend": grant.backend, "handle_fp": _short(grant.handle)}
+    if grant.revocation_id:
+        base["revocation_id"] = grant.revocation_id
+    return Event(
+        kind=kind,
+        subject=grant.subject,
+        boundary=grant.boundary,
+        task=grant.task,
+        grant_id=grant.id,
+        actor=grant.end_actor,
+        detail={**base, **detail},
+    )
+
+
+def _short(handle: str) -> str:
+    return "sha256:" + hashlib.sha256(handle.encode()).hexdigest()[:16]
+
+
+def _as_dict(row: AuditEvent) -> dict[str, Any]:
+    return {
+        "seq": row.seq,
+        "id": row.id,
+        "ts": row.ts,
+        "kind": row.kind,
+        "subject": row.subject,
+        "boundary": row.boundary,
+        "task": row.task,
+        "grant_id": row.grant_id,
+        "actor": row.actor,
+        "detail": row.detail,
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
+    }

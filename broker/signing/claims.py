@@ -1,0 +1,34 @@
+"""Claims of a broker-minted credential: a pure function of the grant and the clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build_claims(
+    *,
+    issuer: str,
+    subject: str,
+    audience: str,
+    scopes: tuple[str, ...],
+    task: str,
+    jti: str,
+    issued_at: float,
+    expires_at: float,
+    cnf_jkt: str | None = None,
+) -> dict[str, Any]:
+    """The JWT claims; `exp` equals the grant's expiry so the token never outlives it."""
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience,
+        "scope": " ".join(scopes),
+        "task": task,
+        "jti": jti,
+        "iat": int(issued_at),
+        "nbf": int(issued_at),
+        "exp": int(expires_at),
+    }
+    if cnf_jkt:
+        claims["cnf"] = {"jkt": cnf_jkt}
+    return claims

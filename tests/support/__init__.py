@@ -1,0 +1,1 @@
+"""Shared test helpers: a real loopback OIDC issuer and its fixtures."""
