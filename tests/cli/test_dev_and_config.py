@@ -1,0 +1,105 @@
+"""A newcomer's path: `broker dev`, `broker dev-token`, a grant used and completed; config errors that name the field."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from typer.testing import CliRunner
+
+from broker.cli import app
+
+BROKER = str(Path(sys.executable).with_name("broker"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "broker exited"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError("broker did not become healthy")
+
+
+@pytest.fixture
+def dev_broker(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    proc = subprocess.Popen(
+        [BROKER, "dev", "--port", str(port), "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url, tmp_path
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def dev_token(data_dir: Path, subject: str) -> str:
+    out = subprocess.run(
+        [BROKER, "dev-token", "--subject", subject, "--data-dir", str(data_dir)], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_dev_mode_issues_uses_and_completes_a_credential(dev_broker):
+    url, data_dir = dev_broker
+    headers = {"Authorization": f"Bearer {dev_token(data_dir, 'dev:demo-workload')}"}
+    body = {"task": "hello", "boundary": "demo", "scopes": ["read"], "ttl": 300}
+    grant = httpx.post(f"{url}/v1/grants", json=body, headers=headers).json()
+    token = grant["credential"]["token"]
+    jwks = httpx.get(f"{url}/.well-known/jwks.json").json()
+    key = jwt.PyJWK(next(k for k in jwks["keys"] if k["kid"] == jwt.get_unverified_header(token)["kid"]))
+    claims = jwt.decode(token, key, algorithms=["ES256"], audience="demo", issuer=url)
+    assert claims["sub"] == "dev:demo-workload" and claims["scope"] == "read"
+    done = httpx.post(f"{url}/v1/grants/{grant['grant_id']}/complete", headers=headers)
+    assert done.json()["status"] == "completed"
+    active = httpx.post(f"{url}/oauth/introspect", data={"token": token}, headers=headers).json()["active"]
+    assert active is False
+    keys = list((data_dir / "keys").glob("*.json")) + [data_dir / "dev-issuer" / "key.pem"]
+    assert keys and all(oct(p.stat().st_mode & 0o777) == "0o600" for p in keys)
+
+
+def test_dev_mode_is_refused_in_production(tmp_path):
+    env = {**os.environ, "BROKER_ENV": "production"}
+    result = subprocess.run([BROKER, "dev", "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "BROKER_ENV=production" in result.stderr
+
+
+BAD_CONFIGS = [
+    ("bad-alg", "attestors:\n  - {name: k, preset: oidc, issuer: 'https://i', audiences: [b], algorithms: [HS256]}\n",
+     "attestors.0.algorithms"),
+    ("bad-ttl", "boundaries:\n  - {name: db, backend: jwt, scopes: [read], max_ttl: forever}\n", "boundaries.0.max_ttl"),
+    ("unknown-key", "boundaries:\n  - {name: db, backend: jwt, scopes: [read], colour: red}\n", "boundaries.0.colour"),
+    ("shared-role", "boundaries:\n"
+     "  - {name: a, backend: vault_token, scopes: {read: {token_role: r1}}}\n"
+     "  - {name: b, backend: vault_token, scopes: {read: {token_role: r1}}}\n", "boundaries 'a' and 'b' share"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_config_errors_name_the_file_and_field(tmp_path, text, expected):
+    config = tmp_path / "broker.yaml"
+    config.write_text(text)
+    result = CliRunner().invoke(app, ["keys", "list", "--config", str(config)])
+    assert result.exit_code == 2
+    assert str(config) in result.output and expected in result.output
