@@ -10,13 +10,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, text, update
+from sqlalchemy import Engine, create_engine, event, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import LedgerUnavailable
+from broker.ledger.group_commit import GroupCommit
 from broker.ledger.chain import GENESIS, VerifyResult, link, verify_chain
 from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Base, ChainHead, Grant
+from broker.ledger.feed import EventFeed
+from broker.ledger.freezes import OperatorRecords
+from broker.ledger.queries import ReadQueries
+
+
+OWNER_LEASE = 10.0  # seconds a replica that starts a revocation owns it before any outbox worker may claim it
 
 
 @dataclass
@@ -32,10 +39,13 @@ class Event:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Engine:
-    """The one place an engine is built: SQLite gets WAL, a busy timeout and immediate transactions."""
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, Any] | None = None) -> Engine:
+    """The one place an engine is built: SQLite gets WAL, a busy timeout and immediate transactions.
+
+    `pool` (pool_size, max_overflow, pool_timeout, pool_recycle) applies to server databases.
+    """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **{"pool_size": 10, "max_overflow": 10, **(pool or {})})
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -57,7 +67,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 
     return engine
 
 
-class LedgerStore:
+class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
     """Grants and audit events in one database; every write appends to the hash chain."""
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
@@ -66,6 +76,7 @@ class LedgerStore:
         self._read_sessions = sessionmaker(engine.execution_options(sqlite_deferred=True), expire_on_commit=False)
         self._clock = clock
         self._lock_head = engine.dialect.name != "sqlite"
+        self._group = GroupCommit(self._tx)
 
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -86,30 +97,47 @@ class LedgerStore:
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(f"ledger write failed: {type(exc).__name__}") from exc
 
-    def _append(self, session: Session, events: Sequence[Event]) -> list[AuditEvent]:
-        """Chain events onto the head inside the caller's transaction (the head row is the lock)."""
-        query = select(ChainHead).where(ChainHead.id == 1)
-        head = session.execute(query.with_for_update() if self._lock_head else query).scalar_one()
+    def _append(self, session: Session, events: Sequence[Event]) -> None:
+        """Chain events onto the head inside the caller's transaction (the head row is the lock).
+
+        Core statements, not ORM units of work: this runs on every request.
+        """
+        if not events:
+            return
+        query = select(ChainHead.seq, ChainHead.hash).where(ChainHead.id == 1)
+        seq, prev_hash = session.execute(query.with_for_update() if self._lock_head else query).one()
         rows, now = [], self._clock()
         for item in events:
-            row = _event_row(item, head.seq + 1, now, head.hash)
-            session.add(row)
-            head.seq, head.hash = row.seq, row.hash
+            seq += 1
+            row = _event_row(item, seq, now, prev_hash)
+            prev_hash = row["hash"]
             rows.append(row)
-        return rows
+        session.execute(insert(AuditEvent.__table__), rows)
+        session.execute(update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=seq, hash=prev_hash))
 
     # --- writes -----------------------------------------------------------------------------
 
-    def record(self, *events: Event) -> list[AuditEvent]:
+    def record(self, *events: Event) -> None:
         """Append events on their own (denials, operator actions)."""
-        with self._tx() as session:
-            return self._append(session, events)
+        self._grouped(lambda session: self._append(session, events))
 
     def record_issued(self, grant: Grant, issued: Event) -> None:
         """The grant row and its `issued` event commit together, or neither does."""
-        with self._tx() as session:
-            session.add(grant)
+
+        values = {column.key: getattr(grant, column.key) for column in Grant.__table__.columns}
+
+        def write(session: Session) -> None:
+            session.execute(insert(Grant.__table__), [values])
             self._append(session, [issued])
+
+        self._grouped(write)
+
+    def _grouped(self, write: Callable[[Session], Any]) -> Any:
+        """Run a hot-path write through group commit; every failure surfaces as LedgerUnavailable."""
+        try:
+            return self._group.run(write)
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(f"ledger write failed: {type(exc).__name__}") from exc
 
     def begin_revoke(
         self, grant_ids: Sequence[str], *, end_status: str, actor: str, reason: str, revocation_id: str | None = None
@@ -120,12 +148,13 @@ class LedgerStore:
         """
         now = self._clock()
         with self._tx() as session:
-            rows = session.scalars(
-                _for_update(select(Grant).where(Grant.id.in_(grant_ids), Grant.status == ACTIVE), self._lock_head)
-            ).all()
+            # lock rows in one order (by id) so two overlapping revocations never deadlock
+            query = select(Grant).where(Grant.id.in_(grant_ids), Grant.status == ACTIVE).order_by(Grant.id)
+            rows = session.scalars(_for_update(query, self._lock_head)).all()
             for grant in rows:
                 grant.status, grant.end_status, grant.end_actor = REVOKE_PENDING, end_status, actor
-                grant.end_reason, grant.ended_at, grant.next_attempt_at = reason[:256], now, now
+                # the caller executes it now; other replicas' outbox workers wait out this lease first
+                grant.end_reason, grant.ended_at, grant.next_attempt_at = reason[:256], now, now + OWNER_LEASE
                 grant.revocation_id = revocation_id
             return list(rows)
 
@@ -150,6 +179,29 @@ class LedgerStore:
             detail = {"error": error[:200], "attempt": grant.revoke_attempts, "retry_at": retry_at}
             self._append(session, [_end_event(grant, "revoke_failed", detail)])
             return grant
+
+    def finish_revoke_many(self, grant_ids: Sequence[str], extra: dict[str, Any] | None = None) -> int:
+        """Outbox step 2 for a batch: one transaction, one chained event per grant; returns how many moved."""
+        with self._tx() as session:
+            rows = session.scalars(
+                _for_update(_pending(grant_ids), self._lock_head)
+            ).all()
+            for grant in rows:
+                grant.status, grant.next_attempt_at = grant.end_status or "revoked", None
+            self._append(session, [_end_event(g, g.status, extra or {}) for g in rows])
+            return len(rows)
+
+    def fail_revoke_many(self, errors: dict[str, str], retry_at: float) -> int:
+        """Outbox step 2 failed for a batch: count attempts, schedule retries, chain `revoke_failed` events."""
+        with self._tx() as session:
+            rows = session.scalars(
+                _for_update(_pending(list(errors)), self._lock_head)
+            ).all()
+            for grant in rows:
+                grant.revoke_attempts += 1
+                grant.next_attempt_at = retry_at
+            self._append(session, [_failed_event(g, errors[g.id], retry_at) for g in rows])
+            return len(rows)
 
     def claim_due_revocations(self, now: float, limit: int, lease: float) -> list[Grant]:
         """Pending revocations whose retry time has come, pushed `lease` seconds ahead so one worker owns them."""
@@ -218,7 +270,7 @@ def _for_update(query, lock: bool):  # noqa: ANN001, ANN202
     return query.with_for_update() if lock else query
 
 
-def _event_row(item: Event, seq: int, now: float, prev_hash: str) -> AuditEvent:
+def _event_row(item: Event, seq: int, now: float, prev_hash: str) -> dict[str, Any]:
     body = {
         "seq": seq,
         "id": uuid.uuid4().hex,
@@ -231,7 +283,7 @@ def _event_row(item: Event, seq: int, now: float, prev_hash: str) -> AuditEvent:
         "actor": item.actor,
         "detail": item.detail,
     }
-    return AuditEvent(**body, prev_hash=prev_hash, hash=link(prev_hash, body))
+    return {**body, "prev_hash": prev_hash, "hash": link(prev_hash, body)}
 
 
 def _end_event(grant: Grant, kind: str, detail: dict[str, Any]) -> Event:
@@ -247,6 +299,15 @@ def _end_event(grant: Grant, kind: str, detail: dict[str, Any]) -> Event:
         actor=grant.end_actor,
         detail={**base, **detail},
     )
+
+
+def _pending(grant_ids: Sequence[str]):  # noqa: ANN202
+    # rows locked in id order, like begin_revoke, so overlapping batches never deadlock
+    return select(Grant).where(Grant.id.in_(grant_ids), Grant.status == REVOKE_PENDING).order_by(Grant.id)
+
+
+def _failed_event(grant: Grant, error: str, retry_at: float) -> Event:
+    return _end_event(grant, "revoke_failed", {"error": error[:200], "attempt": grant.revoke_attempts, "retry_at": retry_at})
 
 
 def _short(handle: str) -> str:
