@@ -1,8 +1,10 @@
 """The ledger: grants and the tamper-evident audit chain, all SQL in one place."""
 
-from broker.ledger.chain import VerifyResult
-from broker.ledger.models import ACTIVE, FINAL_STATUSES, REVOKE_PENDING, AuditEvent, Grant
+from broker.ledger.chain import VerifyResult, verify_export
+from broker.ledger.models import ACTIVE, FINAL_STATUSES, REVOKE_PENDING, AuditEvent, Freeze, Grant, Revocation
+from broker.ledger.queries import Filter, Selector
 from broker.ledger.store import Event, LedgerStore, make_engine
+from broker.ledger.store import _as_dict as event_dict
 
 __all__ = [
     "ACTIVE",
@@ -10,8 +12,14 @@ __all__ = [
     "REVOKE_PENDING",
     "AuditEvent",
     "Event",
+    "Filter",
+    "Freeze",
     "Grant",
     "LedgerStore",
+    "Revocation",
+    "Selector",
     "VerifyResult",
+    "event_dict",
     "make_engine",
+    "verify_export",
 ]

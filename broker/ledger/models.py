@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
 ACTIVE = "active"
@@ -64,7 +64,7 @@ class AuditEvent(Base):
 
     __tablename__ = "audit_events"
 
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     ts: Mapped[float] = mapped_column(Float)
     kind: Mapped[str] = mapped_column(String(32))
@@ -86,11 +86,50 @@ class AuditEvent(Base):
     )
 
 
+class SigningKeyRow(Base):
+    """A broker signing key shared by replicas: the private key sealed with AES-GCM under the KEK."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    retired_at: Mapped[float | None] = mapped_column(Float)
+    kek_id: Mapped[str] = mapped_column(String(32))
+    sealed: Mapped[str] = mapped_column(Text)
+
+
 class ChainHead(Base):
     """The single row every append locks: last sequence number and hash of the chain."""
 
     __tablename__ = "ledger_head"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger)  # int4 would run out after ~2e9 events
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Freeze(Base):
+    """An operator's deny-list entry: no new grant for this subject or boundary until lifted."""
+
+    __tablename__ = "freezes"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # "subject" or "boundary"
+    value: Mapped[str] = mapped_column(String(512), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(256))
+    actor: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[float] = mapped_column(Float)
+    revocation_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class Revocation(Base):
+    """One operator revocation: its selector, reason and how many grants it matched; progress is in `grants`."""
+
+    __tablename__ = "revocations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    selector: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(String(256))
+    actor: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[float] = mapped_column(Float)
+    matched: Mapped[int] = mapped_column(Integer)

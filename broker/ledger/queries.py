@@ -1,0 +1,144 @@
+"""Read queries operators run: inventory, filtered audit, revocation progress, a subject's window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from sqlalchemy import ColumnElement, func, or_, select, tuple_
+
+from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Grant
+
+GLOB = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Filters shared by the grant inventory and the audit query; None means any. Times are epoch seconds."""
+
+    status: str | None = None
+    subject: str | None = None  # exact, or a glob with * ? [
+    boundary: str | None = None
+    task: str | None = None
+    grant_id: str | None = None
+    kind: str | None = None  # audit only
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which active grants an operator revocation takes; exactly one field is set (`all_` for everything)."""
+
+    grant_id: str | None = None
+    task: str | None = None
+    subject: str | None = None
+    boundary: str | None = None
+    all_: bool = False
+
+
+def is_glob(value: str) -> bool:
+    return bool(GLOB & set(value))
+
+
+class ReadQueries:
+    """Mixin of LedgerStore: the operator's read queries (no writes here)."""
+
+    def active_ids(self, selector: Selector) -> list[str]:
+        """Ids of the active grants a revocation selector matches."""
+        conditions: list[ColumnElement[bool]] = [Grant.status == ACTIVE]
+        with self._tx(readonly=True) as session:
+            if selector.grant_id is not None:
+                conditions.append(Grant.id == selector.grant_id)
+            if selector.task is not None:
+                conditions.append(Grant.task == selector.task)
+            if selector.boundary is not None:
+                conditions.append(Grant.boundary == selector.boundary)
+            if selector.subject is not None:
+                conditions.append(self._subject_condition(session, Grant.subject, selector.subject, active=True))
+            return list(session.scalars(select(Grant.id).where(*conditions)).all())
+
+    def inventory(self, where: Filter, after: tuple[float, str] | None = None, limit: int = 100) -> list[Grant]:
+        """Grants in (issued_at, id) order after the cursor; `since`/`until` bound `issued_at`."""
+        with self._tx(readonly=True) as session:
+            query = select(Grant).where(*self._grant_conditions(session, where))
+            if after is not None:
+                query = query.where(tuple_(Grant.issued_at, Grant.id) > tuple_(*after))
+            return list(session.scalars(query.order_by(Grant.issued_at, Grant.id).limit(limit)).all())
+
+    def audit(self, where: Filter, after_seq: int = 0, limit: int = 1000) -> list[AuditEvent]:
+        """Chained events in seq order after `after_seq`, filtered."""
+        with self._tx(readonly=True) as session:
+            query = select(AuditEvent).where(AuditEvent.seq > after_seq, *self._event_conditions(session, where))
+            return list(session.scalars(query.order_by(AuditEvent.seq).limit(limit)).all())
+
+    def revocation_progress(self, revocation_id: str) -> dict[str, int]:
+        """How many grants of one revocation are in each status; `retrying`: pending after a failed attempt."""
+        with self._tx(readonly=True) as session:
+            query = select(Grant.status, func.count()).where(Grant.revocation_id == revocation_id)
+            counts = dict(session.execute(query.group_by(Grant.status)).all())
+            retrying = select(func.count()).select_from(Grant).where(
+                Grant.revocation_id == revocation_id, Grant.status == REVOKE_PENDING, Grant.revoke_attempts > 0
+            )
+            counts["retrying"] = session.scalar(retrying) or 0
+            return counts
+
+    def pending_total(self) -> int:
+        with self._tx(readonly=True) as session:
+            return session.scalar(select(func.count()).select_from(Grant).where(Grant.status == REVOKE_PENDING)) or 0
+
+    def window_grants(self, subject: str, since: float, until: float) -> list[Grant]:
+        """Grants of a subject (exact or glob) that were live at some moment of [since, until]."""
+        with self._tx(readonly=True) as session:
+            query = select(Grant).where(
+                self._subject_condition(session, Grant.subject, subject),
+                Grant.issued_at <= until,
+                or_(Grant.ended_at.is_(None), Grant.ended_at >= since),
+                or_(Grant.ended_at.is_not(None), Grant.expires_at >= since),
+            )
+            return list(session.scalars(query.order_by(Grant.issued_at, Grant.id)).all())
+
+    def denied_count(self, subject: str, since: float, until: float) -> int:
+        with self._tx(readonly=True) as session:
+            query = select(func.count()).select_from(AuditEvent).where(
+                AuditEvent.kind == "denied",
+                self._subject_condition(session, AuditEvent.subject, subject, events=True),
+                AuditEvent.ts >= since,
+                AuditEvent.ts <= until,
+            )
+            return session.scalar(query) or 0
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _grant_conditions(self, session, where: Filter) -> list[ColumnElement[bool]]:  # noqa: ANN001
+        conditions = [getattr(Grant, name) == value for name, value in _exact(where, "status", "boundary", "task")]
+        conditions += [Grant.id == where.grant_id] if where.grant_id else []
+        if where.subject:
+            conditions.append(self._subject_condition(session, Grant.subject, where.subject))
+        conditions += [Grant.issued_at >= where.since] if where.since is not None else []
+        conditions += [Grant.issued_at < where.until] if where.until is not None else []
+        return conditions
+
+    def _event_conditions(self, session, where: Filter) -> list[ColumnElement[bool]]:  # noqa: ANN001
+        names = ("kind", "boundary", "task", "grant_id")
+        conditions = [getattr(AuditEvent, name) == value for name, value in _exact(where, *names)]
+        if where.subject:
+            conditions.append(self._subject_condition(session, AuditEvent.subject, where.subject, events=True))
+        conditions += [AuditEvent.ts >= where.since] if where.since is not None else []
+        conditions += [AuditEvent.ts < where.until] if where.until is not None else []
+        return conditions
+
+    def _subject_condition(self, session, column, pattern: str, *, active: bool = False, events: bool = False):  # noqa: ANN001, ANN202
+        """Exact match, or the known subjects matching a glob (fnmatch, case-sensitive, anchored)."""
+        if not is_glob(pattern):
+            return column == pattern
+        source = AuditEvent if events else Grant
+        query = select(source.subject).distinct().where(source.subject.is_not(None))
+        if active:
+            query = query.where(Grant.status == ACTIVE)
+        names = [name for name in session.scalars(query).all() if fnmatchcase(name, pattern)]
+        return column.in_(names)
+
+
+def _exact(where: Filter, *names: str) -> list[tuple[str, str]]:
+    return [(name, getattr(where, name)) for name in names if getattr(where, name) is not None]
