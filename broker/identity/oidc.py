@@ -80,7 +80,8 @@ class Attestors:
         for config in configs:
             _check_config(config, broker_issuer)
             if config.issuer in self._by_issuer:
-                raise ConfigError(f"attestors {self._by_issuer[config.issuer].name!r} and {config.name!r} share an issuer")
+                other = self._by_issuer[config.issuer].name
+                raise ConfigError(f"attestors {other!r} and {config.name!r} share an issuer")
             self._by_issuer[config.issuer] = _Attestor(config, _key_set(config, self._http, clock), clock)
 
     def verify(self, token: str) -> Identity:
@@ -93,6 +94,9 @@ class Attestors:
             log.debug("identity refused: %s (token %s)", exc.detail, fingerprint)
             exc.context.setdefault("token_fingerprint", fingerprint)
             raise
+        except Exception as exc:  # the contract is InvalidIdentity on ANY failure: never fail open or 500
+            log.debug("identity refused on unexpected %s (token %s)", type(exc).__name__, fingerprint, exc_info=True)
+            raise InvalidIdentity(f"unexpected {type(exc).__name__}", token_fingerprint=fingerprint) from None
 
     def close(self) -> None:
         if self._owns_http:

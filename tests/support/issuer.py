@@ -15,7 +15,8 @@ None is left out (`issuer.token(sub=None)` has no sub). `serve_mode` makes every
 "normal", "slow" (waits `slow_seconds` before answering), "huge" (streams `huge_bytes` of JSON with
 no Content-Length), "html" (a 200 text/html page), "error" (HTTP 503), "redirect" (302 to
 `redirect_to`, by default the same document). `fetch_count` counts JWKS
-requests, `discovery_count` discovery requests. `rotate()` replaces every key (new kids).
+requests, `discovery_count` discovery requests. `rotate()` replaces every key (new kids); `reset()`
+restores normal serving and zeroes the counters so a module-scoped issuer can serve many tests.
 """
 
 from __future__ import annotations
@@ -106,7 +107,10 @@ class TestIssuer:
         self._server.block_on_close = False  # a "slow" handler must not hold up close()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.jwks_uri = self.url + "/jwks.json"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="test-issuer", daemon=True)
+        # A short poll interval keeps close() (server.shutdown) fast: tests start many issuers.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="test-issuer", daemon=True
+        )
         self._thread.start()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -121,6 +125,12 @@ class TestIssuer:
         self._closing.set()
         self._server.shutdown()
         self._server.server_close()
+
+    def reset(self) -> None:
+        """Back to serving normally with zeroed counters (keys are kept), to share one issuer across tests."""
+        self.serve_mode, self.redirect_to, self.discovery_overrides = "normal", None, {}
+        with self._lock:
+            self.fetch_count = self.discovery_count = 0
 
     # --- keys ------------------------------------------------------------------------------
 
