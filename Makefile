@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml $(wildcard clients/python/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]' $(if $(wildcard clients/python/pyproject.toml),-e clients/python)
+	-deploy/tools/install-helm.sh $(BIN)/helm  # for the Helm chart tests; they skip, saying so, without it
 	touch $(STAMP)
 
 install: $(STAMP)

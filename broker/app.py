@@ -9,16 +9,23 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from broker.api import errors, grants, health, oauth, wellknown
+from broker import metrics
+from broker.api import errors, grants, health, oauth, operators, wellknown
 from broker.api.limits import BodyLimit
 from broker.backends import Backend, JwtBackend
+from broker.backends.vault import VaultClient
+from broker.backends.vault_secret import VaultSecretBackend
+from broker.backends.vault_token import VaultTokenBackend
 from broker.config import Settings
 from broker.grants import GrantService
+from broker.grants.operations import Operations
+from broker.grants.reconcile import Reconciler
 from broker.grants.workers import Worker
 from broker.identity import Attestors
-from broker.ledger import LedgerStore, make_engine
+from broker.ledger import LedgerStore, make_engine, migrate
+from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.policy import PolicySource
-from broker.signing import FileKeyRepository, KeyStore
+from broker.signing import FileKeyRepository, KeyRepository, KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -29,32 +36,42 @@ class Components:
 
     service: GrantService
     worker: Worker
+    operations: Operations
+    metrics: metrics.Metrics
 
 
 def open_ledger(settings: Settings) -> LedgerStore:
     """The ledger store for the configured database, schema created if missing."""
     if settings.database.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ledger = LedgerStore(make_engine(settings.database, sqlite_synchronous=settings.sqlite_synchronous))
-    ledger.create_schema()
-    return ledger
+    engine = make_engine(settings.database, sqlite_synchronous=settings.sqlite_synchronous, pool=settings.db_pool)
+    migrate.upgrade(engine)  # the same Alembic migrations on SQLite and PostgreSQL
+    return LedgerStore(engine)
 
 
-def open_keys(settings: Settings) -> KeyStore:
+def open_keys(settings: Settings, ledger: LedgerStore | None = None) -> KeyStore:
+    """Signing keys: a 0600 file per key, or sealed rows in the ledger database shared by replicas."""
     max_ttl = max((b.max_ttl for b in settings.boundaries), default=3600)
-    repo = FileKeyRepository(settings.data_dir / "keys")
+    repo: KeyRepository = FileKeyRepository(settings.data_dir / "keys")
+    if settings.key_repository == "database":
+        kek = read_kek(settings.key_encryption_key, settings.key_encryption_key_file)
+        repo = DatabaseKeyRepository((ledger or open_ledger(settings)).engine, kek)
     return KeyStore(repo, algorithm=settings.signing_algorithm, max_token_ttl=max_ttl)
 
 
-def build_backends(settings: Settings, keys: KeyStore) -> dict[str, Backend]:
+def build_backends(settings: Settings, keys: KeyStore, vault: VaultClient | None = None) -> dict[str, Backend]:
     backends: dict[str, Backend] = {"jwt": JwtBackend(keys, settings.issuer)}
+    if vault is not None:  # one Vault client (one login, one token) serves both Vault backends
+        backends["vault_token"] = VaultTokenBackend(vault)
+        backends["vault_secret"] = VaultSecretBackend(vault)
     return backends
 
 
 def build(settings: Settings) -> Components:
     """Build every component from settings; nothing here runs at import time."""
-    keys = open_keys(settings)
     ledger = open_ledger(settings)
+    keys = open_keys(settings, ledger)
+    vault = VaultClient(settings.vault) if settings.vault else None
     policy = PolicySource(
         path=settings.policy_file,
         inline=settings.policy,
@@ -66,17 +83,22 @@ def build(settings: Settings) -> Components:
         settings=settings,
         attestors=attestors,
         policy=policy,
-        backends=build_backends(settings, keys),
+        backends=build_backends(settings, keys, vault),
         ledger=ledger,
         keys=keys,
     )
     jobs = {
+        "reconcile": Reconciler(service.backends, settings.boundaries, ledger).run,  # once, before serving
         "revocations": service.retry_pending,
         "reaper": service.expire_due,
         "policy": policy.maybe_reload,
         "keys": keys.reload,
     }
-    return Components(service=service, worker=Worker(jobs, settings.worker_interval))
+    if vault is not None:
+        jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
+    meters = metrics.Metrics(ledger)
+    operations = Operations(service, on_done=meters.revocation_seconds.observe)
+    return Components(service, Worker(jobs, settings.worker_interval), operations, meters)
 
 
 def create_app(settings: Settings, components: Components | None = None) -> FastAPI:
@@ -89,12 +111,15 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         parts.worker.start()
         yield
         parts.worker.stop()
+        parts.operations.close()
 
     app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = parts.service
     app.state.components = parts
-    for module in (grants, oauth, wellknown, health):
+    app.state.operations = parts.operations
+    for module in (grants, operators, oauth, wellknown, health):
         app.include_router(module.router)
+    metrics.install(app, parts.metrics)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

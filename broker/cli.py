@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from broker import cli_operator
 from broker.config import Settings, load_settings
-from broker.errors import ConfigError
+from broker.errors import BrokerError, ConfigError
 
 app = typer.Typer(help="Short-lived credential broker.", no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Signing keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+db_app = typer.Typer(help="The ledger database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+vault_app = typer.Typer(help="The Vault/OpenBao objects a config needs.", no_args_is_help=True)
+app.add_typer(vault_app, name="vault")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (or BROKER_CONFIG).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Data directory (keys, SQLite ledger).")]
@@ -57,20 +63,47 @@ def serve(
 def dev(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Where dev keys and the ledger live.")] = Path(".broker"),
+    postgres_url: Annotated[str, typer.Option("--postgres-url", help="PostgreSQL of the demo-db boundary.")] = (
+        "postgresql://postgres@127.0.0.1:5432/test"
+    ),
+    vault: Annotated[bool, typer.Option("--vault/--no-vault", help="Start OpenBao (demo-kv, demo-db).")] = True,
 ) -> None:
-    """Run the broker on 127.0.0.1 with a demo config and a local development identity issuer."""
+    """Run the broker on 127.0.0.1 with a demo config, a dev identity issuer and an OpenBao dev server."""
     import uvicorn
 
     from broker.app import create_app
-    from broker.dev import dev_settings, dev_token
+    from broker.dev import dev_token
 
+    server = None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # uvicorn re-raises SIGTERM; unwind to stop OpenBao
     try:
-        settings = dev_settings(data_dir, port)
-    except ConfigError as exc:
+        server, settings = _dev_vault_settings(data_dir, port, postgres_url if vault else None, vault)
+        typer.echo(_dev_banner(settings, dev_token(settings.data_dir, "dev:demo-workload")))
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(_dev_banner(settings, dev_token(settings.data_dir, "dev:demo-workload")))
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    finally:
+        if server:
+            server.stop()
+
+
+def _dev_vault_settings(data_dir: Path, port: int, postgres_url: str | None, vault: bool):  # noqa: ANN202
+    """Start OpenBao (when wanted), build the dev settings, apply the Vault plan; (server or None, settings)."""
+    from broker.dev import dev_settings, prepare_dev_vault, start_dev_vault
+
+    if not vault:
+        return None, dev_settings(data_dir, port)
+    server, parts = start_dev_vault(data_dir.resolve(), postgres_url)
+    try:
+        settings = dev_settings(data_dir, port, **parts)
+        prepare_dev_vault(settings, postgres_url)
+    except BrokerError:
+        server.stop()
+        raise
+    names = ", ".join(b["name"] for b in parts["extra_boundaries"])
+    typer.echo(f"  openbao:  {server.addr}  root token {server.root_token} (dev only)  boundaries: {names}")
+    return server, settings
 
 
 def _dev_banner(settings: Settings, token: str) -> str:
@@ -125,16 +158,46 @@ def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
         typer.echo(f"{key.kid}\t{key.alg}\t{state}")
 
 
-@audit_app.command("verify")
-def audit_verify(config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
-    """Walk the hash chain; exit 0 when intact, 1 naming the first bad row."""
-    from broker.app import open_ledger
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
+    """Migrate the ledger schema to the newest revision (safe while other replicas run or start)."""
+    from broker.ledger import make_engine, migrate
 
-    result = open_ledger(_settings(config, data_dir, database_url)).verify()
-    typer.echo(json.dumps(result.__dict__))
-    if not result.ok:
-        typer.echo(f"TAMPERED: first bad row seq={result.first_bad_seq}: {result.problem}", err=True)
-        raise typer.Exit(1)
+    settings = _settings(config, data_dir, database_url)
+    if settings.database.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    revision = migrate.upgrade(make_engine(settings.database, pool=settings.db_pool))
+    typer.echo(f"schema at revision {revision} (head {migrate.head()})")
+
+
+@vault_app.command("plan")
+def vault_plan(config: ConfigOpt = None) -> None:
+    """Print the policies, token roles and engine roles the config's boundaries need (YAML)."""
+    from broker.backends.plan import make_plan
+
+    typer.echo(make_plan(_settings(config)).render(), nl=False)
+
+
+@vault_app.command("apply")
+def vault_apply(config: ConfigOpt = None) -> None:
+    """Write the plan to the config's Vault (a dev or test server: it needs a token allowed to write policies)."""
+    from broker.backends.plan import apply_plan, make_plan
+    from broker.backends.vault import VaultClient
+
+    settings = _settings(config)
+    if settings.vault is None:
+        typer.echo("error: the config has no `vault:` section", err=True)
+        raise typer.Exit(2)
+    try:
+        written = apply_plan(make_plan(settings), VaultClient(settings.vault))
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("\n".join(written))
+
+
+# `audit verify` (offline, file or API), `audit tail/export`, `grants`, `revoke`, `freeze`, `report`
+cli_operator.register(app, audit_app)
 
 
 def main() -> None:

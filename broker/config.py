@@ -92,6 +92,16 @@ class ScopeConfig(Strict):
     token_role: str | None = None
     path: str | None = None
     policies: list[str] = Field(default_factory=list)
+    # for `broker vault plan`: policy name -> HCL rules, and extra engine-role parameters (db_name, statements)
+    rules: dict[str, str] = Field(default_factory=dict)
+    role: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _rules_name_policies(self) -> ScopeConfig:
+        unknown = sorted(set(self.rules) - set(self.policies))
+        if unknown:
+            raise ValueError(f"rules given for {unknown}, which are not in this scope's policies")
+        return self
 
 
 class BoundaryConfig(Strict):
@@ -167,7 +177,14 @@ class Settings(Strict):
     data_dir: Path = Path(".broker")
     database_url: str | None = None
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_pool_timeout: float = Field(default=10.0, gt=0, le=120)
+    db_pool_recycle: int = Field(default=1800, ge=-1)
     signing_algorithm: Literal["ES256", "EdDSA"] = "ES256"
+    signing_keys: Literal["auto", "file", "database"] = "auto"
+    key_encryption_key: str | None = Field(default=None, repr=False)
+    key_encryption_key_file: Path | None = None
     policy_file: Path | None = None
     policy: dict[str, Any] | None = None
     attestors: list[AttestorConfig] = Field(default_factory=list)
@@ -186,6 +203,9 @@ class Settings(Strict):
         if dupes:
             raise ValueError(f"boundary names must be unique: {dupes}")
         _refuse_shared_backend_roles(self.boundaries)
+        vault_boundaries = [b.name for b in self.boundaries if b.backend.startswith("vault_")]
+        if vault_boundaries and self.vault is None:
+            raise ValueError(f"boundaries {vault_boundaries} use Vault; add a `vault:` section")
         if self.fault_injection and self.env != "test":
             raise ValueError("fault_injection is allowed only when env is test")
         if self.dev_issuer and self.env == "production":
@@ -195,6 +215,22 @@ class Settings(Strict):
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def db_pool(self) -> dict[str, Any]:
+        return {
+            "pool_size": self.db_pool_size,
+            "max_overflow": self.db_max_overflow,
+            "pool_timeout": self.db_pool_timeout,
+            "pool_recycle": self.db_pool_recycle,
+        }
+
+    @property
+    def key_repository(self) -> Literal["file", "database"]:
+        """Replicas share a server database, so by default their signing keys live there too."""
+        if self.signing_keys != "auto":
+            return self.signing_keys
+        return "file" if self.database.startswith("sqlite") else "database"
 
     def boundary(self, name: str) -> BoundaryConfig | None:
         return next((b for b in self.boundaries if b.name == name), None)
@@ -222,7 +258,10 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
     if path:
         data = _read_yaml(Path(path))
         data["config"] = Path(path)
-    data.update({k: v for k, v in env_only.items() if k != "config"})
+    data.update({k: v for k, v in env_only.items() if k != "config" and not k.startswith("vault_")})
+    vault_env = {k.removeprefix("vault_"): v for k, v in env_only.items() if k.startswith("vault_")}
+    if vault_env:  # BROKER_VAULT_ADDR / BROKER_VAULT_TOKEN complete the YAML `vault:` section
+        data["vault"] = {**(data.get("vault") or {}), **vault_env}
     data.update(overrides)
     try:
         settings = Settings.model_validate(data)
@@ -242,6 +281,15 @@ def _env_settings() -> dict[str, Any]:
         sqlite_synchronous: str | None = None
         signing_algorithm: str | None = None
         policy_file: Path | None = None
+        db_pool_size: int | None = None
+        db_max_overflow: int | None = None
+        db_pool_timeout: float | None = None
+        db_pool_recycle: int | None = None
+        signing_keys: str | None = None
+        key_encryption_key: str | None = None
+        key_encryption_key_file: Path | None = None
+        vault_addr: str | None = None
+        vault_token: str | None = None
 
     return _EnvOnly().model_dump(exclude_none=True)
 

@@ -73,8 +73,76 @@ def dev_token(data_dir: Path, subject: str, lifetime: int = 3600) -> str:
     return jwt.encode(claims, key_path.read_bytes(), algorithm="ES256", headers={"kid": DEV_KID})
 
 
-def dev_config(data_dir: Path, port: int) -> dict[str, Any]:
-    """The demo configuration: one jwt boundary `demo`, the dev attestor, the demo policy."""
+DEMO_KV_RULES = {
+    "demo-kv-read": 'path "secret/data/demo/*" { capabilities = ["read"] }\n',
+    "demo-kv-write": 'path "secret/data/demo/*" { capabilities = ["create", "update", "read"] }\n',
+}
+DEMO_TABLE = "broker_demo_orders"
+
+
+def demo_kv_boundary() -> dict[str, Any]:
+    """`demo-kv`: Vault tokens whose policies read (or write) `secret/data/demo/*`."""
+    return {
+        "name": "demo-kv",
+        "backend": "vault_token",
+        "max_ttl": "15m",
+        "scopes": {
+            "read": {"token_role": "demo-kv-read", "policies": ["demo-kv-read"],
+                     "rules": {"demo-kv-read": DEMO_KV_RULES["demo-kv-read"]}},
+            "write": {"token_role": "demo-kv-write", "policies": ["demo-kv-read", "demo-kv-write"],
+                      "rules": {"demo-kv-write": DEMO_KV_RULES["demo-kv-write"]}},
+        },
+    }
+
+
+def demo_db_boundary(postgres_url: str, name: str = "demo-db", table: str = DEMO_TABLE) -> dict[str, Any]:
+    """A `vault_secret` boundary on OpenBao's database engine: `read` may SELECT, `write` also INSERT/UPDATE."""
+    from broker.dev_openbao import postgres_target, role_statements
+
+    pg = postgres_target(postgres_url)
+    grants = {"read": "SELECT", "write": "SELECT, INSERT, UPDATE"}
+    return {
+        "name": name,
+        "backend": "vault_secret",
+        "max_ttl": "15m",
+        "connection": {"host": pg["host"], "port": pg["port"], "database": pg["database"]},
+        "scopes": {
+            scope: {"path": f"database/creds/{name}-{scope}",
+                    "role": {"db_name": name, "creation_statements": role_statements(table, privileges)}}
+            for scope, privileges in grants.items()
+        },
+    }
+
+
+def create_demo_table(postgres_url: str, table: str = DEMO_TABLE) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, item text NOT NULL)")
+        conn.execute(f"INSERT INTO {table} VALUES (1, 'demo') ON CONFLICT DO NOTHING")
+
+
+def postgres_answers(postgres_url: str) -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(postgres_url, connect_timeout=2).close()
+        return True
+    except psycopg.Error:
+        return False
+
+
+def demo_policy(boundaries: list[str]) -> dict[str, Any]:
+    """dev:demo-workload may use every demo boundary; dev:operator is an operator."""
+    allow = [{"boundary": name, "scopes": ["read", "write"], "max_ttl": "15m"} for name in boundaries]
+    return {"rules": [{**DEMO_POLICY["rules"][0], "allow": allow}, DEMO_POLICY["rules"][1]]}
+
+
+def dev_config(data_dir: Path, port: int, vault: dict[str, Any] | None = None,
+               extra_boundaries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The demo configuration: jwt boundary `demo` (plus Vault ones), the dev attestor, the demo policy."""
+    boundaries = [{"name": "demo", "backend": "jwt", "scopes": ["read", "write"], "max_ttl": "15m"}]
+    boundaries += extra_boundaries or []
     return {
         "env": "development",
         "issuer": f"http://127.0.0.1:{port}",
@@ -90,14 +158,41 @@ def dev_config(data_dir: Path, port: int) -> dict[str, Any]:
                 "jwks_file": str(ensure_dev_issuer(data_dir)),
             }
         ],
-        "boundaries": [{"name": "demo", "backend": "jwt", "scopes": ["read", "write"], "max_ttl": "15m"}],
-        "policy": DEMO_POLICY,
+        "boundaries": boundaries,
+        "policy": demo_policy([b["name"] for b in boundaries]),
+        **({"vault": vault} if vault else {}),
     }
 
 
-def dev_settings(data_dir: Path, port: int) -> Settings:
+def dev_settings(data_dir: Path, port: int, **vault_parts: Any) -> Settings:
     """Settings for `broker dev`; refused when BROKER_ENV=production."""
     if os.environ.get("BROKER_ENV", "").lower() == "production":
         raise ConfigError("broker dev is refused when BROKER_ENV=production")
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return load_settings(None, **dev_config(data_dir.resolve(), port))
+    return load_settings(None, **dev_config(data_dir.resolve(), port, **vault_parts))
+
+
+def start_dev_vault(data_dir: Path, postgres_url: str | None) -> tuple[Any, dict[str, Any]]:
+    """Start OpenBao, configure the database engine when PostgreSQL answers; the server and dev_settings parts."""
+    from broker.dev_openbao import OpenBaoServer
+
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    server = OpenBaoServer(log_path=data_dir / "openbao.log").start()
+    boundaries = [demo_kv_boundary()]
+    if postgres_url and postgres_answers(postgres_url):
+        boundaries.append(demo_db_boundary(postgres_url))
+    return server, {"vault": server.vault_config(), "extra_boundaries": boundaries}
+
+
+def prepare_dev_vault(settings: Settings, postgres_url: str | None) -> list[str]:
+    """Apply the plan of the dev config, the demo KV secret and the demo database; what was written."""
+    from broker.backends.plan import apply_plan, make_plan
+    from broker.backends.vault import VaultClient
+    from broker.dev_openbao import configure_database_engine
+
+    vault = VaultClient(settings.vault)  # type: ignore[arg-type]
+    if postgres_url and settings.boundary("demo-db"):
+        create_demo_table(postgres_url)
+        configure_database_engine(vault, "demo-db", postgres_url)
+    vault.write("secret/data/demo/hello", {"data": {"greeting": "hello from OpenBao"}})
+    return apply_plan(make_plan(settings), vault)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from broker.errors import Forbidden
+from broker.errors import Forbidden, InvalidDpop
 from broker.grants import GrantService
 from broker.identity import Identity
 from broker.ledger import Event
@@ -32,9 +32,33 @@ def caller(request: Request, svc: Service) -> Identity:
 Caller = Annotated[Identity, Depends(caller)]
 
 
-def operator(request: Request, identity: Caller, svc: Service) -> Identity:
-    """Operators are subjects whom policy gives the `operator` role; anyone else is refused and recorded."""
-    if "operator" not in svc.roles(identity):
+def dpop_key(
+    request: Request, svc: GrantService, identity: Identity | None, access_token: str | None, require_ath: bool = False
+) -> str | None:
+    """The key thumbprint of the request's valid `DPoP` proof; None without one; an invalid proof is refused."""
+    proofs = request.headers.getlist("dpop")
+    if not proofs:
+        return None
+    action = f"{request.method} {request.scope['route'].path}"
+    if len(proofs) > 1:
+        svc.refuse_dpop(identity, action, InvalidDpop("more than one DPoP header"))
+        raise InvalidDpop("more than one DPoP header")
+    # the URL as the client saw it: this request's, or the broker's public issuer URL behind a proxy
+    urls = (str(request.url), svc.settings.issuer.rstrip("/") + request.url.path)
+    request_facts = {"method": request.method, "urls": urls, "access_token": access_token, "require_ath": require_ath}
+    return svc.proof_key(proofs[0], identity=identity, action=action, **request_facts)
+
+
+def caller_proof(request: Request, identity: Caller, svc: Service) -> str | None:
+    """DPoP proof accompanying the caller's identity token (`ath`, when present, must match it)."""
+    return dpop_key(request, svc, identity, bearer(request))
+
+
+ProofKey = Annotated[str | None, Depends(caller_proof)]
+
+
+def _require_role(request: Request, identity: Identity, svc: GrantService, allowed: frozenset[str]) -> Identity:
+    if not allowed & svc.roles(identity):
         svc.ledger.record(
             Event(
                 kind="denied",
@@ -43,11 +67,22 @@ def operator(request: Request, identity: Caller, svc: Service) -> Identity:
                 detail={"code": "forbidden", "action": f"{request.method} {request.scope['route'].path}"},
             )
         )
-        raise Forbidden("operator role required")
+        raise Forbidden(f"{' or '.join(sorted(allowed))} role required")
     return identity
 
 
+def operator(request: Request, identity: Caller, svc: Service) -> Identity:
+    """Operators are subjects whom policy gives the `operator` role; anyone else is refused and recorded."""
+    return _require_role(request, identity, svc, frozenset({"operator"}))
+
+
+def auditor(request: Request, identity: Caller, svc: Service) -> Identity:
+    """Read-only operator surface (inventory, audit, reports): the `auditor` or the `operator` role."""
+    return _require_role(request, identity, svc, frozenset({"operator", "auditor"}))
+
+
 Operator = Annotated[Identity, Depends(operator)]
+Auditor = Annotated[Identity, Depends(auditor)]
 
 
 def json_body(request: Request) -> None:

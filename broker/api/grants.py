@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from broker.api.deps import Caller, Service, json_body
+from broker.api.deps import Caller, ProofKey, Service, json_body
 from broker.api.schemas import GrantIn, GrantOut, IssuedOut, TaskCompletedOut, when
 from broker.grants import GrantRequest
 
@@ -21,9 +21,9 @@ GRANT_BODY = {"requestBody": {"required": True, "content": {"application/json": 
 @router.post(
     "/grants", status_code=201, response_model=IssuedOut, dependencies=[Depends(json_body)], openapi_extra=GRANT_BODY
 )
-def create_grant(payload: Annotated[Any, Body()], identity: Caller, svc: Service) -> IssuedOut:
+def create_grant(payload: Annotated[Any, Body()], identity: Caller, svc: Service, jkt: ProofKey) -> IssuedOut:
     body = _grant_in(payload, identity, svc)
-    request = GrantRequest(task=body.task, boundary=body.boundary, scopes=tuple(body.scopes), ttl=body.ttl)
+    request = GrantRequest(task=body.task, boundary=body.boundary, scopes=tuple(body.scopes), ttl=body.ttl, cnf_jkt=jkt)
     issued = svc.issue(identity, request)
     credential = {**issued.credential, "expires_at": when(issued.credential["expires_at"]).isoformat()}
     return IssuedOut(**GrantOut.of(issued.grant).model_dump(), credential=credential)
@@ -35,13 +35,13 @@ def read_grant(grant_id: str, identity: Caller, svc: Service) -> GrantOut:
 
 
 @router.post("/grants/{grant_id}/complete", response_model=GrantOut)
-def complete_grant(grant_id: str, identity: Caller, svc: Service) -> GrantOut:
-    return GrantOut.of(svc.complete(identity, grant_id))
+def complete_grant(grant_id: str, identity: Caller, svc: Service, jkt: ProofKey) -> GrantOut:
+    return GrantOut.of(svc.complete(identity, grant_id, proof_jkt=jkt))
 
 
 @router.post("/tasks/{task}/complete", response_model=TaskCompletedOut)
-def complete_task(task: str, identity: Caller, svc: Service) -> TaskCompletedOut:
-    outcome = svc.complete_task(identity, task)
+def complete_task(task: str, identity: Caller, svc: Service, jkt: ProofKey) -> TaskCompletedOut:
+    outcome = svc.complete_task(identity, task, proof_jkt=jkt)
     return TaskCompletedOut(
         task=task, matched=outcome.matched, revoked=outcome.revoked, pending=outcome.pending, grant_ids=outcome.grant_ids
     )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.deps import Caller, Service, bearer, form_body
+from broker.api.deps import Service, bearer, dpop_key, form_body
 from broker.errors import BadRequest, MultiBoundary
 from broker.grants import GrantRequest
 
@@ -60,6 +61,8 @@ async def token_exchange(request: Request, svc: Service) -> dict:
     subject_token = _one(form, "subject_token")
     identity = await run_in_threadpool(svc.authenticate, subject_token, action="POST /oauth/token")
     grant_request = _exchange_request(form)
+    jkt = await run_in_threadpool(dpop_key, request, svc, identity, None)
+    grant_request = replace(grant_request, cnf_jkt=jkt)
     boundary = svc.boundaries.get(grant_request.boundary)  # type: ignore[arg-type]
     if boundary is not None and boundary.backend not in ISSUED_TYPE:
         raise BadRequest("token exchange issues jwt and vault_token credentials; use POST /v1/grants")
@@ -77,16 +80,18 @@ async def token_exchange(request: Request, svc: Service) -> dict:
 
 @router.post("/introspect")
 async def introspect(request: Request, svc: Service) -> dict:
-    await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/introspect")
+    identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/introspect")
     token = _one(await _form(request), "token")
-    return await run_in_threadpool(svc.introspect, token)
+    jkt = await run_in_threadpool(dpop_key, request, svc, identity, token, True)
+    return await run_in_threadpool(svc.introspect, token, identity, jkt)
 
 
 @router.post("/revoke")
 async def revoke(request: Request, svc: Service) -> dict:
     identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/revoke")
     token = _one(await _form(request), "token")
+    jkt = await run_in_threadpool(dpop_key, request, svc, identity, token, True)
     grant = await run_in_threadpool(svc.grant_of_token, token)
     if grant is not None and grant.subject == identity.subject and grant.attestor == identity.attestor:
-        await run_in_threadpool(svc.complete, identity, grant.id)
+        await run_in_threadpool(svc.complete, identity, grant.id, jkt)
     return {}  # RFC 7009 §2.2: 200 whether or not the token was valid

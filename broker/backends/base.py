@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from broker.config import BoundaryConfig
+from broker.errors import BrokerError
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,48 @@ class Backend(Protocol):
     def revoke(self, boundary: BoundaryConfig, handle: str) -> None:
         """Make the credential unusable; idempotent (already gone is success); raises BackendUnavailable."""
         ...
+
+
+class BatchRevoker(Protocol):
+    """Optional part of a backend: revoke many handles of one boundary in few calls (Vault prefix, batches)."""
+
+    def revoke_many(
+        self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False
+    ) -> dict[str, str]:
+        """Revoke every handle; answer `{handle: error}` for the ones that failed (empty: all done).
+
+        `whole_boundary` means the handles are every live grant of the boundary and the boundary is
+        frozen, so one prefix revocation (`sys/leases/revoke-prefix`) may replace thousands of calls.
+        """
+        ...
+
+
+def revoke_many(
+    backend: Backend, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False, workers: int = 8
+) -> dict[str, str]:
+    """The backend's own `revoke_many` when it has one, else `revoke` on a bounded thread pool."""
+    if not handles:
+        return {}
+    batch = getattr(backend, "revoke_many", None)
+    if batch is not None:
+        return batch(boundary, handles, whole_boundary=whole_boundary)
+    return revoke_each(backend, boundary, handles, workers=workers)
+
+
+def revoke_each(backend: Backend, boundary: BoundaryConfig, handles: Sequence[str], *, workers: int = 8) -> dict[str, str]:
+    """`revoke` per handle on at most `workers` threads; `{handle: error}` for the ones that failed."""
+    if not handles:
+        return {}
+
+    def one(handle: str) -> tuple[str, str | None]:
+        try:
+            backend.revoke(boundary, handle)
+            return handle, None
+        except BrokerError as exc:
+            return handle, exc.detail
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(handles))) as pool:
+        return {handle: error for handle, error in pool.map(one, handles) if error is not None}
 
 
 def fingerprint(secret: str) -> str:

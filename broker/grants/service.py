@@ -6,8 +6,10 @@ Every decision is chained into the ledger before it is answered (promise 4).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import secrets
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,17 +21,21 @@ from broker.backends import Backend, MintRequest, Minted
 from broker.config import BoundaryConfig, Settings
 from broker.errors import (
     BackendUnavailable,
+    BoundaryFrozen,
     BrokerError,
+    InvalidDpop,
     InvalidIdentity,
     LedgerUnavailable,
     MultiBoundary,
     NotFound,
     PolicyDenied,
+    SubjectFrozen,
     TtlExceedsCap,
     UnknownBoundary,
     UnknownScope,
 )
 from broker.identity import Attestors, Identity, token_fingerprint
+from broker.identity.dpop import DpopVerifier
 from broker.ledger import ACTIVE, REVOKE_PENDING, Event, Grant, LedgerStore
 from broker.policy import PolicySource
 from broker.signing import KeyStore
@@ -80,6 +86,7 @@ class GrantService:
         ledger: LedgerStore,
         keys: KeyStore,
         clock: Callable[[], float] = time.time,
+        dpop: DpopVerifier | None = None,
     ) -> None:
         self.settings = settings
         self.attestors = attestors
@@ -89,6 +96,7 @@ class GrantService:
         self.keys = keys
         self.clock = clock
         self.boundaries = {b.name: b for b in settings.boundaries}
+        self.dpop = dpop or DpopVerifier(clock=clock)
 
     # --- identity --------------------------------------------------------------------------
 
@@ -117,6 +125,27 @@ class GrantService:
     def roles(self, identity: Identity) -> frozenset[str]:
         return self.policy.current.roles(attestor=identity.attestor, subject=identity.subject, claims=identity.claims)
 
+    def proof_key(self, proof: str, *, identity: Identity | None, action: str, **request: Any) -> str:
+        """The thumbprint of a valid DPoP proof (see DpopVerifier.verify); an invalid one is recorded, refused."""
+        try:
+            return self.dpop.verify(proof, **request).jkt
+        except InvalidDpop as exc:
+            self.refuse_dpop(identity, action, exc)
+            raise
+
+    def refuse_dpop(self, identity: Identity | None, action: str, exc: InvalidDpop, grant_id: str | None = None) -> None:
+        """Record a DPoP refusal as `denied` before it is answered."""
+        subject = identity.subject if identity else None
+        detail = {"code": exc.code, "action": action, "reason": exc.detail[:200]}
+        self.ledger.record(Event(kind="denied", subject=subject, actor=subject, grant_id=grant_id, detail=detail))
+
+    def check_holder(self, identity: Identity, grant: Grant, proof_jkt: str | None, action: str) -> None:
+        """A DPoP-bound grant is acted on only with a proof by the key it is bound to."""
+        if grant.cnf_jkt and grant.cnf_jkt != proof_jkt:
+            exc = InvalidDpop("no proof by the bound key" if proof_jkt is None else "proof by another key")
+            self.refuse_dpop(identity, action, exc, grant_id=grant.id)
+            raise exc
+
     # --- issue -----------------------------------------------------------------------------
 
     def issue(self, identity: Identity, request: GrantRequest) -> Issued:
@@ -135,6 +164,8 @@ class GrantService:
             cnf_jkt=request.cnf_jkt,
         )
         minted = self._mint(identity, request, mint)
+        if "crash_after_mint" in self.settings.fault_injection:  # env=test only: a crash before the ledger commit
+            os.kill(os.getpid(), signal.SIGKILL)
         grant = self._grant_row(identity, mint, minted)
         self._commit_issue(grant, minted, identity)
         return Issued(grant=grant, credential={**minted.credential, "expires_at": mint.expires_at})
@@ -144,6 +175,8 @@ class GrantService:
         try:
             boundary = self._one_boundary(request.boundary)
             scopes = _own_scopes(boundary, request.scopes)
+            if boundary.require_dpop and not request.cnf_jkt:
+                raise InvalidDpop(f"boundary {boundary.name!r} requires a DPoP proof")
             self._check_not_frozen(identity, boundary)
             cap = self._policy_cap(identity, boundary, scopes)
             return boundary, scopes, _ttl(request.ttl, boundary, cap)
@@ -161,7 +194,12 @@ class GrantService:
         return boundary
 
     def _check_not_frozen(self, identity: Identity, boundary: BoundaryConfig) -> None:
-        """Hook for operator freezes; the operator module replaces it with a real check."""
+        """Operator freezes (broker/grants/operations.py) refuse new grants until lifted."""
+        frozen = self.ledger.frozen(identity.subject, boundary.name)
+        if frozen == "subject":
+            raise SubjectFrozen(f"subject {identity.subject!r} is frozen")
+        if frozen == "boundary":
+            raise BoundaryFrozen(f"boundary {boundary.name!r} is frozen")
 
     def _policy_cap(self, identity: Identity, boundary: BoundaryConfig, scopes: tuple[str, ...]) -> int:
         decision = self.policy.current.decide(
@@ -178,7 +216,7 @@ class GrantService:
     def _mint(self, identity: Identity, request: GrantRequest, mint: MintRequest) -> Minted:
         try:
             return self.backends[mint.boundary.backend].mint(mint)
-        except BackendUnavailable as exc:
+        except BrokerError as exc:  # BackendUnavailable, or scopes a backend cannot serve in one credential
             self._deny(identity, request, exc)
             raise
 
@@ -261,22 +299,25 @@ class GrantService:
 
     # --- completion and revocation ---------------------------------------------------------
 
-    def complete(self, identity: Identity, grant_id: str) -> Grant:
+    def complete(self, identity: Identity, grant_id: str, proof_jkt: str | None = None) -> Grant:
         """The owner says done: revoke now. Idempotent."""
         grant = self.ledger.get_grant(grant_id)
         if grant is None or not _owns(identity, grant):
             self._record_refusal(identity, "complete", grant_id=grant_id)
             raise NotFound("grant not found")
+        self.check_holder(identity, grant, proof_jkt, "complete")
         self.revoke([grant.id], end_status="completed", actor=identity.subject, reason="completed by owner")
         return self.ledger.get_grant(grant_id) or grant
 
-    def complete_task(self, identity: Identity, task: str) -> RevokeOutcome:
-        """Complete every grant of the caller's task."""
+    def complete_task(self, identity: Identity, task: str, proof_jkt: str | None = None) -> RevokeOutcome:
+        """Complete every grant of the caller's task (DPoP-bound ones only with their key's proof)."""
         grants = self.ledger.task_grants(identity.subject, task)
         grants = [g for g in grants if g.attestor == identity.attestor]
         if not grants:
             self._record_refusal(identity, "complete_task", task=task)
             raise NotFound("task not found")
+        for grant in grants:
+            self.check_holder(identity, grant, proof_jkt, "complete_task")
         outcome = self.revoke(
             [g.id for g in grants], end_status="completed", actor=identity.subject, reason="task completed"
         )
@@ -342,16 +383,24 @@ class GrantService:
 
     # --- introspection ---------------------------------------------------------------------
 
-    def introspect(self, token: str) -> dict[str, Any]:
-        """RFC 7662: active only if the signature holds, it has not expired, and the grant is active."""
+    def introspect(self, token: str, caller: Identity | None = None, proof_jkt: str | None = None) -> dict[str, Any]:
+        """RFC 7662: active only if the signature holds, it has not expired, and the grant is active.
+
+        The holder of a DPoP-bound token introspects it only with a proof by the bound key; a resource
+        server gets `cnf` back and checks the holder's proof itself (RFC 9449 §6.2).
+        """
         try:
             claims = self.keys.verify(token, issuer=self.settings.issuer)
         except (jwt.InvalidTokenError, ValueError):
             return {"active": False}
-        if self.ledger.grant_status(str(claims.get("jti"))) != ACTIVE or claims["exp"] <= self.clock():
+        grant = self.ledger.get_grant(str(claims.get("jti")))
+        if grant is None or grant.status != ACTIVE or claims["exp"] <= self.clock():
             return {"active": False}
+        if caller is not None and _owns(caller, grant):
+            self.check_holder(caller, grant, proof_jkt, "introspect")
         keep = ("sub", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf")
-        return {"active": True, "token_type": "Bearer", **{k: claims[k] for k in keep if k in claims}}
+        token_type = "DPoP" if grant.cnf_jkt else "Bearer"
+        return {"active": True, "token_type": token_type, **{k: claims[k] for k in keep if k in claims}}
 
     def grant_of_token(self, token: str) -> Grant | None:
         """The grant behind a valid, unexpired broker JWT (an expired one is the reaper's)."""

@@ -4,33 +4,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import event
 
-from broker.ledger.models import AuditEvent
-
 log = logging.getLogger(__name__)
-Subscriber = Callable[[Sequence[AuditEvent]], None]
+Subscriber = Callable[[Sequence[dict[str, Any]]], None]  # chained event rows, as `_append` wrote them
 
 
 class EventFeed:
-    """Mixin of LedgerStore: call subscribers with each transaction's events once it has committed."""
+    """Mixin of LedgerStore: call subscribers with each transaction's events once it has committed.
+
+    `_append` leaves the rows in `session.info["feed"]`; a rolled-back transaction drops them.
+    """
 
     def subscribe(self, callback: Subscriber) -> None:
-        sessions = self._sessions
+        if not hasattr(self, "_subscribers"):
+            self._subscribers: list[Subscriber] = []
+            event.listen(self._sessions, "after_commit", self._deliver)
+            event.listen(self._sessions, "after_rollback", lambda session: session.info.pop("feed", None))
+        self._subscribers.append(callback)
 
-        def collect(session, _context) -> None:  # noqa: ANN001
-            rows = [row for row in session.new if isinstance(row, AuditEvent)]
-            session.info.setdefault("feed", []).extend(rows)
-
-        def deliver(session) -> None:  # noqa: ANN001
-            rows = session.info.pop("feed", [])
-            if rows:
-                try:
-                    callback(rows)
-                except Exception:  # a subscriber never breaks a committed decision
-                    log.exception("ledger feed subscriber failed")
-
-        event.listen(sessions, "after_flush", collect)
-        event.listen(sessions, "after_commit", deliver)
-        event.listen(sessions, "after_rollback", lambda session: session.info.pop("feed", None))
+    def _deliver(self, session) -> None:  # noqa: ANN001
+        rows = session.info.pop("feed", [])
+        for callback in self._subscribers if rows else ():
+            try:
+                callback(rows)
+            except Exception:  # a subscriber never breaks a committed decision
+                log.exception("ledger feed subscriber failed")

@@ -72,6 +72,17 @@ class ReadQueries:
             query = select(AuditEvent).where(AuditEvent.seq > after_seq, *self._event_conditions(session, where))
             return list(session.scalars(query.order_by(AuditEvent.seq).limit(limit)).all())
 
+    def audit_tail(self, where: Filter, count: int) -> list[AuditEvent]:
+        """The newest `count` matching events, oldest first (`broker audit tail`)."""
+        with self._tx(readonly=True) as session:
+            query = select(AuditEvent).where(*self._event_conditions(session, where))
+            rows = session.scalars(query.order_by(AuditEvent.seq.desc()).limit(count)).all()
+            return list(reversed(rows))
+
+    def last_seq(self) -> int:
+        with self._tx(readonly=True) as session:
+            return session.scalar(select(func.max(AuditEvent.seq))) or 0
+
     def revocation_progress(self, revocation_id: str) -> dict[str, int]:
         """How many grants of one revocation are in each status; `retrying`: pending after a failed attempt."""
         with self._tx(readonly=True) as session:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select, text, update
+from sqlalchemy import Engine, Row, create_engine, event, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -114,6 +114,7 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
             rows.append(row)
         session.execute(insert(AuditEvent.__table__), rows)
         session.execute(update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=seq, hash=prev_hash))
+        session.info.setdefault("feed", []).extend(rows)  # delivered after commit (broker/ledger/feed.py)
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -176,31 +177,45 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
                 return None
             grant.revoke_attempts += 1
             grant.next_attempt_at = retry_at
-            detail = {"error": error[:200], "attempt": grant.revoke_attempts, "retry_at": retry_at}
-            self._append(session, [_end_event(grant, "revoke_failed", detail)])
+            self._append(session, [_failed_event(grant, error, grant.revoke_attempts, retry_at)])
             return grant
 
-    def finish_revoke_many(self, grant_ids: Sequence[str], extra: dict[str, Any] | None = None) -> int:
-        """Outbox step 2 for a batch: one transaction, one chained event per grant; returns how many moved."""
+    def begin_revoke_many(
+        self, grant_ids: Sequence[str], *, end_status: str, actor: str, reason: str, revocation_id: str | None = None
+    ) -> list[Row]:
+        """Outbox step 1 for a batch (operator revocations): one SELECT and one UPDATE, no ORM objects.
+
+        Returns the moved grants as rows (id, backend, boundary, handle, revoke_attempts, ...).
+        """
+        now = self._clock()
+        values = {"status": REVOKE_PENDING, "end_status": end_status, "end_actor": actor, "end_reason": reason[:256],
+                  "ended_at": now, "next_attempt_at": now + OWNER_LEASE, "revocation_id": revocation_id}  # fmt: skip
         with self._tx() as session:
-            rows = session.scalars(
-                _for_update(_pending(grant_ids), self._lock_head)
-            ).all()
-            for grant in rows:
-                grant.status, grant.next_attempt_at = grant.end_status or "revoked", None
-            self._append(session, [_end_event(g, g.status, extra or {}) for g in rows])
+            rows = session.execute(_for_update(_batch(grant_ids, ACTIVE), self._lock_head)).all()
+            session.execute(update(Grant.__table__).where(Grant.id.in_([r.id for r in rows])).values(**values))
+            return list(rows)
+
+    def finish_revoke_many(self, grant_ids: Sequence[str], extra: dict[str, Any] | None = None) -> int:
+        """Outbox step 2 for a batch: one transaction, one UPDATE, one chained event per grant; returns how many moved."""
+        with self._tx() as session:
+            rows = session.execute(_for_update(_batch(grant_ids, REVOKE_PENDING), self._lock_head)).all()
+            final = func.coalesce(Grant.end_status, "revoked")
+            session.execute(
+                update(Grant.__table__).where(Grant.id.in_([r.id for r in rows])).values(status=final, next_attempt_at=None)
+            )
+            self._append(session, [_end_event(r, r.end_status or "revoked", extra or {}) for r in rows])
             return len(rows)
 
     def fail_revoke_many(self, errors: dict[str, str], retry_at: float) -> int:
         """Outbox step 2 failed for a batch: count attempts, schedule retries, chain `revoke_failed` events."""
         with self._tx() as session:
-            rows = session.scalars(
-                _for_update(_pending(list(errors)), self._lock_head)
-            ).all()
-            for grant in rows:
-                grant.revoke_attempts += 1
-                grant.next_attempt_at = retry_at
-            self._append(session, [_failed_event(g, errors[g.id], retry_at) for g in rows])
+            rows = session.execute(_for_update(_batch(list(errors), REVOKE_PENDING), self._lock_head)).all()
+            session.execute(
+                update(Grant.__table__)
+                .where(Grant.id.in_([r.id for r in rows]))
+                .values(revoke_attempts=Grant.revoke_attempts + 1, next_attempt_at=retry_at)
+            )
+            self._append(session, [_failed_event(r, errors[r.id], r.revoke_attempts + 1, retry_at) for r in rows])
             return len(rows)
 
     def claim_due_revocations(self, now: float, limit: int, lease: float) -> list[Grant]:
@@ -301,13 +316,13 @@ def _end_event(grant: Grant, kind: str, detail: dict[str, Any]) -> Event:
     )
 
 
-def _pending(grant_ids: Sequence[str]):  # noqa: ANN202
-    # rows locked in id order, like begin_revoke, so overlapping batches never deadlock
-    return select(Grant).where(Grant.id.in_(grant_ids), Grant.status == REVOKE_PENDING).order_by(Grant.id)
+def _batch(grant_ids: Sequence[str], status: str):  # noqa: ANN202
+    # Core rows, not ORM objects (thousands per batch), locked in id order like begin_revoke: no deadlocks
+    return select(Grant.__table__).where(Grant.id.in_(grant_ids), Grant.status == status).order_by(Grant.id)
 
 
-def _failed_event(grant: Grant, error: str, retry_at: float) -> Event:
-    return _end_event(grant, "revoke_failed", {"error": error[:200], "attempt": grant.revoke_attempts, "retry_at": retry_at})
+def _failed_event(grant: Grant | Row, error: str, attempt: int, retry_at: float) -> Event:
+    return _end_event(grant, "revoke_failed", {"error": error[:200], "attempt": attempt, "retry_at": retry_at})
 
 
 def _short(handle: str) -> str:

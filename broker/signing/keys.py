@@ -107,6 +107,7 @@ class KeyStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._loaded: dict[str, tuple[SigningKey, Any]] = {}
+        self._last_miss_reload = 0.0
         self.reload()
         if not self._loaded:
             self.rotate()
@@ -162,7 +163,7 @@ class KeyStore:
     def verify(self, token: str, *, issuer: str, audience: str | None = None) -> dict[str, Any]:
         """Verify a broker-minted JWT; raises jwt.InvalidTokenError."""
         header = jwt.get_unverified_header(token)
-        entry = self._loaded.get(str(header.get("kid")))
+        entry = self._loaded.get(str(header.get("kid"))) or self._reload_for(str(header.get("kid")))
         if entry is None or header.get("typ") != TOKEN_TYPE:
             raise jwt.InvalidTokenError("unknown key or type")
         key, private = entry
@@ -175,6 +176,15 @@ class KeyStore:
             # introspection does not know the audience in advance; the caller checks it
             options={"verify_aud": audience is not None, "require": ["exp", "iat", "jti", "sub"]},
         )
+
+    def _reload_for(self, kid: str) -> tuple[SigningKey, Any] | None:
+        """Another replica may have rotated a moment ago: reload, at most once a second."""
+        now = self._clock()
+        if now - self._last_miss_reload < 1.0:
+            return None
+        self._last_miss_reload = now
+        self.reload()
+        return self._loaded.get(kid)
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [_public_jwk(key, private) for key, private in self._loaded.values()]}

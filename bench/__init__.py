@@ -1,0 +1,1 @@
+"""Benchmarks of the broker against OpenBao on this machine: `make bench` (= `python -m bench`)."""

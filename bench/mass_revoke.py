@@ -1,0 +1,178 @@
+"""Mass revocation: time to revoke 10,000 active grants until every one is unusable (target < 10 s).
+
+    python -m bench.mass_revoke [--count 10000] [--workers 16] [--skip-vault] [--database-url URL]
+
+Scenarios, each on its own fresh set of active grants in a SQLite (or PostgreSQL) ledger:
+  jwt            revoke a jwt boundary; then every token is checked by introspection
+  vault subject  revoke one subject's vault_token grants: accessor by accessor on a bounded pool
+  vault prefix   revoke a frozen vault_token boundary: one `sys/leases/revoke-prefix` call
+The timed part is `Operations.revoke` (the code behind `POST /v1/revocations`): intent committed
+in batches, backend revocation, outcome chained in batches. The check afterwards (introspection,
+or `lookup-self` of every Vault token) is timed apart and must find 0 usable credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from broker.app import Components, build
+from broker.backends import MintRequest
+from broker.backends.plan import apply_plan, make_plan
+from broker.backends.vault import VaultClient
+from broker.config import Settings, VaultConfig, load_settings
+from broker.dev_openbao import OpenBaoServer
+from broker.grants.service import GrantService
+from broker.identity import Identity
+from broker.ledger import Event, Grant, Selector
+
+TARGET_SECONDS = 10.0
+SEED_TIME_CAP = 240.0  # seconds: seeding stops early (and says so) rather than run unbounded
+KV_RULES = 'path "secret/data/bench/*" { capabilities = ["read"] }\n'
+
+
+@dataclass
+class Outcome:
+    """One scenario's figures."""
+
+    name: str
+    grants: int
+    revoke_seconds: float
+    revoked: int
+    pending: int
+    check_seconds: float
+    usable_after: int
+
+    @property
+    def rate(self) -> float:
+        return self.revoked / self.revoke_seconds if self.revoke_seconds else 0.0
+
+
+def settings(data_dir: Path, database_url: str | None, vault: OpenBaoServer | None) -> Settings:
+    boundaries: list[dict[str, Any]] = [{"name": "bench-jwt", "backend": "jwt", "scopes": ["read"], "max_ttl": "1h"}]
+    if vault:
+        for name in ("bench-kv-a", "bench-kv-b"):
+            scope = {"token_role": f"{name}-read", "policies": [f"{name}-read"], "rules": {f"{name}-read": KV_RULES}}
+            boundaries.append({"name": name, "backend": "vault_token", "scopes": {"read": scope}, "max_ttl": "1h"})
+    values: dict[str, Any] = {
+        "env": "test", "issuer": "http://bench.invalid", "data_dir": data_dir, "sqlite_synchronous": "NORMAL",
+        "boundaries": boundaries, "policy": {"rules": []}, "worker_interval": 3600.0,
+        "vault": vault.vault_config(timeout=10.0) if vault else None, "database_url": database_url,
+    }
+    return load_settings(None, **values)
+
+
+def seed(service: GrantService, boundary: str, subject: str, count: int, workers: int) -> list[str]:
+    """`count` active grants with real backend credentials; returns the credentials' secrets."""
+    config = service.boundaries[boundary]
+    backend = service.backends[config.backend]
+    deadline = time.monotonic() + SEED_TIME_CAP
+
+    def one(index: int) -> str | None:
+        if time.monotonic() > deadline:
+            return None
+        now = time.time()
+        request = MintRequest(f"g_{secrets.token_urlsafe(18)}", subject, f"task-{index % 50}", config, ("read",),
+                              3600, now, now + 3600)
+        minted = backend.mint(request)
+        grant = Grant(id=request.grant_id, subject=subject, attestor="bench", task=request.task, boundary=boundary,
+                      backend=config.backend, scopes="read", handle=minted.handle, fingerprint=minted.fingerprint,
+                      issued_at=now, expires_at=now + 3600)
+        event = Event(kind="issued", subject=subject, boundary=boundary, task=request.task, grant_id=grant.id,
+                      actor=subject, detail={"scopes": ["read"], "fingerprint": minted.fingerprint})
+        service.ledger.record_issued(grant, event)
+        return minted.credential["token"]
+
+    with ThreadPoolExecutor(workers) as pool:
+        return [token for token in pool.map(one, range(count)) if token is not None]
+
+
+def operator() -> Identity:
+    return Identity(subject="bench:operator", attestor="bench", claims={}, token_fingerprint="-", expires_at=0)
+
+
+def run(parts: Components, name: str, selector: Selector, tokens: list[str], check: Callable[[str], bool],
+        freeze: bool = False) -> Outcome:  # fmt: skip
+    started = time.perf_counter()
+    status = parts.operations.revoke(operator(), selector, f"bench {name}", freeze=freeze)
+    revoke_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        usable = sum(pool.map(check, tokens))
+    return Outcome(name, len(tokens), revoke_seconds, status.revoked, status.pending,
+                   time.perf_counter() - started, usable)  # fmt: skip
+
+
+def vault_usable(addr: str) -> Callable[[str], bool]:
+    client = httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=32))
+
+    def check(token: str) -> bool:
+        return client.get(f"{addr}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}).status_code == 200
+
+    return check
+
+
+def scenarios(args: argparse.Namespace, directory: Path, vault: OpenBaoServer | None) -> list[Outcome]:
+    config = settings(directory, args.database_url, vault)
+    if vault:
+        apply_plan(make_plan(config), VaultClient(VaultConfig(**vault.vault_config())))
+    parts = build(config)
+    parts.operations.workers = args.workers
+    service, results = parts.service, []
+    jwt_tokens = seed(service, "bench-jwt", "bench:jwt-holder", args.count, args.seed_workers)
+    jwt_check = lambda token: bool(service.introspect(token)["active"])  # noqa: E731
+    results.append(run(parts, "jwt (boundary)", Selector(boundary="bench-jwt"), jwt_tokens, jwt_check))
+    if vault:
+        check = vault_usable(vault.addr)
+        tokens = seed(service, "bench-kv-a", "bench:victim", args.count, args.seed_workers)
+        results.append(run(parts, "vault_token (subject, accessors)", Selector(subject="bench:victim"), tokens, check))
+        tokens = seed(service, "bench-kv-b", "bench:holder", args.count, args.seed_workers)
+        outcome = run(parts, "vault_token (frozen boundary, prefix)", Selector(boundary="bench-kv-b"), tokens, check,
+                      freeze=True)  # fmt: skip
+        results.append(outcome)
+    parts.operations.close()
+    return results
+
+
+def table(results: list[Outcome], workers: int) -> Table:
+    view = Table(title=f"mass revocation (target < {TARGET_SECONDS:.0f} s; revoke pool {workers} threads)")
+    for column in ("scenario", "grants", "revoke s", "grants/s", "revoked", "pending", "check s", "usable after", "ok"):
+        view.add_column(column, justify="right" if column != "scenario" else "left")
+    for r in results:
+        ok = r.revoke_seconds < TARGET_SECONDS and r.usable_after == 0 and r.pending == 0 and r.revoked == r.grants
+        view.add_row(r.name, str(r.grants), f"{r.revoke_seconds:.2f}", f"{r.rate:,.0f}", str(r.revoked),
+                     str(r.pending), f"{r.check_seconds:.2f}", str(r.usable_after), "yes" if ok else "NO")  # fmt: skip
+    return view
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.mass_revoke", description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=10_000, help="active grants per scenario")
+    parser.add_argument("--workers", type=int, default=16, help="revocation thread pool (accessor by accessor)")
+    parser.add_argument("--seed-workers", type=int, default=16, help="threads minting the grants to revoke")
+    parser.add_argument("--skip-vault", action="store_true", help="jwt only (no OpenBao)")
+    parser.add_argument("--database-url", help="ledger database (default: SQLite in a temp dir)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-revoke-") as tmp:
+        vault = None if args.skip_vault else OpenBaoServer(log_path=Path(tmp) / "openbao.log").start()
+        try:
+            results = scenarios(args, Path(tmp), vault)
+        finally:
+            if vault:
+                vault.stop()
+    Console().print(table(results, args.workers))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""What the bench measures: the broker's endpoints and OpenBao's own, as request shapes for `harness.load`."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from bench.harness import Result, Send
+from broker.backends.plan import apply_plan, make_plan
+from broker.backends.vault import VaultClient
+from broker.config import VaultConfig, load_settings
+from broker.dev_openbao import OpenBaoServer, configure_database_engine
+from tests.support.issuer import TestIssuer
+
+SUBJECT_NS, SUBJECT_SA = "bench", "worker"
+JWT_BOUNDARY = "bench-jwt"
+TOKEN_ROLE = "bench-token"
+DB_ROLE = "bench-db"
+
+
+def identity_token(issuer: TestIssuer) -> str:
+    """A Kubernetes-style RS256 token, reused by every request as a projected SA token would be."""
+    return issuer.k8s_token(SUBJECT_NS, SUBJECT_SA, lifetime=3600)
+
+
+def broker_config(issuer: TestIssuer, *, boundaries: list[dict[str, Any]], env: str = "production") -> dict[str, Any]:
+    """Attestor, boundaries and a policy allowing the bench subject every boundary at `read`."""
+    allow = [{"boundary": b["name"], "scopes": ["read"], "max_ttl": "15m"} for b in boundaries]
+    return {
+        "env": env,
+        # the PostgreSQL run keeps signing keys in the database, sealed with this (a bench-only value)
+        "key_encryption_key": secrets.token_hex(32),
+        "attestors": [issuer.attestor_config("kubernetes", name="k8s").model_dump(mode="json", exclude_none=True)],
+        "boundaries": boundaries,
+        "policy": {
+            "rules": [
+                {"name": "bench", "match": {"attestor": "k8s", "subject": f"system:serviceaccount:{SUBJECT_NS}:*"},
+                 "allow": allow},
+            ]
+        },  # fmt: skip
+    }
+
+
+def jwt_boundary() -> dict[str, Any]:
+    return {"name": JWT_BOUNDARY, "backend": "jwt", "scopes": ["read"], "max_ttl": "15m"}
+
+
+# --- broker request shapes ---------------------------------------------------------------------
+
+
+def grant_request(base: str, token: str, boundary: str, ttl: int = 300) -> Send:
+    """POST /v1/grants for `boundary`, a new task per request."""
+    url, headers = f"{base}/v1/grants", {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
+        body = f'{{"task":"bench-{index}","boundary":"{boundary}","scopes":["read"],"ttl":{ttl}}}'
+        return await client.post(url, content=body, headers=headers)
+
+    return send
+
+
+# --- OpenBao request shapes --------------------------------------------------------------------
+
+
+def bao_token_create(bao: OpenBaoServer) -> Send:
+    """OpenBao's own auth/token/create on the same token role the broker uses."""
+    url, headers = f"{bao.addr}/v1/auth/token/create/{TOKEN_ROLE}", _root_headers(bao)
+    # the same body the vault_token backend sends, so the ratio is the broker's own overhead
+    body = json.dumps({
+        "ttl": "300s", "explicit_max_ttl": "300s", "renewable": False, "display_name": "broker-bench",
+        "policies": ["bench-read"], "meta": {"grant_id": "g_bench", "task": "bench", "subject": "bench"},
+    })  # fmt: skip
+
+    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
+        return await client.post(url, content=body, headers=headers)
+
+    return send
+
+
+def bao_jwt_login(bao: OpenBaoServer, token: str) -> Send:
+    """OpenBao's auth/jwt/login with the same identity token the broker verifies."""
+    url, body = f"{bao.addr}/v1/auth/jwt/login", json.dumps({"role": "bench", "jwt": token})
+
+    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
+        return await client.post(url, content=body)
+
+    return send
+
+
+def bao_db_creds(bao: OpenBaoServer) -> Send:
+    url, headers = f"{bao.addr}/v1/database/creds/{DB_ROLE}", _root_headers(bao)
+
+    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
+        return await client.get(url, headers=headers)
+
+    return send
+
+
+# --- OpenBao setup (not timed) -----------------------------------------------------------------
+
+
+def vault_boundaries(pg_db: str = "test") -> list[dict[str, Any]]:
+    """A vault_token and a vault_secret boundary; `broker vault plan` derives the token and engine roles."""
+    read_rule = {"bench-read": 'path "secret/data/bench/*" { capabilities = ["read"] }'}
+    statements = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"]
+    return [
+        {"name": "bench-vault-token", "backend": "vault_token", "max_ttl": "15m",
+         "scopes": {"read": {"token_role": TOKEN_ROLE, "policies": ["bench-read"], "rules": read_rule}}},
+        {"name": "bench-vault-secret", "backend": "vault_secret", "max_ttl": "15m",
+         "scopes": {"read": {"path": f"database/creds/{DB_ROLE}",
+                             "role": {"db_name": "bench-pg", "creation_statements": statements}}}},
+    ]  # fmt: skip
+
+
+def root(bao: OpenBaoServer, timeout: float = 30.0) -> VaultClient:
+    return VaultClient(VaultConfig(**bao.vault_config(timeout=timeout)))
+
+
+def _root_headers(bao: OpenBaoServer) -> dict[str, str]:
+    return {"X-Vault-Token": bao.root_token}
+
+
+def setup_vault(bao: OpenBaoServer, config: dict[str, Any], issuer: TestIssuer, pg_db: str = "test") -> None:
+    """Database engine and jwt auth by hand, then the broker's own plan (policies, token and engine roles)."""
+    vault = root(bao)
+    configure_database_engine(vault, "bench-pg", f"postgresql://postgres@127.0.0.1:5432/{pg_db}")
+    apply_plan(make_plan(load_settings(None, **config)), vault)
+    # OpenBao's jwt auth trusting the bench issuer's JWKS, like the broker's attestor
+    vault.write("sys/auth/jwt", {"type": "jwt"})
+    vault.write("auth/jwt/config", {"jwks_url": issuer.jwks_uri, "bound_issuer": issuer.url})
+    vault.write("auth/jwt/role/bench", {"role_type": "jwt", "bound_audiences": ["broker"], "user_claim": "sub",
+                                        "token_ttl": "5m", "token_policies": ["default"]})  # fmt: skip
+
+
+def revoke_db_leases(bao: OpenBaoServer) -> None:
+    """Drop every PostgreSQL role the bench made (cleanup, not timed)."""
+    root(bao, timeout=60.0).write(f"sys/leases/revoke-prefix/database/creds/{DB_ROLE}", {"sync": True})
+
+
+# --- completion to inactive --------------------------------------------------------------------
+
+
+Inactive = Callable[[httpx.Client, dict[str, Any]], bool]
+
+
+def introspect_inactive(client: httpx.Client, credential: dict[str, Any]) -> bool:
+    """The broker's introspection reports the JWT inactive."""
+    return client.post("/oauth/introspect", data={"token": credential["token"]}).json().get("active") is False
+
+
+def vault_lookup_fails(client: httpx.Client, credential: dict[str, Any]) -> bool:
+    """OpenBao refuses the token itself (lookup-self is allowed to every live token)."""
+    url = credential["vault_addr"].rstrip("/") + "/v1/auth/token/lookup-self"
+    return client.get(url, headers={"X-Vault-Token": credential["token"]}).status_code == 403
+
+
+def completion_to_inactive(
+    label: str, base: str, token: str, boundary: str, inactive: Inactive, *, count: int, time_cap: float
+) -> Result:
+    """Sequential: issue (untimed), then time `complete` + the check that the credential is dead."""
+    result = Result(f"completion→inactive ({label})", 1)
+    deadline = time.perf_counter() + time_cap
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30, trust_env=False) as client:
+        while result.requests < count and time.perf_counter() < deadline:
+            body = {"task": f"done-{label}-{result.requests}", "boundary": boundary, "scopes": ["read"], "ttl": 300}
+            credential = client.post("/v1/grants", json=body).json()
+            started = time.perf_counter()
+            client.post(f"/v1/grants/{credential['grant_id']}/complete")
+            dead = inactive(client, credential["credential"])
+            result.latencies.append(time.perf_counter() - started)
+            result.requests += 1
+            result.errors += 0 if dead else 1
+    result.elapsed = sum(result.latencies)
+    return result

@@ -1,0 +1,240 @@
+"""Operator routes: revocations, freezes, the live inventory, the audit trail and the blast-radius report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.api.deps import Auditor, Operator, Service, json_body
+from broker.api.schemas import GrantOut, when
+from broker.config import parse_duration
+from broker.errors import BadRequest
+from broker.grants.operations import Operations, RevocationStatus
+from broker.ledger import Filter, Selector, event_dict
+
+router = APIRouter(prefix="/v1", tags=["operators"])
+Reason = Annotated[str, Field(min_length=1, max_length=256, pattern=r"\S")]
+Name = Annotated[str, Field(min_length=1, max_length=512)]
+NDJSON = "application/x-ndjson"
+PAGE = 500
+
+
+def operations(request: Request) -> Operations:
+    return request.app.state.operations
+
+
+Ops = Annotated[Operations, Depends(operations)]
+
+
+class RevocationIn(BaseModel):
+    """`POST /v1/revocations`: exactly one selector, a reason, optionally freeze the subject or boundary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grant_id: Name | None = None
+    task: Name | None = None
+    subject: Name | None = None
+    boundary: Name | None = None
+    all: bool = False
+    reason: Reason
+    freeze: bool = False
+    wait: bool = True
+    dry_run: bool = False
+
+    def selector(self) -> Selector:
+        return Selector(self.grant_id, self.task, self.subject, self.boundary, self.all)
+
+
+class RevocationOut(BaseModel):
+    """A revocation's progress: done when nothing it matched is still pending."""
+
+    revocation_id: str
+    status: Literal["done", "in_progress", "retrying"]
+    selector: dict[str, Any]
+    reason: str
+    actor: str
+    created_at: datetime
+    matched: int
+    revoked: int
+    pending: int
+    retrying: int
+
+    @classmethod
+    def of(cls, status: RevocationStatus) -> RevocationOut:
+        return cls(
+            revocation_id=status.revocation_id, status=status.state,  # type: ignore[arg-type]
+            selector=status.selector, reason=status.reason, actor=status.actor,
+            created_at=when(status.created_at), matched=status.matched, revoked=status.revoked, pending=status.pending,
+            retrying=status.retrying,
+        )
+
+
+class FreezeIn(BaseModel):
+    """Freeze or lift: one exact subject or one boundary, and a reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: Name | None = None
+    boundary: Name | None = None
+    reason: Reason
+
+    def target(self) -> tuple[Literal["subject", "boundary"], str]:
+        if (self.subject is None) == (self.boundary is None):
+            raise BadRequest("name exactly one of subject, boundary")
+        return ("subject", self.subject) if self.subject is not None else ("boundary", self.boundary)  # type: ignore[return-value]
+
+
+# --- revocations and freezes ------------------------------------------------------------------
+
+
+@router.post("/revocations", dependencies=[Depends(json_body)], response_model=RevocationOut)
+def create_revocation(body: RevocationIn, identity: Operator, ops: Ops) -> JSONResponse:
+    """Revoke now (200 when done, 202 while running or retrying); `dry_run` only counts the matches."""
+    if body.dry_run:
+        return JSONResponse({"matched": ops.matching(body.selector()), "dry_run": True})
+    status = RevocationOut.of(ops.revoke(identity, body.selector(), body.reason, freeze=body.freeze, wait=body.wait))
+    return JSONResponse(status.model_dump(mode="json"), status_code=200 if status.status == "done" else 202)
+
+
+@router.get("/revocations/{revocation_id}", response_model=RevocationOut)
+def read_revocation(revocation_id: str, identity: Auditor, ops: Ops) -> RevocationOut:
+    return RevocationOut.of(ops.progress(revocation_id))
+
+
+@router.get("/freezes")
+def list_freezes(identity: Auditor, ops: Ops) -> dict[str, list[dict[str, Any]]]:
+    items = [
+        {"kind": f.kind, "value": f.value, "reason": f.reason, "actor": f.actor,
+         "created_at": when(f.created_at).isoformat(), "revocation_id": f.revocation_id}
+        for f in ops.freezes()
+    ]
+    return {"items": items}
+
+
+@router.post("/freezes", dependencies=[Depends(json_body)], status_code=201)
+def create_freeze(body: FreezeIn, identity: Operator, ops: Ops) -> dict[str, Any]:
+    kind, value = body.target()
+    return {"kind": kind, "value": value, "frozen": True, "changed": ops.freeze(identity, kind, value, body.reason)}
+
+
+@router.post("/freezes/lift", dependencies=[Depends(json_body)])
+def lift_freeze(body: FreezeIn, identity: Operator, ops: Ops) -> dict[str, Any]:
+    kind, value = body.target()
+    return {"kind": kind, "value": value, "frozen": False, "changed": ops.unfreeze(identity, kind, value, body.reason)}
+
+
+# --- inventory, audit, report -----------------------------------------------------------------
+
+
+@router.get("/grants")
+def inventory(
+    identity: Auditor,
+    svc: Service,
+    status: str | None = None,
+    subject: str | None = None,
+    boundary: str | None = None,
+    task: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    where = Filter(status=status, subject=subject, boundary=boundary, task=task, **_window(since, until))
+    rows = svc.ledger.inventory(where, after=_grant_cursor(cursor), limit=limit)
+    next_cursor = _encode((rows[-1].issued_at, rows[-1].id)) if len(rows) == limit else None
+    return {"items": [GrantOut.of(g).model_dump(mode="json") for g in rows], "next_cursor": next_cursor}
+
+
+@router.get("/audit")
+def audit(
+    request: Request,
+    identity: Auditor,
+    svc: Service,
+    kind: str | None = None,
+    subject: str | None = None,
+    boundary: str | None = None,
+    task: str | None = None,
+    grant_id: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    cursor: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+    last: Annotated[int | None, Query(ge=0, le=5000)] = None,
+    format: Literal["json", "jsonl"] = "json",  # noqa: A002 (the query parameter's public name)
+) -> Any:
+    where = Filter(kind=kind, subject=subject, boundary=boundary, task=task, grant_id=grant_id, **_window(since, until))
+    if format == "jsonl" or NDJSON in request.headers.get("accept", ""):
+        return StreamingResponse(_jsonl(svc.ledger, where, cursor), media_type=NDJSON)
+    if last is not None:  # the newest events, for `broker audit tail`; follow on from the chain's end
+        head = svc.ledger.last_seq()
+        rows = svc.ledger.audit_tail(where, last) if last else []
+        return {"items": [event_dict(r) for r in rows], "next_cursor": max([head, *(r.seq for r in rows)])}
+    rows = svc.ledger.audit(where, after_seq=cursor, limit=limit)
+    next_cursor = rows[-1].seq if len(rows) == limit else None
+    return {"items": [event_dict(r) for r in rows], "next_cursor": next_cursor}
+
+
+@router.get("/audit/verify")
+def audit_verify(identity: Auditor, svc: Service) -> dict[str, Any]:
+    return svc.ledger.verify().__dict__
+
+
+@router.get("/reports/blast-radius")
+def blast_radius(identity: Auditor, ops: Ops, subject: str, since: str = "24h", until: str | None = None) -> dict:
+    window = _window(since, until)
+    return ops.blast_radius(subject, window["since"], window["until"] or time.time())
+
+
+def _jsonl(ledger, where: Filter, after: int) -> Iterator[bytes]:  # noqa: ANN001
+    """Every matching event, one JSON object a line, read page by page so memory stays bounded."""
+    while True:
+        rows = ledger.audit(where, after_seq=after, limit=PAGE)
+        for row in rows:
+            yield (json.dumps(event_dict(row), separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        if len(rows) < PAGE:
+            return
+        after = rows[-1].seq
+
+
+def _window(since: str | None, until: str | None) -> dict[str, float | None]:
+    now = time.time()
+    return {"since": instant(since, now), "until": instant(until, now)}
+
+
+def instant(value: str | None, now: float) -> float | None:
+    """A time bound: ISO 8601, epoch seconds, or a duration ago such as `24h` or `15m`."""
+    if value is None or value == "":
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", value) and float(value) > 10**8:
+        return float(value)
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise BadRequest(f"{value[:40]!r} is not a time: use ISO 8601, epoch seconds or a duration like 24h") from None
+
+
+def _encode(position: tuple[float, str]) -> str:
+    return base64.urlsafe_b64encode(f"{position[0]!r}|{position[1]}".encode()).decode().rstrip("=")
+
+
+def _grant_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if not cursor:
+        return None
+    try:
+        issued_at, _, grant_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition("|")
+        return float(issued_at), grant_id
+    except ValueError:
+        raise BadRequest("cursor is not one this broker handed out") from None

@@ -1,0 +1,111 @@
+"""`broker vault plan` / `apply`: the Vault objects a config needs, derived from its boundaries.
+
+The plan is data: ACL policies (the scopes' own, plus `credential-broker` for the broker's
+token), token roles (orphan, non-renewable, explicit max TTL = the boundary cap) and engine
+roles (`<mount>/creds/<name>` → `<mount>/roles/<name>` with `default_ttl`/`max_ttl` = the
+boundary cap, so no lease can outlive the cap). Operators apply it with their own tooling;
+`apply` writes it to a dev or test server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from broker.backends.vault import VaultClient
+from broker.config import BoundaryConfig, Settings
+
+BROKER_POLICY = "credential-broker"
+
+
+@dataclass
+class VaultPlan:
+    """What Vault must hold for a config: policies by name, token roles by name, engine roles by path."""
+
+    policies: dict[str, str] = field(default_factory=dict)
+    token_roles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    engine_roles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    missing_rules: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        body = {"policies": self.policies, "token_roles": self.token_roles, "engine_roles": self.engine_roles}
+        text = yaml.safe_dump(body, sort_keys=True, default_flow_style=False, width=120)
+        if self.missing_rules:
+            text += f"# policies named in the config without `rules` (write them yourself): {self.missing_rules}\n"
+        return text
+
+
+def make_plan(settings: Settings) -> VaultPlan:
+    plan = VaultPlan()
+    for boundary in settings.boundaries:
+        if boundary.backend == "vault_token":
+            _token_boundary(plan, boundary)
+        elif boundary.backend == "vault_secret":
+            _secret_boundary(plan, boundary)
+    plan.policies[BROKER_POLICY] = broker_policy(settings.boundaries)
+    plan.missing_rules = [name for name in plan.missing_rules if name not in plan.policies]
+    return plan
+
+
+def _token_boundary(plan: VaultPlan, boundary: BoundaryConfig) -> None:
+    for cfg in boundary.scopes.values():
+        plan.token_roles[str(cfg.token_role)] = {
+            "allowed_policies": sorted(cfg.policies),
+            "orphan": True,
+            "renewable": False,
+            "token_explicit_max_ttl": boundary.max_ttl,
+            "token_type": "service",
+        }
+        plan.policies.update(cfg.rules)
+        plan.missing_rules += [name for name in cfg.policies if name not in plan.missing_rules]
+
+
+def _secret_boundary(plan: VaultPlan, boundary: BoundaryConfig) -> None:
+    for cfg in boundary.scopes.values():
+        role_path = engine_role_path(str(cfg.path))
+        if role_path:
+            plan.engine_roles[role_path] = {**cfg.role, "default_ttl": boundary.max_ttl, "max_ttl": boundary.max_ttl}
+
+
+def engine_role_path(creds_path: str) -> str | None:
+    """`database/creds/orders-read` → `database/roles/orders-read`; None when the path is not `…/creds/…`."""
+    mount, sep, name = creds_path.strip("/").rpartition("/creds/")
+    return f"{mount}/roles/{name}" if sep else None
+
+
+def broker_policy(boundaries: list[BoundaryConfig]) -> str:
+    """The least the broker's own token needs: mint through its roles and paths, revoke, list for reconcile."""
+    rules = [("auth/token/revoke-accessor", "update"), ("auth/token/lookup-accessor", "update")]
+    rules += [("sys/leases/renew", "update"), ("sys/leases/revoke", "update"), ("sys/leases/lookup", "update")]
+    for boundary in boundaries:
+        for cfg in boundary.scopes.values():
+            if boundary.backend == "vault_token":
+                rules.append((f"auth/token/create/{cfg.token_role}", "update"))
+            elif boundary.backend == "vault_secret":
+                path = str(cfg.path).strip("/")
+                rules += [(path, "read"), (f"sys/leases/lookup/{path}/", "list sudo")]
+    if any(b.backend == "vault_token" for b in boundaries):
+        rules.append(("auth/token/accessors", "list sudo"))
+    unique = dict.fromkeys(rules)
+    return "\n".join(f'path "{p}" {{ capabilities = {_caps(c)} }}' for p, c in unique) + "\n"
+
+
+def _caps(words: str) -> str:
+    return "[" + ", ".join(f'"{w}"' for w in words.split()) + "]"
+
+
+def apply_plan(plan: VaultPlan, vault: VaultClient) -> list[str]:
+    """Write the plan to Vault (dev/test servers); returns what was written."""
+    written = []
+    for name, rules in plan.policies.items():
+        vault.write(f"sys/policies/acl/{name}", {"policy": rules})
+        written.append(f"policy {name}")
+    for name, params in plan.token_roles.items():
+        vault.write(f"auth/token/roles/{name}", params)
+        written.append(f"token role {name}")
+    for path, params in plan.engine_roles.items():
+        vault.write(path, params)
+        written.append(f"engine role {path}")
+    return written

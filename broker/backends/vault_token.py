@@ -1,0 +1,102 @@
+"""The `vault_token` backend: an orphan, non-renewable Vault token per grant, made through a token role."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from broker.backends.base import MintRequest, Minted, fingerprint, revoke_each
+from broker.backends.vault import VaultClient
+from broker.config import BoundaryConfig
+from broker.errors import BadRequest, BrokerError
+
+log = logging.getLogger(__name__)
+# OpenBao answers a missing accessor with success; Vault with 400 "invalid accessor": both mean gone
+GONE = ("invalid accessor", "no token found")
+
+
+class VaultTokenBackend:
+    """Creates tokens via `auth/token/create/<role>` and revokes them by accessor."""
+
+    kind = "vault_token"
+
+    def __init__(self, vault: VaultClient) -> None:
+        self.vault = vault
+
+    def mint(self, request: MintRequest) -> Minted:
+        role, policies = token_role(request.boundary, request.scopes)
+        payload: dict[str, Any] = {
+            "ttl": f"{request.ttl}s",
+            "explicit_max_ttl": f"{request.ttl}s",
+            "renewable": False,
+            "display_name": f"broker-{request.boundary.name}"[:64],
+            "meta": {
+                "grant_id": request.grant_id,
+                "task": request.task[:128],
+                "subject": request.subject[:256],
+                "boundary": request.boundary.name,
+            },
+        }
+        if policies:
+            payload["policies"] = policies
+        auth = (self.vault.write(f"auth/token/create/{role}", payload) or {})["auth"]
+        credential = {"type": "vault_token", "token": auth["client_token"], "accessor": auth["accessor"],
+                      "vault_addr": self.vault.addr, "expires_at": request.expires_at}
+        return Minted(credential=credential, handle=auth["accessor"], fingerprint=fingerprint(auth["client_token"]))
+
+    def revoke(self, boundary: BoundaryConfig, handle: str) -> None:
+        self.vault.write("auth/token/revoke-accessor", {"accessor": handle}, gone=GONE)
+
+    def revoke_many(
+        self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False
+    ) -> dict[str, str]:
+        """A frozen boundary's every token: one `sys/leases/revoke-prefix` per token role (tokens made
+        through `auth/token/create/<role>` lease under that path; promise 2 gives each role one boundary).
+        Otherwise, or if the prefix call is refused (it needs `sudo`), accessor by accessor on a bounded pool.
+        """
+        if whole_boundary:
+            try:
+                for role in sorted({str(cfg.token_role) for cfg in boundary.scopes.values()}):
+                    self.vault.write(f"sys/leases/revoke-prefix/auth/token/create/{role}", {"sync": True})
+                return {}
+            except BrokerError as exc:
+                log.warning("prefix revocation of %s refused (%s); revoking token by token", boundary.name, exc.code)
+        return revoke_each(self, boundary, handles)
+
+    def ping(self) -> None:
+        self.vault.ping()
+
+    def live_handles(self, boundaries: Iterable[BoundaryConfig], created_before: float) -> dict[str, list[str]]:
+        """Accessors of tokens carrying our metadata for these boundaries, created before the cut-off."""
+        names = {b.name for b in boundaries if b.backend == self.kind}
+        found: dict[str, list[str]] = {name: [] for name in names}
+        for accessor in self.vault.list("auth/token/accessors") if names else []:
+            data = self._lookup(accessor)
+            meta = data.get("meta") or {}
+            if meta.get("boundary") in names and meta.get("grant_id") and data.get("creation_time", 0) < created_before:
+                found[meta["boundary"]].append(accessor)
+        return found
+
+    def _lookup(self, accessor: str) -> dict[str, Any]:
+        answer = self.vault.write("auth/token/lookup-accessor", {"accessor": accessor}, gone=GONE)
+        return (answer or {}).get("data") or {}
+
+
+def token_role(boundary: BoundaryConfig, scopes: Iterable[str]) -> tuple[str, list[str]]:
+    """The one token role that serves every requested scope, and the policies to ask for.
+
+    One scope: its role with the role's own policies. Several: the role of a scope whose policies
+    cover all of them (e.g. `write` holding the read policy too), asked for exactly that union.
+    """
+    wanted = [boundary.scopes[s] for s in scopes]
+    union = sorted({p for cfg in wanted for p in cfg.policies})
+    if len(wanted) == 1:
+        return str(wanted[0].token_role), list(wanted[0].policies)
+    roles = {cfg.token_role for cfg in wanted}
+    if len(roles) == 1:
+        return str(roles.pop()), union
+    for cfg in wanted:
+        if set(union) <= set(cfg.policies):
+            return str(cfg.token_role), union
+    raise BadRequest(f"scopes {sorted(scopes)} of boundary {boundary.name!r} map to different token roles; ask for them in separate grants")

@@ -1,0 +1,329 @@
+"""Operator use cases during an incident: revoke by selector, freeze, poll progress, blast radius.
+
+Mass revocation goes through the same outbox as completion (`begin_revoke` → backend → finish),
+batched: one transaction marks up to `batch` grants `revoke_pending`, each boundary's handles are
+revoked in one `revoke_many` call (a bounded thread pool, or a Vault prefix revocation), and the
+results are finished in batches, one chained event per grant.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from broker.backends import revoke_many
+from broker.errors import BadRequest, BrokerError, NotFound, UnknownBoundary
+from broker.grants.service import GrantService, _backoff
+from broker.identity import Identity
+from broker.ledger import ACTIVE, REVOKE_PENDING, Event, Freeze, Grant, LedgerStore, Revocation, Selector
+from broker.ledger.queries import is_glob
+
+log = logging.getLogger(__name__)
+FreezeKind = Literal["subject", "boundary"]
+
+
+@dataclass(frozen=True)
+class RevocationStatus:
+    """Progress of one operator revocation: matched grants and how many are revoked or still pending."""
+
+    revocation_id: str
+    selector: dict[str, Any]
+    reason: str
+    actor: str
+    created_at: float
+    matched: int
+    revoked: int
+    pending: int
+    retrying: int = 0
+
+    @property
+    def state(self) -> str:
+        """`done`; `retrying` when the first attempt is over and what failed waits for the outbox; else `in_progress`."""
+        if self.pending > self.retrying:
+            return "in_progress"
+        return "retrying" if self.pending else "done"
+
+
+class Operations:
+    """Operator use cases over the grant service's ledger and backends."""
+
+    def __init__(
+        self,
+        service: GrantService,
+        *,
+        batch: int = 1000,
+        workers: int = 8,
+        on_done: Callable[[float], None] | None = None,
+    ) -> None:
+        self.service = service
+        self.ledger = service.ledger
+        self.batch = batch
+        self.workers = workers
+        self.on_done = on_done
+        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="broker-revocation")
+
+    # --- revocation ------------------------------------------------------------------------
+
+    def revoke(
+        self, operator: Identity, selector: Selector, reason: str, *, freeze: bool = False, wait: bool = True
+    ) -> RevocationStatus:
+        """Revoke every active grant the selector matches; intent is committed before anything runs."""
+        started = time.monotonic()
+        self._check_selector(selector, reason, freeze)
+        revocation_id = "rv_" + secrets.token_urlsafe(12)
+        if freeze:
+            kind, value = _freeze_target(selector)
+            self.freeze(operator, kind, value, reason, revocation_id=revocation_id)
+        ids = self.ledger.active_ids(selector)
+        self._record_request(operator, selector, reason, revocation_id, len(ids), freeze)
+        moved = self._begin(ids, operator.subject, reason, revocation_id)
+        whole = self._whole_boundaries(selector)
+        if wait:
+            self._execute(moved, whole, started)
+        else:
+            self._background.submit(self._execute, moved, whole, started)
+        return self.progress(revocation_id)
+
+    def matching(self, selector: Selector) -> int:
+        """How many active grants a selector would revoke now (for a confirmation prompt)."""
+        self._check_selector(selector, "dry run", freeze=False)
+        return len(self.ledger.active_ids(selector))
+
+    def progress(self, revocation_id: str) -> RevocationStatus:
+        revocation = self.ledger.get_revocation(revocation_id)
+        if revocation is None:
+            raise NotFound("revocation not found")
+        counts = self.ledger.revocation_progress(revocation_id)
+        retrying = counts.pop("retrying")
+        pending = counts.get(REVOKE_PENDING, 0)
+        return RevocationStatus(
+            revocation_id=revocation.id,
+            selector=revocation.selector,
+            reason=revocation.reason,
+            actor=revocation.actor,
+            created_at=revocation.created_at,
+            matched=sum(counts.values()),  # the grants it took; one completed meanwhile is not counted
+            revoked=sum(counts.values()) - pending,
+            pending=pending,
+            retrying=retrying,
+        )
+
+    def _check_selector(self, selector: Selector, reason: str, freeze: bool) -> None:
+        chosen = [name for name, value in asdict(selector).items() if value not in (None, False)]
+        if len(chosen) != 1:
+            raise BadRequest("name exactly one of grant_id, task, subject, boundary, all")
+        if not reason.strip():
+            raise BadRequest("a reason is required")
+        if selector.boundary is not None and selector.boundary not in self.service.boundaries:
+            raise UnknownBoundary(f"boundary {selector.boundary!r} is not configured")
+        if freeze:
+            _freeze_target(selector)
+
+    def _record_request(
+        self, operator: Identity, selector: Selector, reason: str, revocation_id: str, matched: int, freeze: bool
+    ) -> None:
+        wire = {**_selector_dict(selector), "freeze": freeze}
+        row = Revocation(
+            id=revocation_id, selector=wire, reason=reason[:256], actor=operator.subject,
+            created_at=self.service.clock(), matched=matched,
+        )
+        detail = {"revocation_id": revocation_id, "selector": wire, "reason": reason[:256], "matched": matched}
+        event = Event(kind="revocation_requested", actor=operator.subject, detail=detail, **_event_scope(selector))
+        self.ledger.add_revocation(row, event)
+
+    def _begin(self, ids: Sequence[str], actor: str, reason: str, revocation_id: str) -> list[Grant]:
+        """Commit the intent batch by batch; the rows carry what revocation needs (backend, boundary, handle)."""
+        moved: list[Grant] = []
+        for chunk in _chunks(ids, self.batch):
+            moved += self.ledger.begin_revoke_many(
+                chunk, end_status="revoked", actor=actor, reason=reason, revocation_id=revocation_id
+            )
+        return moved
+
+    def _whole_boundaries(self, selector: Selector) -> set[str]:
+        """Boundaries whose every live grant is being revoked and which are frozen: a prefix revocation is safe."""
+        names = [selector.boundary] if selector.boundary else (list(self.service.boundaries) if selector.all_ else [])
+        return {name for name in names if self.ledger.is_frozen("boundary", name)}
+
+    def _execute(self, moved: list[Grant], whole: set[str], started: float) -> tuple[int, int]:
+        """Revoke at the backends, boundary by boundary, then finish or reschedule in batches."""
+        revoked = pending = 0
+        try:
+            for (backend_name, boundary_name), grants in _by_boundary(moved).items():
+                errors = self._revoke_group(backend_name, boundary_name, grants, boundary_name in whole)
+                done, failed = _split(grants, errors)
+                revoked += self._finish(done)
+                pending += self._fail(failed, grants)
+        except BrokerError as exc:  # the ledger is down: the outbox worker picks them up later
+            log.warning("revocation batch interrupted: %s", exc.code)
+        if self.on_done and pending == 0 and moved:
+            self.on_done(time.monotonic() - started)
+        return revoked, pending
+
+    def _revoke_group(self, backend_name: str, boundary_name: str, grants: list[Grant], whole: bool) -> dict[str, str]:
+        boundary = self.service.boundaries.get(boundary_name)
+        backend = self.service.backends.get(backend_name)
+        handles = [g.handle for g in grants]
+        if boundary is None or backend is None:
+            return dict.fromkeys(handles, f"no backend configured for boundary {boundary_name!r}")
+        try:
+            return revoke_many(backend, boundary, handles, whole_boundary=whole, workers=self.workers)
+        except BrokerError as exc:
+            return dict.fromkeys(handles, exc.detail)
+
+    def _finish(self, done: list[Grant]) -> int:
+        return sum(self.ledger.finish_revoke_many([g.id for g in chunk]) for chunk in _chunks(done, self.batch))
+
+    def _fail(self, failed: dict[str, str], grants: list[Grant]) -> int:
+        if not failed:
+            return 0
+        attempts = max(g.revoke_attempts for g in grants)
+        retry_at = self.service.clock() + _backoff(attempts, self.service.settings.revoke_retry_max_delay)
+        ids = list(failed)
+        return sum(self.ledger.fail_revoke_many({i: failed[i] for i in chunk}, retry_at) for chunk in _chunks(ids, self.batch))
+
+    # --- freezes ---------------------------------------------------------------------------
+
+    def freeze(
+        self, operator: Identity, kind: FreezeKind, value: str, reason: str, revocation_id: str | None = None
+    ) -> bool:
+        """Deny new grants to a subject or boundary until lifted; False when it was already frozen."""
+        self._check_freeze_target(kind, value, reason)
+        row = Freeze(
+            kind=kind, value=value, reason=reason[:256], actor=operator.subject,
+            created_at=self.service.clock(), revocation_id=revocation_id,
+        )
+        detail = {"target": kind, "value": value, "reason": reason[:256], "revocation_id": revocation_id}
+        return self.ledger.add_freeze(row, Event(kind="frozen", actor=operator.subject, detail=detail, **{kind: value}))
+
+    def unfreeze(self, operator: Identity, kind: FreezeKind, value: str, reason: str) -> bool:
+        """Lift a freeze; False when there was none."""
+        self._check_freeze_target(kind, value, reason)
+        detail = {"target": kind, "value": value, "reason": reason[:256]}
+        event = Event(kind="unfrozen", actor=operator.subject, detail=detail, **{kind: value})
+        return self.ledger.lift_freeze(kind, value, event)
+
+    def freezes(self) -> list[Freeze]:
+        return self.ledger.freezes()
+
+    def _check_freeze_target(self, kind: str, value: str, reason: str) -> None:
+        if kind not in ("subject", "boundary") or not value or is_glob(value):
+            raise BadRequest("freeze one exact subject or one boundary")
+        if kind == "boundary" and value not in self.service.boundaries:
+            raise UnknownBoundary(f"boundary {value!r} is not configured")
+        if not reason.strip():
+            raise BadRequest("a reason is required")
+
+    # --- blast radius ----------------------------------------------------------------------
+
+    def blast_radius(self, subject: str, since: float, until: float) -> dict[str, Any]:
+        return blast_radius(self.ledger, subject, since, until, now=self.service.clock())
+
+    def close(self) -> None:
+        self._background.shutdown(wait=True)
+
+
+def blast_radius(ledger: LedgerStore, subject: str, since: float, until: float, now: float) -> dict[str, Any]:
+    """For a subject (exact or glob) and a window: boundaries reached, scopes, counts, live and revoked grants.
+
+    Needs only the ledger, so the CLI runs it offline against the data directory or database too.
+    """
+    if since >= until:
+        raise BadRequest("since must be before until")
+    grants = ledger.window_grants(subject, since, until)
+    boundaries = [_boundary_report(name, rows) for name, rows in _group(grants, lambda g: g.boundary).items()]
+    totals = {**_counts(grants), "denied": ledger.denied_count(subject, since, until)}
+    return {
+        "subject": subject,
+        "since": _iso(since),
+        "until": _iso(until),
+        "generated_at": _iso(now),
+        "totals": totals,
+        "boundaries": boundaries,
+    }
+
+
+def _freeze_target(selector: Selector) -> tuple[FreezeKind, str]:
+    if selector.subject is not None and not is_glob(selector.subject):
+        return "subject", selector.subject
+    if selector.boundary is not None:
+        return "boundary", selector.boundary
+    raise BadRequest("freeze goes with an exact subject or a boundary selector")
+
+
+def _selector_dict(selector: Selector) -> dict[str, Any]:
+    wire = {name: value for name, value in asdict(selector).items() if value not in (None, False)}
+    return {("all" if name == "all_" else name): value for name, value in wire.items()}
+
+
+def _event_scope(selector: Selector) -> dict[str, str]:
+    scope = {"subject": selector.subject, "boundary": selector.boundary, "task": selector.task}
+    scope["grant_id"] = selector.grant_id
+    return {key: value for key, value in scope.items() if value is not None}
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _group(grants: Sequence[Grant], key: Callable[[Grant], Any]) -> dict[Any, list[Grant]]:
+    groups: dict[Any, list[Grant]] = defaultdict(list)
+    for grant in grants:
+        groups[key(grant)].append(grant)
+    return dict(groups)
+
+
+def _by_boundary(grants: Sequence[Grant]) -> dict[tuple[str, str], list[Grant]]:
+    return _group(grants, lambda g: (g.backend, g.boundary))
+
+
+def _split(grants: list[Grant], errors: dict[str, str]) -> tuple[list[Grant], dict[str, str]]:
+    done = [g for g in grants if g.handle not in errors]
+    return done, {g.id: errors[g.handle] for g in grants if g.handle in errors}
+
+
+def _counts(grants: Sequence[Grant]) -> dict[str, int]:
+    counts = {"grants": len(grants), "live": 0, "pending": 0, "completed": 0, "revoked": 0, "expired": 0}
+    for grant in grants:
+        key = {ACTIVE: "live", REVOKE_PENDING: "pending"}.get(grant.status, grant.status)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _boundary_report(name: str, grants: list[Grant]) -> dict[str, Any]:
+    return {
+        "boundary": name,
+        "scopes": sorted({scope for g in grants for scope in g.scope_list}),
+        "subjects": sorted({g.subject for g in grants}),
+        **_counts(grants),
+        "first_issued_at": _iso(min(g.issued_at for g in grants)),
+        "live_grants": [_live(g) for g in grants if g.status == ACTIVE],
+        "revoked_grants": [_ended(g) for g in grants if g.status in ("revoked", REVOKE_PENDING)],
+    }
+
+
+def _live(grant: Grant) -> dict[str, Any]:
+    return {
+        "grant_id": grant.id, "subject": grant.subject, "task": grant.task,
+        "scopes": grant.scope_list, "expires_at": _iso(grant.expires_at),
+    }
+
+
+def _ended(grant: Grant) -> dict[str, Any]:
+    return {
+        "grant_id": grant.id, "subject": grant.subject, "status": grant.status,
+        "revoked_at": _iso(grant.ended_at) if grant.ended_at else None,
+        "by": grant.end_actor, "reason": grant.end_reason, "revocation_id": grant.revocation_id,
+    }
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()

@@ -1,0 +1,73 @@
+"""Prometheus metrics on a per-app registry, counted from committed ledger events, served on `/metrics`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from broker.ledger import LedgerStore
+
+ISSUE_PATHS = frozenset({("POST", "/v1/grants"), ("POST", "/oauth/token")})
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Counters of grant decisions by boundary, the pending-revocation gauge, latencies, Vault errors."""
+
+    def __init__(self, ledger: LedgerStore) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.outcomes = {
+            kind: Counter(f"broker_grants_{kind}", f"Grants {kind}, by boundary.", ["boundary"], registry=self.registry)
+            for kind in ("issued", "completed", "revoked", "expired")
+        }
+        self.denied = Counter("broker_grants_denied", "Requests denied, by boundary and code.", ["boundary", "code"],
+                              registry=self.registry)
+        self.vault_errors = Counter("broker_vault_errors", "Vault/OpenBao calls that failed, by operation.",
+                                    ["operation"], registry=self.registry)
+        self.pending = Gauge("broker_revocations_pending", "Grants waiting in the revocation outbox.",
+                             registry=self.registry)
+        self.pending.set_function(ledger.pending_total)
+        self.revocation_seconds = Histogram("broker_revocation_seconds", "Operator revocation, request to all revoked.",
+                                            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.issuance_seconds = Histogram("broker_issuance_seconds", "Grant issuance latency (HTTP, successful).",
+                                          buckets=LATENCY_BUCKETS, registry=self.registry)
+        ledger.subscribe(self.count)
+
+    def count(self, events: Sequence[dict[str, Any]]) -> None:
+        """Count committed decisions (the ledger feed calls this after each commit)."""
+        for row in events:
+            kind, boundary, detail = row["kind"], row["boundary"] or "-", row["detail"]
+            if kind in self.outcomes:
+                self.outcomes[kind].labels(boundary).inc()
+            elif kind == "denied":
+                code = str(detail.get("code", "unknown"))
+                self.denied.labels(boundary, code).inc()
+                if code == "backend_unavailable":
+                    self.vault_errors.labels("mint").inc()
+            elif kind == "revoke_failed" and str(detail.get("backend", "")).startswith("vault"):
+                self.vault_errors.labels("revoke").inc()
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def install(app: FastAPI, metrics: Metrics) -> None:
+    """Serve `/metrics` and time successful issuance requests."""
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_route() -> Response:
+        return metrics.render()
+
+    @app.middleware("http")
+    async def time_issuance(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if (request.method, request.url.path) not in ISSUE_PATHS:
+            return await call_next(request)
+        started = time.perf_counter()
+        response = await call_next(request)
+        if response.status_code in (200, 201):
+            metrics.issuance_seconds.observe(time.perf_counter() - started)
+        return response

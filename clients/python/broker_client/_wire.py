@@ -1,0 +1,104 @@
+"""What the sync and async clients share: the HTTP contract, retry policy, headers, answers."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from broker_client.credential import Credential, Grant, TaskCompleted
+from broker_client.dpop import DpopKey
+from broker_client.errors import BrokerClientError, from_problem
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+RETRY_STATUSES = frozenset({503})
+USER_AGENT = "broker-client/0.1"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Exponential backoff with full jitter; only idempotent calls, only on 503 or connection errors."""
+
+    attempts: int = 4
+    base: float = 0.1
+    cap: float = 2.0
+
+    def allows(self, idempotent: bool, attempt: int) -> bool:
+        return idempotent and attempt + 1 < self.attempts
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+NO_RETRY = Retry(attempts=1)
+
+
+def base_url(url: str | None) -> str:
+    """The broker's address: the argument, else BROKER_URL."""
+    found = url or os.environ.get("BROKER_URL")
+    if not found:
+        raise BrokerClientError("no broker address: pass url= or set BROKER_URL")
+    return found.rstrip("/")
+
+
+def seconds(ttl: int | str | timedelta | None) -> int | str | None:
+    """A TTL as the broker takes it: seconds, from 300, "10m", a timedelta, or "max"."""
+    if ttl is None or ttl == "max":
+        return ttl
+    if isinstance(ttl, timedelta):
+        return int(ttl.total_seconds())
+    if isinstance(ttl, int):
+        return ttl
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", str(ttl))
+    if not match:
+        raise ValueError(f"{ttl!r} is not a TTL (seconds, or 30s, 10m, 1h)")
+    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def unique_task(name: str) -> str:
+    """A task id of its own, so two runs of one job never complete each other's grants."""
+    return f"{name[:118]}.{secrets.token_hex(4)}"
+
+
+def headers(method: str, url: str, auth_token: str | None, key: DpopKey | None, proof_token: str | None) -> dict:
+    """Authorization with the identity token, and a fresh DPoP proof (a new `jti` per attempt)."""
+    found = {"User-Agent": USER_AGENT, "Accept": "application/json, application/problem+json"}
+    if auth_token:
+        found["Authorization"] = f"Bearer {auth_token}"
+    if key is not None:
+        found["DPoP"] = key.proof(method, url, proof_token or auth_token)
+    return found
+
+
+def answer(response: httpx.Response) -> Any:
+    """The JSON body of a success; the mapped BrokerError of a problem."""
+    try:
+        body = response.json() if response.content else {}
+    except ValueError:
+        body = {}
+    if response.status_code >= 400:
+        raise from_problem(response.status_code, body)
+    return body
+
+
+def grant_body(task: str, boundary: str, scopes: list[str] | tuple[str, ...] | str, ttl: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"task": task, "boundary": boundary, "scopes": [scopes] if isinstance(scopes, str) else list(scopes)}
+    if ttl is not None:
+        body["ttl"] = seconds(ttl)
+    return body
+
+
+def credential(body: dict[str, Any]) -> Credential:
+    return Credential(Grant.of(body), body.get("credential") or {})
+
+
+def task_completed(body: dict[str, Any]) -> TaskCompleted:
+    names = TaskCompleted.__dataclass_fields__
+    return TaskCompleted(**{k: v for k, v in body.items() if k in names})

@@ -1,0 +1,160 @@
+"""The synchronous client: `Client(...).task("name")` gives grants back when the block exits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from broker_client import _wire as wire
+from broker_client.credential import Credential, Grant, TaskCompleted
+from broker_client.dpop import DpopKey, process_key
+from broker_client.errors import BrokerClientError, CompletionFailed, NotFound, TransportError
+from broker_client.identity import IdentitySource, StaticToken, from_env
+from broker_client.signals import install_sigterm_exit
+
+log = logging.getLogger("broker_client")
+
+
+def resolve(identity: IdentitySource | str | None, dpop: DpopKey | bool) -> tuple[IdentitySource, DpopKey | None]:
+    """The identity source (given, a raw token, or from the environment) and the DPoP key (per process)."""
+    source = StaticToken(identity) if isinstance(identity, str) else identity or from_env()
+    key = process_key() if dpop is True else (dpop or None)
+    return source, key
+
+
+class ClientBase:
+    """What the sync and async clients share: address, identity, DPoP key, retry policy, HTTP client."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        identity: IdentitySource | str | None = None,
+        *,
+        dpop: DpopKey | bool = True,
+        timeout: httpx.Timeout | float = wire.DEFAULT_TIMEOUT,
+        retry: wire.Retry = wire.Retry(),
+        transport: Any = None,
+    ) -> None:
+        self.url = wire.base_url(url)
+        self.identity, self.dpop = resolve(identity, dpop)
+        self.retry = retry
+        self._http = self._http_client(timeout=timeout, transport=transport, follow_redirects=False)
+
+    _http_client: Any = httpx.Client
+
+
+class Client(ClientBase):
+    """Talks to one broker as one workload identity; DPoP proofs on every call unless `dpop=False`."""
+
+    # --- grants and tasks ------------------------------------------------------------------
+
+    def grant(self, task: str, boundary: str, scopes: Sequence[str] | str, ttl: Any = None) -> Credential:
+        """One credential for one task at one boundary. Not retried: a retry could mint twice."""
+        body = wire.grant_body(task, boundary, scopes, ttl)
+        return wire.credential(self.call("POST", "/v1/grants", json=body, idempotent=False))
+
+    def get(self, grant_id: str) -> Grant:
+        return Grant.of(self.call("GET", f"/v1/grants/{grant_id}"))
+
+    def complete(self, grant_id: str) -> Grant:
+        """Give one grant back now (idempotent)."""
+        return Grant.of(self.call("POST", f"/v1/grants/{grant_id}/complete"))
+
+    def complete_task(self, task: str) -> TaskCompleted:
+        """Give back every grant of a task (idempotent)."""
+        return wire.task_completed(self.call("POST", f"/v1/tasks/{task}/complete"))
+
+    def task(self, name: str, *, unique: bool = True) -> Task:
+        """A block whose grants are completed on exit; the id gets a random suffix unless `unique=False`."""
+        return Task(self, wire.unique_task(name) if unique else name)
+
+    # --- OAuth -----------------------------------------------------------------------------
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662; as the holder of a DPoP-bound token this sends a proof bound to it."""
+        return self.call("POST", "/oauth/introspect", form={"token": token}, proof_token=token)
+
+    def revoke_token(self, token: str) -> None:
+        """RFC 7009: give a token back by value."""
+        self.call("POST", "/oauth/revoke", form={"token": token}, proof_token=token)
+
+    # --- transport -------------------------------------------------------------------------
+
+    def call(self, method: str, path: str, *, idempotent: bool = True, proof_token: str | None = None, **body: Any) -> Any:
+        """One API call with identity and DPoP; retried with backoff only when idempotent."""
+        url = self.url + path
+        for attempt in range(self.retry.attempts):
+            headers = wire.headers(method, url, self.identity.token(), self.dpop, proof_token)
+            try:
+                response = self._http.request(method, url, headers=headers, data=body.get("form"), json=body.get("json"))
+            except httpx.TransportError as exc:
+                if not self.retry.allows(idempotent, attempt):
+                    raise TransportError(f"{method} {path}: {type(exc).__name__}") from exc
+            else:
+                if response.status_code not in wire.RETRY_STATUSES or not self.retry.allows(idempotent, attempt):
+                    return wire.answer(response)
+            time.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TaskBase:
+    """A task's id, its credentials, and whether anything was asked for (then exit completes it)."""
+
+    def __init__(self, client: Any, task_id: str) -> None:
+        self.client = client
+        self.id = task_id
+        self.credentials: list[Credential] = []
+        self.result: TaskCompleted | None = None
+        self.asked = False
+
+    def _exit_failed(self, failure: BrokerClientError, ended_cleanly: bool) -> None:
+        """After a clean block, failing to complete is an error; after an exception, a warning."""
+        if ended_cleanly:
+            raise CompletionFailed(f"task {self.id}: {failure}") from failure
+        log.warning("task %s: grants not completed (%s); they expire at their TTL", self.id, failure)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} grants={len(self.credentials)}>"
+
+
+class Task(TaskBase):
+    """Grants of one unit of work; `with` completes them on success, exception, Ctrl-C or SIGTERM."""
+
+    def grant(self, boundary: str, scopes: Sequence[str] | str, ttl: Any = None) -> Credential:
+        self.asked = True  # even if the answer is lost, the broker may have issued: complete on exit
+        credential = self.client.grant(self.id, boundary, scopes, ttl)
+        self.credentials.append(credential)
+        return credential
+
+    def complete(self) -> TaskCompleted | None:
+        """Give back every grant of the task (no call when nothing was asked for)."""
+        if self.asked and self.result is None:
+            try:
+                self.result = self.client.complete_task(self.id)
+            except NotFound:  # every request was refused: nothing to give back
+                self.result = TaskCompleted(self.id, 0, 0, 0)
+        return self.result
+
+    def __enter__(self) -> Task:
+        install_sigterm_exit()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            self.complete()
+        except BrokerClientError as failure:
+            self._exit_failed(failure, kind is None)

@@ -1,0 +1,155 @@
+"""The SDK's one exception tree: each broker problem `code` maps to exactly one class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BrokerClientError(Exception):
+    """Base of every error the SDK raises."""
+
+
+class TransportError(BrokerClientError):
+    """The broker could not be reached, or did not answer in time (after retries where allowed)."""
+
+
+class IdentityUnavailable(BrokerClientError):
+    """No identity token could be obtained from the configured or detected identity source."""
+
+
+class CompletionFailed(BrokerClientError):
+    """A task's grants could not be completed; they still expire at their TTL."""
+
+
+class BrokerError(BrokerClientError):
+    """The broker answered with an RFC 9457 problem; `code` is its stable code."""
+
+    code = "internal_error"
+
+    def __init__(
+        self, status: int, title: str, detail: str | None = None, body: dict[str, Any] | None = None, code: str = ""
+    ) -> None:
+        self.code = code or self.code
+        super().__init__(f"{status} {self.code}: {detail or title}")
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.body = body or {}
+
+
+class InvalidIdentity(BrokerError):
+    """The identity token was refused."""
+
+    code = "invalid_identity"
+
+
+class InvalidDpop(BrokerError):
+    """A DPoP proof was required and missing, invalid, replayed or by another key."""
+
+    code = "invalid_dpop"
+
+
+class PolicyDenied(BrokerError):
+    """Policy does not allow this request."""
+
+    code = "policy_denied"
+
+
+class Forbidden(PolicyDenied):
+    """The caller may not act on this resource."""
+
+    code = "forbidden"
+
+
+class SubjectFrozen(PolicyDenied):
+    """An operator froze this subject."""
+
+    code = "subject_frozen"
+
+
+class BoundaryFrozen(PolicyDenied):
+    """An operator froze this boundary."""
+
+    code = "boundary_frozen"
+
+
+class InvalidRequest(BrokerError):
+    """The request asks for something invalid."""
+
+    code = "invalid_request"
+
+
+class MultiBoundary(InvalidRequest):
+    """The request spans more than one boundary."""
+
+    code = "multi_boundary"
+
+
+class UnknownBoundary(InvalidRequest):
+    """The boundary is not configured."""
+
+    code = "unknown_boundary"
+
+
+class UnknownScope(InvalidRequest):
+    """A scope is not in the boundary's list."""
+
+    code = "unknown_scope"
+
+
+class TtlExceedsCap(InvalidRequest):
+    """The requested TTL is above the policy or boundary cap."""
+
+    code = "ttl_exceeds_cap"
+
+
+class ValidationFailed(InvalidRequest):
+    """The body or parameters did not validate (422)."""
+
+    code = "validation_error"
+
+
+class NotFound(BrokerError):
+    """The grant or task does not exist or is not the caller's."""
+
+    code = "not_found"
+
+
+class BackendUnavailable(BrokerError):
+    """The credential backend (Vault/OpenBao) failed."""
+
+    code = "backend_unavailable"
+
+
+class LedgerUnavailable(BrokerError):
+    """The ledger could not be written; nothing was issued."""
+
+    code = "ledger_unavailable"
+
+
+class InternalError(BrokerError):
+    """The broker failed unexpectedly."""
+
+    code = "internal_error"
+
+
+def _codes(cls: type[BrokerError]) -> dict[str, type[BrokerError]]:
+    found = {cls.code: cls} if cls is not BrokerError else {}
+    for sub in cls.__subclasses__():
+        found.update(_codes(sub))
+    return found
+
+
+BY_CODE: dict[str, type[BrokerError]] = _codes(BrokerError)
+
+
+def from_problem(status: int, body: Any) -> BrokerError:
+    """The exception for a problem+json answer; an unknown code keeps its code on a plain BrokerError."""
+    body = body if isinstance(body, dict) else {}
+    code = str(body.get("code") or ("internal_error" if status >= 500 else "invalid_request"))
+    cls = BY_CODE.get(code, BrokerError)
+    return cls(status, str(body.get("title", "")), body.get("detail"), body, code=code)
+
+
+class InvalidToken(BrokerClientError):
+    """`verify`: a broker token (or its DPoP proof) failed an offline or introspection check."""

@@ -1,0 +1,127 @@
+"""Vault or the broker failing mid-way: nothing handed out, no revocation lost, no orphan left.
+
+OpenBao outages are SIGSTOP pauses (see tests/support/openbao.py for why not a restart).
+The crash test runs `broker serve` as a real process that SIGKILLs itself right after the mint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from broker.app import open_ledger
+from broker.backends import fingerprint
+from broker.config import load_settings
+from tests.support.broker import BrokerClient, open_client
+from tests.support.openbao import POLICY, VaultBed, pg_bed, vault_bed  # noqa: F401 (fixtures)
+from tests.support.replicas import _start, _stop, _wait_ready
+
+BOUNDARIES = [pytest.param("kv-payments", id="vault_token"), pytest.param("orders-db", id="vault_secret")]
+
+
+@pytest.fixture(params=BOUNDARIES)
+def boundary(request) -> str:
+    if request.param == "orders-db":
+        request.getfixturevalue("pg_bed")
+    return request.param
+
+
+@pytest.fixture
+def broker_1s(tmp_path, issuers, vault_bed: VaultBed) -> Iterator[BrokerClient]:
+    """A broker whose Vault calls time out after 1 s and whose retries wait at most 1 s."""
+    settings = vault_bed.settings(tmp_path, issuers, timeout=1.0, revoke_retry_max_delay=1)
+    with open_client(settings) as client:
+        yield client
+
+
+def _credential_alive(bed: VaultBed, credential: dict) -> bool:
+    if credential["type"] == "vault_token":
+        return bed.openbao.token_lookup(credential["token"]) == 200
+    return bed.openbao.lease_exists(credential["lease_id"])
+
+
+def test_vault_down_at_issue_answers_503_records_denied_and_grants_nothing(broker_1s, issuers, vault_bed, boundary):
+    with vault_bed.openbao.outage():
+        answer = broker_1s.grant(issuers.worker(), boundary, ["read"], ttl=60)
+    assert answer.status_code == 503 and answer.json()["code"] == "backend_unavailable"
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    denied = broker_1s.events("denied")[-1]
+    assert (denied.boundary, denied.detail["code"]) == (boundary, "backend_unavailable")
+    assert broker_1s.service.ledger.grants(boundary=boundary) == []
+
+
+def test_vault_down_at_completion_stays_pending_then_the_worker_revokes(broker_1s, issuers, vault_bed, boundary):
+    identity = {"Authorization": f"Bearer {issuers.worker()}"}
+    body = broker_1s.grant(issuers.worker(), boundary, ["read"], ttl=120).json()
+    with vault_bed.openbao.outage():
+        done = broker_1s.post(f"/v1/grants/{body['grant_id']}/complete", headers=identity)
+        assert done.json()["status"] == "revoke_pending"
+        time.sleep(1.5)  # the worker retries into the outage too
+        assert broker_1s.get(f"/v1/grants/{body['grant_id']}", headers=identity).json()["status"] == "revoke_pending"
+    deadline = time.monotonic() + 15
+    while broker_1s.service.ledger.grant_status(body["grant_id"]) != "completed" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert broker_1s.get(f"/v1/grants/{body['grant_id']}", headers=identity).json()["status"] == "completed"
+    trail = [e.kind for e in broker_1s.events() if e.grant_id == body["grant_id"]]
+    assert trail[0] == "issued" and trail[-1] == "completed" and set(trail[1:-1]) == {"revoke_failed"}
+    assert not _credential_alive(vault_bed, body["credential"])
+
+
+# --- the broker dies between the mint and the ledger commit --------------------------------
+
+
+def _config(bed: VaultBed, issuers, **extra) -> dict:
+    return {"env": "test", "issuer": "http://broker.test", "sqlite_synchronous": "NORMAL",
+            "attestors": issuers.attestors(), "boundaries": bed.boundaries, "policy": POLICY,
+            "vault": bed.openbao.vault_config(2.0), "worker_interval": 0.2, **extra}
+
+
+def _orphans(bed: VaultBed, boundary: str, task: str) -> list[str]:
+    """Handles in OpenBao for this boundary that the crashed broker minted (tokens: by metadata)."""
+    root = bed.openbao.root()
+    if boundary == "orders-db":
+        return [f"database/creds/orders-db-read/{k}" for k in root.list("sys/leases/lookup/database/creds/orders-db-read/")]
+    found = []
+    for accessor in root.list("auth/token/accessors"):
+        meta = (root.write("auth/token/lookup-accessor", {"accessor": accessor}) or {})["data"].get("meta") or {}
+        if meta.get("boundary") == boundary and meta.get("task") == task:
+            found.append(accessor)
+    return found
+
+
+def test_sigkill_after_mint_leaves_an_orphan_that_restart_revokes(tmp_path, issuers, vault_bed, boundary):
+    task, folder = f"crash-{boundary}", tmp_path / "broker"
+    crashing = _start(folder, _config(vault_bed, issuers, fault_injection=["crash_after_mint"]))
+    _wait_ready(crashing.url, crashing.proc)
+    before = set(_orphans(vault_bed, boundary, task))
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(f"{crashing.url}/v1/grants", headers={"Authorization": f"Bearer {issuers.worker()}"},
+                   json={"task": task, "boundary": boundary, "scopes": ["read"], "ttl": 300}, timeout=10)
+    assert crashing.proc.wait(10) == -9
+    orphans = set(_orphans(vault_bed, boundary, task)) - before
+    assert len(orphans) == 1, "the mint reached Vault before the crash"
+    time.sleep(1.1)  # Vault stamps creation in whole seconds; the restart must start after it
+
+    restarted = _start(folder, _config(vault_bed, issuers))  # same data dir, no fault injection
+    try:
+        _wait_ready(restarted.url, restarted.proc)  # reconcile runs before the broker serves
+        assert not set(_orphans(vault_bed, boundary, task)) & orphans
+    finally:
+        _stop(restarted.proc)
+    ledger = open_ledger(load_settings(folder / "broker.yaml"))
+    reconciled = [e for e in ledger.events(limit=10_000) if e.kind == "reconciled"]
+    assert fingerprint(orphans.pop())[:23] in {e.detail["handle_fp"] for e in reconciled}
+    assert ledger.grants(boundary=boundary) == []
+
+
+def test_ledger_failing_after_mint_revokes_the_vault_credential(tmp_path, issuers, vault_bed, boundary):
+    settings = vault_bed.settings(tmp_path, issuers, fault_injection={"fail_ledger_after_mint"})
+    task = f"ledger-down-{boundary}"
+    with open_client(settings) as broker:
+        before = set(_orphans(vault_bed, boundary, task))
+        answer = broker.grant(issuers.worker(), boundary, ["read"], ttl=60, task=task)
+    assert answer.status_code == 503 and answer.json()["code"] == "ledger_unavailable"
+    assert set(_orphans(vault_bed, boundary, task)) <= before

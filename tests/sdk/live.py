@@ -1,0 +1,80 @@
+"""A real broker for SDK tests: uvicorn on a free loopback port in a thread, the test issuers trusted."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from broker.app import Components, build, create_app
+from broker.config import Settings
+from tests.support.broker import BOUNDARIES, POLICY, Issuers, broker_settings
+
+# `secure` refuses a grant without a DPoP proof; payments workers may use it
+SDK_BOUNDARIES = [*BOUNDARIES, {"name": "secure", "backend": "jwt", "scopes": ["read"], "max_ttl": "10m", "require_dpop": True}]
+
+
+def sdk_policy() -> dict[str, Any]:
+    policy = copy.deepcopy(POLICY)
+    workers = next(rule for rule in policy["rules"] if rule["name"] == "payments-workers")
+    workers["allow"].append({"boundary": "secure", "scopes": ["read"], "max_ttl": "10m"})
+    return policy
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveBroker:
+    """A broker serving HTTP on loopback; `components` gives tests the ledger to check."""
+
+    url: str
+    settings: Settings
+    components: Components
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @classmethod
+    def start(cls, data_dir: Path, issuers: Issuers, **overrides: Any) -> LiveBroker:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        values = {"issuer": url, "boundaries": SDK_BOUNDARIES, "policy": sdk_policy(), **overrides}
+        settings = broker_settings(data_dir, issuers, **values)
+        components = build(settings)
+        config = uvicorn.Config(create_app(settings, components), host="127.0.0.1", port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="live-broker", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the live broker did not start")
+            time.sleep(0.02)
+        return cls(url, settings, components, server, thread)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def ledger(self):  # noqa: ANN201
+        return self.components.service.ledger
+
+    def grant(self, grant_id: str):  # noqa: ANN201
+        return self.ledger.get_grant(grant_id)
+
+    def task_grants(self, subject: str, task: str) -> list:
+        return self.ledger.task_grants(subject, task)
+
+    def events(self, **match: Any) -> list:
+        rows = self.ledger.events(limit=100_000)
+        return [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]

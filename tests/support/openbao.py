@@ -1,0 +1,156 @@
+"""Real OpenBao and PostgreSQL for the Vault tests: one dev server and one fresh database per session.
+
+Outages are simulated by pausing OpenBao with SIGSTOP/SIGCONT (`OpenBao.outage()`), not by
+stopping it: a dev server keeps its state in memory, so a restart would forget every token and
+lease and make "revoked after recovery" trivially true. Paused, the kernel still accepts
+connections and OpenBao answers nothing, so the broker sees its Vault timeout, as with a hung
+cluster; requests sent during the pause may still be served on resume, which is what reconcile
+and idempotent revocation exist for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker.backends.plan import apply_plan, make_plan
+from broker.backends.vault import VaultClient
+from broker.config import VaultConfig
+from broker.dev import demo_db_boundary
+from broker.dev_openbao import OpenBaoServer, configure_database_engine
+from tests.support.broker import broker_settings
+from tests.support.postgres import fresh_database
+
+TABLE = "orders"
+KV_RULES = 'path "secret/data/{area}/*" {{ capabilities = ["read"] }}\n'
+
+
+class OpenBao(OpenBaoServer):
+    """The session's OpenBao dev server and a root client to look inside it."""
+
+    def root(self) -> VaultClient:
+        return VaultClient(VaultConfig(**self.vault_config()))
+
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
+    def token_lookup(self, token: str) -> int:
+        """HTTP status of `auth/token/lookup-self` with this token (200 while it lives)."""
+        import httpx
+
+        return httpx.get(f"{self.addr}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}).status_code
+
+    def lease_exists(self, lease_id: str) -> bool:
+        return self.root().write("sys/leases/lookup", {"lease_id": lease_id}, gone=("invalid lease",)) is not None
+
+
+def kv_boundary(area: str) -> dict[str, Any]:
+    """A vault_token boundary whose `read` token reads `secret/data/<area>/*`."""
+    policy = f"kv-{area}-read"
+    return {
+        "name": f"kv-{area}",
+        "backend": "vault_token",
+        "max_ttl": "15m",
+        "scopes": {"read": {"token_role": f"kv-{area}-read", "policies": [policy],
+                            "rules": {policy: KV_RULES.format(area=area)}}},
+    }
+
+
+POLICY: dict[str, Any] = {
+    "rules": [
+        {
+            "name": "payments-workers",
+            "match": {"attestor": "k8s", "subject": "system:serviceaccount:payments:*"},
+            "allow": [
+                {"boundary": "orders-db", "scopes": ["read", "write"], "max_ttl": "10m"},
+                {"boundary": "kv-payments", "scopes": ["read"], "max_ttl": "10m"},
+            ],
+        },
+        {"name": "operators", "match": {"attestor": "oidc", "subject": "ops-*"}, "roles": ["operator"]},
+    ]
+}
+
+
+@dataclass
+class VaultBed:
+    """OpenBao with the test boundaries applied, and the PostgreSQL database behind `orders-db`."""
+
+    openbao: OpenBao
+    pg_url: str | None
+    boundaries: list[dict[str, Any]]
+
+    def settings(self, data_dir: Path, issuers: Any, timeout: float = 2.0, **overrides: Any):  # noqa: ANN201
+        values = {"boundaries": self.boundaries, "policy": POLICY, "vault": self.openbao.vault_config(timeout)}
+        return broker_settings(data_dir, issuers, **{**values, **overrides})
+
+    def pg(self, user: str | None = None, password: str | None = None) -> psycopg.Connection:
+        target = self.pg_url if user is None else self.pg_url.replace("postgres@", f"{user}:{password}@", 1)
+        return psycopg.connect(target, autocommit=True, connect_timeout=3)
+
+
+def pg_unavailable(reason: str) -> None:
+    """No PostgreSQL: CI fails loudly, a laptop skips the database tests with the reason."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"PostgreSQL is required in CI: {reason}")
+    pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {reason}")
+
+
+@contextmanager
+def orders_database() -> Iterator[str | None]:
+    """A fresh database (tests/support/postgres.py) with an `orders` table, as a libpq URL; None if no PostgreSQL."""
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(fresh_database()).replace("postgresql+psycopg://", "postgresql://", 1)
+        except SQLAlchemyError:
+            url = None
+        if url:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, item text NOT NULL)")
+                conn.execute(f"INSERT INTO {TABLE} VALUES (1, 'first')")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def vault_bed(tmp_path_factory: pytest.TempPathFactory, issuers: Any) -> Iterator[VaultBed]:
+    """OpenBao started from .venv/bin/bao, the plan of the test boundaries applied, KV data written."""
+    server = OpenBao(log_path=tmp_path_factory.mktemp("openbao") / "openbao.log").start()
+    try:
+        with orders_database() as pg_url:
+            boundaries = [kv_boundary("payments"), kv_boundary("billing")]
+            if pg_url:
+                boundaries.append(demo_db_boundary(pg_url, name="orders-db", table=TABLE))
+            bed = VaultBed(server, pg_url, boundaries)
+            _prepare(bed, tmp_path_factory.mktemp("plan"), issuers)
+            yield bed
+    finally:
+        server.stop()
+
+
+def _prepare(bed: VaultBed, data_dir: Path, issuers: Any) -> None:
+    root = bed.openbao.root()
+    if bed.pg_url:
+        configure_database_engine(root, "orders-db", bed.pg_url)
+    for area in ("payments", "billing"):
+        root.write(f"secret/data/{area}/config", {"data": {"owner": area}})
+    apply_plan(make_plan(bed.settings(data_dir, issuers)), root)
+
+
+@pytest.fixture
+def pg_bed(vault_bed: VaultBed) -> VaultBed:
+    """The bed, for tests that need PostgreSQL (fail in CI, skip elsewhere, when it is missing)."""
+    if not vault_bed.pg_url:
+        pg_unavailable("could not connect")
+    return vault_bed

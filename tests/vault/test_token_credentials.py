@@ -1,0 +1,47 @@
+"""vault_token: a real Vault token that reads its boundary's KV path, not another's, and dies on complete."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support.openbao import VaultBed
+
+
+def _kv(bed: VaultBed, token: str, area: str) -> int:
+    url = f"{bed.openbao.addr}/v1/secret/data/{area}/config"
+    return httpx.get(url, headers={"X-Vault-Token": token}).status_code
+
+
+def test_token_reads_own_kv_path_only_and_dies_on_complete(vault_broker, issuers, vault_bed: VaultBed):
+    identity = issuers.worker()
+    answer = vault_broker.grant(identity, "kv-payments", ["read"], ttl=120)
+    assert answer.status_code == 201, answer.text
+    cred = answer.json()["credential"]
+    assert set(cred) == {"type", "token", "accessor", "vault_addr", "expires_at"}
+    assert cred["type"] == "vault_token" and cred["vault_addr"] == vault_bed.openbao.addr
+    assert (_kv(vault_bed, cred["token"], "payments"), _kv(vault_bed, cred["token"], "billing")) == (200, 403)
+
+    done = vault_broker.post(f"/v1/grants/{answer.json()['grant_id']}/complete", headers={"Authorization": f"Bearer {identity}"})
+    assert done.json()["status"] == "completed"
+    assert vault_bed.openbao.token_lookup(cred["token"]) == 403
+    assert _kv(vault_bed, cred["token"], "payments") == 403
+
+
+def test_token_is_orphan_non_renewable_with_grant_metadata(vault_broker, issuers, vault_bed: VaultBed):
+    answer = vault_broker.grant(issuers.worker(), "kv-payments", ["read"], ttl=60, task="meta-task").json()
+    data = vault_bed.openbao.root().write("auth/token/lookup-accessor", {"accessor": answer["credential"]["accessor"]})["data"]
+    assert (data["orphan"], data["renewable"], data["explicit_max_ttl"]) == (True, False, 60)
+    assert data["meta"] == {"grant_id": answer["grant_id"], "task": "meta-task",
+                            "subject": "system:serviceaccount:payments:worker", "boundary": "kv-payments"}
+    assert sorted(data["policies"]) == ["default", "kv-payments-read"]
+    row = vault_broker.service.ledger.get_grant(answer["grant_id"])
+    assert row.handle == answer["credential"]["accessor"] and answer["credential"]["token"] not in repr(row.__dict__)
+
+
+def test_completing_twice_is_fine_when_vault_already_forgot_the_token(vault_broker, issuers, vault_bed: VaultBed):
+    identity = issuers.worker()
+    answer = vault_broker.grant(identity, "kv-payments", ["read"], ttl=60).json()
+    vault_bed.openbao.root().write("auth/token/revoke-accessor", {"accessor": answer["credential"]["accessor"]})
+    done = vault_broker.post(f"/v1/grants/{answer['grant_id']}/complete", headers={"Authorization": f"Bearer {identity}"})
+    assert done.json()["status"] == "completed"
+    assert vault_broker.events("revoke_failed") == []
