@@ -41,14 +41,15 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
 def dev_broker(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    data_dir = tmp_path / ".broker"  # the default name, so the README's commands find it from tmp_path
     proc = subprocess.Popen(
-        [BROKER, "dev", "--port", str(port), "--data-dir", str(tmp_path)],
+        [BROKER, "dev", "--port", str(port), "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)
-        yield url, tmp_path
+        yield url, data_dir
     finally:
         proc.terminate()
         proc.wait(30)
@@ -103,3 +104,19 @@ def test_config_errors_name_the_file_and_field(tmp_path, text, expected):
     result = CliRunner().invoke(app, ["keys", "list", "--config", str(config)])
     assert result.exit_code == 2
     assert str(config) in result.output and expected in result.output
+
+
+def readme_block() -> str:
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    after = text.split("In a second terminal", 1)[1]
+    return after.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_quickstart_runs_as_written(dev_broker):
+    url, data_dir = dev_broker
+    script = "set -euo pipefail\n" + readme_block().replace("http://127.0.0.1:8080", url)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", script], cwd=data_dir.parent, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert '"keys"' in result.stdout and '"active":true' in result.stdout
+    assert result.stdout.rstrip().endswith('{"active":false}')
