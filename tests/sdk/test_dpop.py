@@ -59,13 +59,13 @@ def test_complete_of_a_bound_grant_needs_the_holders_proof(live, client, bound, 
     assert denied, "a refusal is recorded"
 
 
+@pytest.mark.parametrize("path", ["/oauth/introspect", "/oauth/revoke"], ids=["introspect", "revoke"])
 @pytest.mark.parametrize("attack", ATTACKS)
-def test_holder_introspection_of_a_bound_token_needs_the_holders_proof(live, client, bound, attack) -> None:
-    url = live.url + "/oauth/introspect"
-    answer = _send(live, client, "/oauth/introspect", _attack(attack, client.dpop, "POST", url, bound.token),
-                   form={"token": bound.token})  # fmt: skip
+def test_holder_use_of_a_bound_token_needs_the_holders_proof(live, client, bound, attack, path) -> None:
+    proof = _attack(attack, client.dpop, "POST", live.url + path, bound.token)
+    answer = _send(live, client, path, proof, form={"token": bound.token})
     assert (answer.status_code, answer.json()["code"]) == (401, "invalid_dpop")
-    assert client.introspect(bound.token)["active"] is True  # the SDK's own proof passes
+    assert client.introspect(bound.token)["active"] is True  # not revoked; the SDK's own proof passes
 
 
 def test_a_replayed_proof_is_refused(live, client, bound) -> None:
@@ -213,3 +213,10 @@ def test_replay_cache_is_bounded_and_forgets_after_ttl() -> None:
     assert len(cache._seen) == 3
     now[0] = 11
     assert cache.first_use("e") is True
+
+
+def test_the_holder_revokes_a_bound_token_with_its_proof(live, client) -> None:
+    cred = client.grant("revoke-by-value", "secure", ["read"], ttl=60)
+    client.revoke_token(cred.token)
+    assert live.grant(cred.grant_id).status == "completed"
+    assert client.introspect(cred.token) == {"active": False}

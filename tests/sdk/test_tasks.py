@@ -96,26 +96,34 @@ def test_completion_failure_after_success_is_raised(live, worker_token) -> None:
             client.retry = type(client.retry)(attempts=1)
 
 
-SIGTERM_SCRIPT = textwrap.dedent(
-    """
-    import sys, time
-    from broker_client import Client
-    with Client(sys.argv[1], sys.argv[2]) as client, client.task("sigterm-job") as task:
-        cred = task.grant("orders", ["read"], ttl=300)
-        print(cred.grant_id, flush=True)
-        time.sleep(60)
-    """
-)
+SIGTERM_SCRIPTS = {
+    "sync": """
+        import sys, time
+        from broker_client import Client
+        with Client(sys.argv[1], sys.argv[2]) as client, client.task("sigterm-job") as task:
+            print(task.grant("orders", ["read"], ttl=300).grant_id, flush=True)
+            time.sleep(60)
+    """,
+    "async": """
+        import asyncio, sys
+        from broker_client import AsyncClient
+        async def main():
+            async with AsyncClient(sys.argv[1], sys.argv[2]) as client, client.task("sigterm-job") as task:
+                print((await task.grant("orders", ["read"], ttl=300)).grant_id, flush=True)
+                await asyncio.sleep(60)
+        asyncio.run(main())
+    """,
+}
 
 
-def test_sigterm_to_a_process_using_the_sdk_completes_its_grants(live, worker_token) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", SIGTERM_SCRIPT, live.url, worker_token], stdout=subprocess.PIPE, text=True
-    )
+@pytest.mark.parametrize("flavour", sorted(SIGTERM_SCRIPTS))
+def test_sigterm_to_a_process_using_the_sdk_completes_its_grants(live, worker_token, flavour) -> None:
+    script = textwrap.dedent(SIGTERM_SCRIPTS[flavour])
+    child = subprocess.Popen([sys.executable, "-c", script, live.url, worker_token], stdout=subprocess.PIPE, text=True)
     grant_id = child.stdout.readline().strip()
     assert live.grant(grant_id).status == "active"
     child.send_signal(signal.SIGTERM)
-    assert child.wait(timeout=20) == 128 + signal.SIGTERM
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM
     assert live.grant(grant_id).status == "completed"
     assert live.grant(grant_id).end_reason == "task completed"
 
