@@ -41,13 +41,13 @@ class Plan:
         self.div = 10 if quick else 1
 
     def fast(self) -> dict:
-        return {"count": 6000 // self.div, "time_cap": 8.0}
+        return {"count": 6000 // self.div, "time_cap": 6.0}
 
     def slow(self) -> dict:  # database/creds creates a PostgreSQL role per call
-        return {"count": 600 // self.div, "time_cap": 8.0}
+        return {"count": 600 // self.div, "time_cap": 6.0}
 
     def sequential(self) -> dict:
-        return {"count": 200 // self.div, "time_cap": 15.0}
+        return {"count": 200 // self.div, "time_cap": 10.0}
 
 
 def jwt_sqlite(rows: list[Result], tmp: Path, issuer: TestIssuer, token: str, plan: Plan, workers: int) -> None:

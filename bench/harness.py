@@ -144,7 +144,10 @@ class BrokerServer:
 
 @contextmanager
 def broker_server(directory: Path, config: dict[str, Any], *, workers: int = 2) -> Iterator[BrokerServer]:
-    """Write the config, create keys and schema once (so workers do not race), serve, stop."""
+    """Write the config, create keys and schema once (so workers do not race), serve, stop.
+
+    uvicorn's own defaults pick the event loop and HTTP parser, as `broker serve` does.
+    """
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "broker.yaml"
@@ -155,8 +158,7 @@ def broker_server(directory: Path, config: dict[str, Any], *, workers: int = 2) 
     open_ledger(settings).engine.dispose()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "broker.app:app_from_env", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
-         "--no-access-log", "--log-level", "warning"],
+         "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
         env={**os.environ, "BROKER_CONFIG": str(path)},
     )  # fmt: skip
     try:

@@ -110,8 +110,10 @@ def run(parts: Components, name: str, selector: Selector, tokens: list[str], che
     started = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:
         usable = sum(pool.map(check, tokens))
-    return Outcome(name, len(tokens), revoke_seconds, status.revoked, status.pending,
-                   time.perf_counter() - started, usable)  # fmt: skip
+    outcome = Outcome(name, len(tokens), revoke_seconds, status.revoked, status.pending,
+                      time.perf_counter() - started, usable)  # fmt: skip
+    print(f"{name}: {outcome.revoked}/{outcome.grants} revoked in {revoke_seconds:.2f}s, {usable} usable after", flush=True)
+    return outcome
 
 
 def vault_usable(addr: str) -> Callable[[str], bool]:

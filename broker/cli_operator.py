@@ -14,13 +14,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import httpx
 
 grants_app = typer.Typer(help="The live inventory of grants.", no_args_is_help=True)
 report_app = typer.Typer(help="Incident reports.", no_args_is_help=True)
@@ -47,10 +49,14 @@ class Remote:
     """The broker's operator API over HTTP; problem+json answers become a message and exit code 2."""
 
     def __init__(self, url: str, token_file: Path | None, token_command: str | None) -> None:
+        import httpx  # here, not at import: every `broker` command would pay for it
+
         token = _identity_token(token_file, token_command)
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=30.0, headers={"Authorization": f"Bearer {token}"})
 
     def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        import httpx
+
         try:
             answer = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -187,6 +193,9 @@ def revoke(
     body = {**selector, "reason": reason, "freeze": freeze}
     matched = remote.call("POST", "/v1/revocations", json={**body, "dry_run": True})["matched"]
     what = ", ".join(f"{k}={v}" for k, v in selector.items())
+    if matched == 0 and not freeze:
+        console.print(f"no active grant matches {what}: nothing to revoke", highlight=False)
+        return
     if not yes and not typer.confirm(f"Revoke {matched} active grants ({what}){' and freeze' if freeze else ''}?"):
         raise typer.Exit(1)
     status = remote.call("POST", "/v1/revocations", json={**body, "wait": False})

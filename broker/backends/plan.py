@@ -83,6 +83,9 @@ def broker_policy(boundaries: list[BoundaryConfig]) -> str:
         for cfg in boundary.scopes.values():
             if boundary.backend == "vault_token":
                 rules.append((f"auth/token/create/{cfg.token_role}", "update"))
+                # operator revocation of a frozen boundary: one prefix call, then wait for it to drain
+                prefix = f"auth/token/create/{cfg.token_role}"
+                rules += [(f"sys/leases/revoke-prefix/{prefix}", "update sudo"), (f"sys/leases/lookup/{prefix}/", "list sudo")]
             elif boundary.backend == "vault_secret":
                 path = str(cfg.path).strip("/")
                 rules += [(path, "read"), (f"sys/leases/lookup/{path}/", "list sudo")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ from broker.config import BoundaryConfig
 from broker.errors import BadRequest, BrokerError
 
 log = logging.getLogger(__name__)
+PREFIX_WAIT = 120.0  # seconds to wait for Vault to finish a prefix revocation before going token by token
 # OpenBao answers a missing accessor with success; Vault with 400 "invalid accessor": both mean gone
 GONE = ("invalid accessor", "no token found")
 
@@ -51,18 +53,32 @@ class VaultTokenBackend:
     def revoke_many(
         self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False
     ) -> dict[str, str]:
-        """A frozen boundary's every token: one `sys/leases/revoke-prefix` per token role (tokens made
-        through `auth/token/create/<role>` lease under that path; promise 2 gives each role one boundary).
-        Otherwise, or if the prefix call is refused (it needs `sudo`), accessor by accessor on a bounded pool.
+        """A frozen boundary's every token: `sys/leases/revoke-prefix` per token role (tokens made through
+        `auth/token/create/<role>` lease under that path; promise 2 gives each role one boundary), then
+        wait until no lease is left under the prefix. Otherwise, or if that fails (it needs `sudo`) or
+        takes too long, accessor by accessor on a bounded pool (idempotent, so a retry costs nothing).
         """
         if whole_boundary:
+            prefixes = sorted({f"auth/token/create/{cfg.token_role}" for cfg in boundary.scopes.values()})
             try:
-                for role in sorted({str(cfg.token_role) for cfg in boundary.scopes.values()}):
-                    self.vault.write(f"sys/leases/revoke-prefix/auth/token/create/{role}", {"sync": True})
-                return {}
+                if self._revoke_prefixes(prefixes):
+                    return {}
+                log.warning("prefix revocation of %s still running after %ss", boundary.name, PREFIX_WAIT)
             except BrokerError as exc:
-                log.warning("prefix revocation of %s refused (%s); revoking token by token", boundary.name, exc.code)
+                log.warning("prefix revocation of %s refused (%s)", boundary.name, exc.code)
         return revoke_each(self, boundary, handles)
+
+    def _revoke_prefixes(self, prefixes: Sequence[str]) -> bool:
+        """Ask Vault to revoke every lease under the prefixes (async: one call can be ten thousand
+        tokens, longer than a request timeout) and poll until none is left; False at the deadline."""
+        for prefix in prefixes:
+            self.vault.write(f"sys/leases/revoke-prefix/{prefix}", {"sync": False})
+        deadline = time.monotonic() + PREFIX_WAIT
+        while any(self.vault.list(f"sys/leases/lookup/{prefix}/") for prefix in prefixes):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def ping(self) -> None:
         self.vault.ping()

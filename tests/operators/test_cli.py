@@ -69,6 +69,9 @@ def test_revoke_asks_first_and_a_no_changes_nothing(cli, live, held):
     assert refused.exit_code == 1
     assert "Revoke 12 active grants (subject=system:serviceaccount:payments:worker)?" in refused.output
     assert statuses(live) == before
+    nothing = cli("revoke", "--task", "no-such-task", "--reason", "leak")
+    assert nothing.exit_code == 0 and "nothing to revoke" in nothing.output
+    assert not [e for e in live.ledger.events(limit=100_000) if e.kind == "revocation_requested"]
 
 
 @pytest.mark.parametrize("confirm", [("--yes",), ("-y",), ()], ids=["yes", "y", "prompt"])
@@ -126,7 +129,7 @@ def test_audit_tail_follows_new_events(cli, live, issuers, held):
             http.grant(issuers.worker("cron"), "payments", task="late")
 
     threading.Thread(target=later).start()
-    followed = cli("audit", "tail", "-f", "-n", "0", "--kind", "issued", "--interval", "0.1", "--for", "2")
+    followed = cli("audit", "tail", "-f", "-n", "0", "--kind", "issued", "--interval", "0.1", "--for", "6")
     assert [json.loads(line)["task"] for line in followed.output.splitlines()] == ["late"]
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.sdk.live import free_port
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operator-guide.md"
@@ -20,6 +22,7 @@ def guide_script() -> str:
     return "\n".join(blocks)
 
 
+@pytest.mark.slow  # starts `broker dev` with OpenBao and runs about twenty `broker` processes
 def test_every_command_of_the_operator_guide_runs(tmp_path):
     data = tmp_path / "incident"
     env = {
