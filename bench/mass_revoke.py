@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -107,20 +108,30 @@ def run(parts: Components, name: str, selector: Selector, tokens: list[str], che
     started = time.perf_counter()
     status = parts.operations.revoke(operator(), selector, f"bench {name}", freeze=freeze)
     revoke_seconds = time.perf_counter() - started
+    print(f"{name}: {status.revoked}/{len(tokens)} revoked, {status.pending} pending, in {revoke_seconds:.2f}s", flush=True)
     started = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:
         usable = sum(pool.map(check, tokens))
     outcome = Outcome(name, len(tokens), revoke_seconds, status.revoked, status.pending,
                       time.perf_counter() - started, usable)  # fmt: skip
-    print(f"{name}: {outcome.revoked}/{outcome.grants} revoked in {revoke_seconds:.2f}s, {usable} usable after", flush=True)
+    print(f"{name}: {usable} of {len(tokens)} still usable after the revocation", flush=True)
     return outcome
 
 
 def vault_usable(addr: str) -> Callable[[str], bool]:
-    client = httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=32))
+    """`lookup-self` answers 200 only while the token lives; one client per thread, a retry on a broken socket."""
+    local = threading.local()
 
     def check(token: str) -> bool:
-        return client.get(f"{addr}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}).status_code == 200
+        for _ in range(3):
+            client = getattr(local, "client", None) or httpx.Client(timeout=10.0)
+            local.client = client
+            try:
+                answer = client.get(f"{addr}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})
+                return answer.status_code == 200
+            except httpx.HTTPError:
+                local.client = None
+        raise RuntimeError("OpenBao did not answer lookup-self three times")
 
     return check
 
