@@ -88,7 +88,10 @@ def build(settings: Settings) -> Components:
         keys=keys,
     )
     jobs = {
-        "reconcile": Reconciler(service.backends, settings.boundaries, ledger).run,  # once, before serving
+        "reconcile": Reconciler(
+            service.backends, settings.boundaries, ledger,
+            grace=settings.reconcile_grace, interval=settings.reconcile_interval,
+        ).run,  # first pass before serving
         "revocations": service.retry_pending,
         "reaper": service.expire_due,
         "policy": policy.maybe_reload,

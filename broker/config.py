@@ -193,6 +193,8 @@ class Settings(Strict):
     max_body_bytes: int = Field(default=65_536, gt=0)
     revoke_retry_max_delay: Duration = 60
     worker_interval: float = Field(default=1.0, gt=0)
+    reconcile_grace: Duration = 30
+    reconcile_interval: Duration = 300
     dev_issuer: str | None = None
     fault_injection: set[Literal["crash_after_mint", "fail_ledger_after_mint"]] = Field(default_factory=set)
 

@@ -1,13 +1,13 @@
 """Start-up reconcile: revoke backend credentials that no live grant row accounts for (promise 5).
 
 A crash between the mint and the ledger commit leaves a credential in Vault with no grant row.
-Backends that can list what they minted (`live_handles`) are asked for every handle created
-before this process started; a handle that is not the handle of an `active` or `revoke_pending`
-grant is revoked and a `reconciled` event is chained. Credentials minted by this process are
-never judged (its own mints are committed or revoked by itself), so the job is safe beside
-traffic. Another replica's mint that is in flight while this one starts may be judged too early:
-replicas should start one at a time. Active grants past expiry are the reaper's (`expire_due`),
-which the worker runs in the same first pass.
+So can a mint whose answer Vault sent but the broker never got (a timeout), or a failed revoke
+after a failed ledger write. Backends that can list what they minted (`live_handles`) are asked
+for every handle older than `grace` seconds; a handle that is not the handle of an `active` or
+`revoke_pending` grant is revoked and a `reconciled` event is chained. The grace keeps the job
+safe beside traffic and beside other replicas: a mint commits or is revoked within milliseconds,
+so a handle older than the grace with no row is an orphan. The first pass runs before the broker
+serves; later passes every `interval` seconds. Active grants past expiry are the reaper's.
 """
 
 from __future__ import annotations
@@ -34,31 +34,36 @@ class Listing(Protocol):
 
 
 class Reconciler:
-    """Runs once per process (as a worker job, retried until Vault answers), then does nothing."""
+    """A worker job: a first pass before serving (retried until Vault answers), then every `interval`."""
 
     def __init__(
         self,
         backends: dict[str, Backend],
         boundaries: list[BoundaryConfig],
         ledger: LedgerStore,
+        *,
+        grace: float = 30.0,
+        interval: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._backends = {id(b): b for b in backends.values() if hasattr(b, "live_handles")}
         self._boundaries = boundaries
         self._ledger = ledger
-        self._started_at = clock()
-        self.done = not self._backends
+        self._grace, self._interval, self._clock = grace, interval, clock
+        self._next_run = clock()
+        self.passes = 0
 
     def run(self) -> int:
-        """Revoke orphans of every listing backend; returns how many were revoked."""
-        if self.done:
+        """When due, revoke orphans of every listing backend; returns how many were revoked."""
+        now = self._clock()
+        if not self._backends or now < self._next_run:
             return 0
-        revoked = sum(self._reconcile(backend) for backend in self._backends.values())
-        self.done = True
+        revoked = sum(self._reconcile(backend, now - self._grace) for backend in self._backends.values())
+        self._next_run, self.passes = now + self._interval, self.passes + 1
         return revoked
 
-    def _reconcile(self, backend: Listing) -> int:
-        found = backend.live_handles(self._boundaries, self._started_at)
+    def _reconcile(self, backend: Listing, created_before: float) -> int:
+        found = backend.live_handles(self._boundaries, created_before)
         revoked = 0
         for name, handles in found.items():
             orphans = set(handles) - self._live(name)

@@ -76,7 +76,7 @@ def test_vault_down_at_completion_stays_pending_then_the_worker_revokes(broker_1
 def _config(bed: VaultBed, issuers, **extra) -> dict:
     return {"env": "test", "issuer": "http://broker.test", "sqlite_synchronous": "NORMAL",
             "attestors": issuers.attestors(), "boundaries": bed.boundaries, "policy": POLICY,
-            "vault": bed.openbao.vault_config(2.0), "worker_interval": 0.2, **extra}
+            "vault": bed.openbao.vault_config(2.0), "worker_interval": 0.2, "reconcile_grace": 1, **extra}
 
 
 def _orphans(bed: VaultBed, boundary: str, task: str) -> list[str]:

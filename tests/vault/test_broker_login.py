@@ -32,7 +32,7 @@ def test_approle_broker_with_the_planned_policy_mints_revokes_and_reconciles(tmp
     identity = issuers.worker()
     with open_client(vault_bed.settings(tmp_path, issuers, vault=approle)) as broker:
         assert broker.get("/readyz").status_code == 200
-        assert broker.components.worker._jobs["reconcile"].__self__.done  # listing needs its sudo paths
+        assert broker.components.worker._jobs["reconcile"].__self__.passes  # listing needs its sudo paths
         answer = broker.grant(identity, boundary, ["read"], ttl=60)
         assert answer.status_code == 201, answer.text
         done = broker.post(f"/v1/grants/{answer.json()['grant_id']}/complete", headers={"Authorization": f"Bearer {identity}"})
