@@ -36,7 +36,7 @@ from broker.errors import (
 )
 from broker.identity import Attestors, Identity, token_fingerprint
 from broker.identity.dpop import DpopVerifier
-from broker.ledger import ACTIVE, REVOKE_PENDING, Event, Grant, LedgerStore
+from broker.ledger import ACTIVE, Event, Grant, LedgerStore
 from broker.policy import PolicySource
 from broker.signing import KeyStore
 
@@ -410,9 +410,6 @@ class GrantService:
             return None
         return self.ledger.get_grant(str(claims.get("jti")))
 
-
-def is_pending(grant: Grant) -> bool:
-    return grant.status == REVOKE_PENDING
 
 
 def _owns(identity: Identity, grant: Grant) -> bool:
