@@ -1,6 +1,6 @@
 """Mass revocation: time to revoke 10,000 active grants until every one is unusable (target < 10 s).
 
-    python -m bench.mass_revoke [--count 10000] [--workers 16] [--skip-vault] [--database-url URL]
+    python -m bench.mass_revoke [--count 10000] [--workers 16] [--only jwt,subject,prefix] [--skip-vault]
 
 Scenarios, each on its own fresh set of active grants in a SQLite (or PostgreSQL) ledger:
   jwt            revoke a jwt boundary; then every token is checked by introspection
@@ -143,13 +143,15 @@ def scenarios(args: argparse.Namespace, directory: Path, vault: OpenBaoServer | 
     parts = build(config)
     parts.operations.workers = args.workers
     service, results = parts.service, []
-    jwt_tokens = seed(service, "bench-jwt", "bench:jwt-holder", args.count, args.seed_workers)
-    jwt_check = lambda token: bool(service.introspect(token)["active"])  # noqa: E731
-    results.append(run(parts, "jwt (boundary)", Selector(boundary="bench-jwt"), jwt_tokens, jwt_check))
-    if vault:
-        check = vault_usable(vault.addr)
+    if "jwt" in args.only:
+        jwt_tokens = seed(service, "bench-jwt", "bench:jwt-holder", args.count, args.seed_workers)
+        jwt_check = lambda token: bool(service.introspect(token)["active"])  # noqa: E731
+        results.append(run(parts, "jwt (boundary)", Selector(boundary="bench-jwt"), jwt_tokens, jwt_check))
+    check = vault_usable(vault.addr) if vault else None
+    if vault and "subject" in args.only:
         tokens = seed(service, "bench-kv-a", "bench:victim", args.count, args.seed_workers)
         results.append(run(parts, "vault_token (subject, accessors)", Selector(subject="bench:victim"), tokens, check))
+    if vault and "prefix" in args.only:
         tokens = seed(service, "bench-kv-b", "bench:holder", args.count, args.seed_workers)
         outcome = run(parts, "vault_token (frozen boundary, prefix)", Selector(boundary="bench-kv-b"), tokens, check,
                       freeze=True)  # fmt: skip
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=16, help="revocation thread pool (accessor by accessor)")
     parser.add_argument("--seed-workers", type=int, default=16, help="threads minting the grants to revoke")
     parser.add_argument("--skip-vault", action="store_true", help="jwt only (no OpenBao)")
+    parser.add_argument("--only", default="jwt,subject,prefix", help="scenarios to run (comma-separated)")
     parser.add_argument("--database-url", help="ledger database (default: SQLite in a temp dir)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-revoke-") as tmp:
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             if vault:
                 vault.stop()
-    Console().print(table(results, args.workers))
+    Console(width=150).print(table(results, args.workers))
 
 
 if __name__ == "__main__":

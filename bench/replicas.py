@@ -82,8 +82,8 @@ def postgres_pids(url: str) -> list[int]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            query = text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-            return list(conn.scalars(query))
+            query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            return list(conn.scalars(text(query)))
     finally:
         engine.dispose()
 

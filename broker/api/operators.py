@@ -166,7 +166,7 @@ def audit(
     grant_id: str | None = None,
     since: str | None = None,
     until: str | None = None,
-    cursor: Annotated[int, Query(ge=0)] = 0,
+    cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # a sequence number; larger overflows SQL integers
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     last: Annotated[int | None, Query(ge=0, le=5000)] = None,
     format: Literal["json", "jsonl"] = "json",  # noqa: A002 (the query parameter's public name)

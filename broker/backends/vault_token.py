@@ -10,7 +10,7 @@ from typing import Any
 from broker.backends.base import MintRequest, Minted, fingerprint, revoke_each
 from broker.backends.vault import VaultClient
 from broker.config import BoundaryConfig
-from broker.errors import BadRequest, BrokerError
+from broker.errors import BackendUnavailable, BadRequest, BrokerError
 
 log = logging.getLogger(__name__)
 PREFIX_WAIT = 120.0  # seconds to wait for Vault to finish a prefix revocation before going token by token
@@ -69,15 +69,23 @@ class VaultTokenBackend:
         return revoke_each(self, boundary, handles)
 
     def _revoke_prefixes(self, prefixes: Sequence[str]) -> bool:
-        """Ask Vault to revoke every lease under the prefixes (async: one call can be ten thousand
-        tokens, longer than a request timeout) and poll until none is left; False at the deadline."""
-        for prefix in prefixes:
-            self.vault.write(f"sys/leases/revoke-prefix/{prefix}", {"sync": False})
-        deadline = time.monotonic() + PREFIX_WAIT
-        while any(self.vault.list(f"sys/leases/lookup/{prefix}/") for prefix in prefixes):
+        """Ask Vault to revoke every lease under the prefixes until none is left; False at the deadline.
+
+        Ten thousand tokens take Vault longer than one request timeout: a timed-out call is asked
+        again (idempotent) until the lease list under the prefix is empty.
+        """
+        deadline, remaining = time.monotonic() + PREFIX_WAIT, list(prefixes)
+        while remaining:
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.1)
+            for prefix in remaining:
+                try:
+                    self.vault.write(f"sys/leases/revoke-prefix/{prefix}", {"sync": True})
+                except BackendUnavailable as exc:
+                    if "permission denied" in exc.detail:
+                        raise
+                    log.info("prefix revocation of %s still running: %s", prefix, exc.detail)
+            remaining = [prefix for prefix in remaining if self.vault.list(f"sys/leases/lookup/{prefix}/")]
         return True
 
     def ping(self) -> None:

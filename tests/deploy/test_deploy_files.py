@@ -138,7 +138,8 @@ def test_vault_plan_file_is_what_broker_vault_plan_generates(which: str, tmp_pat
     path = DEPLOY / "compose" / "broker.yaml" if which == "compose" else _helm_config(tmp_path)
     result = CliRunner().invoke(cli, ["vault", "plan", "--config", str(path)])
     assert result.exit_code == 0, result.output
-    committed = "".join(l for l in (DEPLOY / "vault" / "plan.yaml").read_text().splitlines(True) if not l.startswith("#"))
+    lines = (DEPLOY / "vault" / "plan.yaml").read_text().splitlines(True)
+    committed = "".join(line for line in lines if not line.startswith("#"))
     assert result.output == committed, "regenerate: broker vault plan --config deploy/compose/broker.yaml"
 
 
@@ -178,7 +179,8 @@ def test_deployment_projects_a_vault_audience_token_and_runs_locked_down(rendere
     assert token["audience"] == "vault" and token["expirationSeconds"] <= 3600
     container = pod["containers"][0]
     ctx = container["securityContext"]
-    assert ctx["readOnlyRootFilesystem"] and not ctx["allowPrivilegeEscalation"] and ctx["capabilities"]["drop"] == ["ALL"]
+    assert ctx["readOnlyRootFilesystem"] and not ctx["allowPrivilegeEscalation"]
+    assert ctx["capabilities"]["drop"] == ["ALL"]
     assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert all("value" not in e or "postgres" not in e["value"] for e in container["env"])  # secrets by reference

@@ -154,12 +154,11 @@ def _settle(url: str, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
+            overdue = (Grant.status == "active") & (Grant.expires_at < time.time())
             with engine.connect() as conn:
                 open_ = conn.scalar(
-                    select(func.count()).select_from(Grant).where(
-                        (Grant.status == "revoke_pending") | ((Grant.status == "active") & (Grant.expires_at < time.time()))
-                    )
-                )  # fmt: skip
+                    select(func.count()).select_from(Grant).where((Grant.status == "revoke_pending") | overdue)
+                )
             if open_ == 0:
                 return
             time.sleep(0.5)
@@ -214,7 +213,8 @@ def test_completions_and_operator_revocation_are_consistent(cluster) -> None:
     assert run.revocation["matched"] == run.revocation["revoked"] > 0
     for gid in run.completed:
         assert grants[gid].status in ("completed", "revoked"), gid
-    before = [gid for gid, seen in run.issued.items() if seen["sa"] == REVOKED_SA and seen["at"] < run.revocation_sent_at]
+    issued = run.issued.items()
+    before = [gid for gid, seen in issued if seen["sa"] == REVOKED_SA and seen["at"] < run.revocation_sent_at]
     assert before and all(grants[gid].status != "active" for gid in before)
     revoked = [g for g in grants.values() if g.status == "revoked"]
     assert revoked and all(g.subject.endswith(REVOKED_SA) for g in revoked)
@@ -229,7 +229,8 @@ def test_completions_and_operator_revocation_are_consistent(cluster) -> None:
 def test_audit_verify_passes_on_the_shared_chain(cluster) -> None:
     url, _urls, _run, _bao = cluster
     broker = Path(sys.executable).with_name("broker")
-    done = subprocess.run([str(broker), "audit", "verify", "--database-url", url], capture_output=True, text=True, timeout=120)
+    command = [str(broker), "audit", "verify", "--database-url", url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     _grants, events = _rows(url)
@@ -243,14 +244,24 @@ def test_replicas_publish_one_jwks_and_agree_on_introspection(cluster, issuers) 
     auth = {"Authorization": f"Bearer {issuers.worker('worker-0')}"}
     ended = next(gid for gid in run.completed)
     for u in urls:
-        answer = httpx.post(f"{u}/oauth/introspect", data={"token": run.issued[ended]["token"]}, headers=auth, trust_env=False)
+        form = {"token": run.issued[ended]["token"]}
+        answer = httpx.post(f"{u}/oauth/introspect", data=form, headers=auth, trust_env=False)
         assert answer.json() == {"active": False}
 
 
 def test_ended_vault_tokens_are_revoked_in_openbao(cluster) -> None:
     url, _urls, run, bao = cluster
     grants, _events = _rows(url)
-    ended = [gid for gid, seen in run.issued.items() if seen["boundary"] == VAULT["name"] and grants[gid].status != "active"]
+    vault_grants = [gid for gid, seen in run.issued.items() if seen["boundary"] == VAULT["name"]]
+    ended = [gid for gid in vault_grants if grants[gid].status != "active"]
     assert ended
     for gid in ended[:40]:  # a bounded sample: each lookup is one OpenBao call
         assert bao.token_lookup(run.issued[gid]["token"]) == 403, gid
+
+
+def test_every_replica_is_ready_with_ledger_and_vault_checked(cluster) -> None:
+    _url, urls, _run, _bao = cluster
+    for u in urls:
+        answer = httpx.get(f"{u}/readyz", trust_env=False)
+        assert answer.status_code == 200
+        assert {"ledger", "keys", "vault_token"} <= set(answer.json()["checks"])

@@ -35,7 +35,8 @@ def test_db_upgrade_from_empty_matches_the_models(database_url: str) -> None:
     assert done.returncode == 0, done.stderr
     assert f"schema at revision {migrate.head()}" in done.stdout
     engine = make_engine(database_url)
-    assert migrate.differences(engine) == [], "models and migrations diverge: add a migration (broker.ledger.migrate.revision)"
+    diverged = "models and migrations diverge: add a migration (broker.ledger.migrate.revision)"
+    assert migrate.differences(engine) == [], diverged
     assert LedgerStore(engine).verify().ok  # the chain head row is there from the first migration
     engine.dispose()
 
