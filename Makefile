@@ -10,7 +10,6 @@ $(STAMP): pyproject.toml $(wildcard clients/python/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]' $(if $(wildcard clients/python/pyproject.toml),-e clients/python)
-	-deploy/tools/install-helm.sh $(BIN)/helm  # for the Helm chart tests; they skip, saying so, without it
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,6 +18,7 @@ run: $(STAMP)
 	$(BIN)/broker dev
 
 test: $(STAMP)
+	-deploy/tools/install-helm.sh $(BIN)/helm  # for the Helm chart tests (a no-op once there)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
