@@ -92,7 +92,7 @@ def vault(rows: list[Result], tmp: Path, issuer: TestIssuer, token: str, plan: P
             )
             rows += sweep("OpenBao database/creds", sc.bao_db_creds(bao), **plan.slow())
             rows += sweep("vault_secret grant", sc.grant_request(broker.url, token, "bench-vault-secret"), **plan.slow())
-        sc.revoke_db_leases(bao)
+    sc.drop_db_roles()
 
 
 def mass_revocation(rows: list[Result], tmp: Path, quick: bool, seconds_left: float) -> None:
@@ -103,8 +103,9 @@ def mass_revocation(rows: list[Result], tmp: Path, quick: bool, seconds_left: fl
     """
     from bench import mass_revoke
 
-    args = argparse.Namespace(count=1000 if quick else 10_000, workers=16, seed_workers=16, database_url=None)
     with_vault = seconds_left >= VAULT_REVOKE_BUDGET
+    args = argparse.Namespace(count=1000 if quick else 10_000, workers=16, seed_workers=16, database_url=None,
+                              only="jwt,subject,prefix", skip_vault=not with_vault)  # fmt: skip
     with openbao(tmp / "bao-revoke") if with_vault else nullcontext() as bao:
         outcomes = mass_revoke.scenarios(args, tmp / "mass-revoke", bao)
     for o in outcomes:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import psycopg
+from psycopg import sql
 
 from bench.harness import Result, Send
 from broker.backends.plan import apply_plan, make_plan
@@ -21,6 +23,7 @@ SUBJECT_NS, SUBJECT_SA = "bench", "worker"
 JWT_BOUNDARY = "bench-jwt"
 TOKEN_ROLE = "bench-token"
 DB_ROLE = "bench-db"
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"  # what OpenBao's database engine connects to
 
 
 def identity_token(issuer: TestIssuer) -> str:
@@ -104,7 +107,7 @@ def bao_db_creds(bao: OpenBaoServer) -> Send:
 # --- OpenBao setup (not timed) -----------------------------------------------------------------
 
 
-def vault_boundaries(pg_db: str = "test") -> list[dict[str, Any]]:
+def vault_boundaries() -> list[dict[str, Any]]:
     """A vault_token and a vault_secret boundary; `broker vault plan` derives the token and engine roles."""
     read_rule = {"bench-read": 'path "secret/data/bench/*" { capabilities = ["read"] }'}
     statements = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"]
@@ -125,10 +128,10 @@ def _root_headers(bao: OpenBaoServer) -> dict[str, str]:
     return {"X-Vault-Token": bao.root_token}
 
 
-def setup_vault(bao: OpenBaoServer, config: dict[str, Any], issuer: TestIssuer, pg_db: str = "test") -> None:
+def setup_vault(bao: OpenBaoServer, config: dict[str, Any], issuer: TestIssuer) -> None:
     """Database engine and jwt auth by hand, then the broker's own plan (policies, token and engine roles)."""
     vault = root(bao)
-    configure_database_engine(vault, "bench-pg", f"postgresql://postgres@127.0.0.1:5432/{pg_db}")
+    configure_database_engine(vault, "bench-pg", PG_URL)
     apply_plan(make_plan(load_settings(None, **config)), vault)
     # OpenBao's jwt auth trusting the bench issuer's JWKS, like the broker's attestor
     vault.write("sys/auth/jwt", {"type": "jwt"})
@@ -137,9 +140,17 @@ def setup_vault(bao: OpenBaoServer, config: dict[str, Any], issuer: TestIssuer, 
                                         "token_ttl": "5m", "token_policies": ["default"]})  # fmt: skip
 
 
-def revoke_db_leases(bao: OpenBaoServer) -> None:
-    """Drop every PostgreSQL role the bench made (cleanup, not timed)."""
-    root(bao, timeout=60.0).write(f"sys/leases/revoke-prefix/database/creds/{DB_ROLE}", {"sync": True})
+def drop_db_roles(pg_url: str = PG_URL) -> int:
+    """Drop the PostgreSQL roles OpenBao made for the bench role (after OpenBao stopped; cleanup, untimed).
+
+    Revoking thousands of leases through OpenBao drops the same roles one lease at a time and can
+    take minutes on a busy machine; the roles carry the engine role's name, so SQL finds them.
+    """
+    with psycopg.connect(pg_url, autocommit=True, connect_timeout=10) as conn:
+        names = [row[0] for row in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"v-%-{DB_ROLE}-%",))]
+        for name in names:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    return len(names)
 
 
 # --- completion to inactive --------------------------------------------------------------------

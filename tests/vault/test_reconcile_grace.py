@@ -25,9 +25,12 @@ def test_orphans_are_revoked_only_once_older_than_the_grace(vault_broker, vault_
     service = vault_broker.service
     reconciler = Reconciler(service.backends, list(service.boundaries.values()), service.ledger,
                             grace=30, interval=60, clock=lambda: clock[0])  # fmt: skip
-    assert reconciler.run() == 0 and vault_bed.openbao.token_lookup(token) == 200  # in flight: left alone
+    # the session's OpenBao is shared: other tests' leftovers may be reconciled too, so watch our token
+    reconciler.run()
+    assert vault_bed.openbao.token_lookup(token) == 200  # younger than the grace (in flight): left alone
     clock[0] += 31
     assert reconciler.run() == 0, "not due before the interval"
+    assert vault_bed.openbao.token_lookup(token) == 200
     clock[0] += 30
-    assert reconciler.run() == 1 and vault_bed.openbao.token_lookup(token) == 403
-    assert [e.kind for e in service.ledger.events(limit=10_000)][-1] == "reconciled"
+    assert reconciler.run() >= 1 and vault_bed.openbao.token_lookup(token) == 403
+    assert "reconciled" in {e.kind for e in service.ledger.events(limit=10_000)}
