@@ -56,6 +56,7 @@ class Plan:
 def jwt_sqlite(rows: list[Result], tmp: Path, issuer: TestIssuer, token: str, plan: Plan, workers: int) -> None:
     config = sc.broker_config(issuer, boundaries=[sc.jwt_boundary()])
     with broker_server(tmp / "jwt-sqlite", config, workers=workers) as broker:
+        rows += sweep("HTTP floor: GET /healthz", sc.healthz(broker.url), **plan.fast())
         rows += sweep("jwt grant, SQLite", sc.grant_request(broker.url, token, sc.JWT_BOUNDARY), **plan.fast())
         rows.append(
             sc.completion_to_inactive(

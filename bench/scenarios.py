@@ -67,6 +67,16 @@ def grant_request(base: str, token: str, boundary: str, ttl: int = 300) -> Send:
     return send
 
 
+def healthz(base: str) -> Send:
+    """GET /healthz: no identity, no ledger; the HTTP floor of this client and server on this machine."""
+    url = f"{base}/healthz"
+
+    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
+        return await client.get(url)
+
+    return send
+
+
 # --- OpenBao request shapes --------------------------------------------------------------------
 
 
