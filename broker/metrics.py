@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from broker.ledger import LedgerStore
@@ -18,7 +19,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class Metrics:
     """Counters of grant decisions by boundary, the pending-revocation gauge, latencies, Vault errors."""
 
-    def __init__(self, ledger: LedgerStore) -> None:
+    def __init__(self, ledger: LedgerStore, boundaries: Collection[str]) -> None:
+        self._boundaries = frozenset(boundaries)  # a label per requested name would let callers grow memory
         self.registry = CollectorRegistry(auto_describe=True)
         self.outcomes = {
             kind: Counter(f"broker_grants_{kind}", f"Grants {kind}, by boundary.", ["boundary"], registry=self.registry)
@@ -40,7 +42,8 @@ class Metrics:
     def count(self, events: Sequence[dict[str, Any]]) -> None:
         """Count committed decisions (the ledger feed calls this after each commit)."""
         for row in events:
-            kind, boundary, detail = row["kind"], row["boundary"] or "-", row["detail"]
+            kind, detail = row["kind"], row["detail"]
+            boundary = row["boundary"] if row["boundary"] in self._boundaries else "-"
             if kind in self.outcomes:
                 self.outcomes[kind].labels(boundary).inc()
             elif kind == "denied":
@@ -62,12 +65,27 @@ def install(app: FastAPI, metrics: Metrics) -> None:
     def metrics_route() -> Response:
         return metrics.render()
 
-    @app.middleware("http")
-    async def time_issuance(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if (request.method, request.url.path) not in ISSUE_PATHS:
-            return await call_next(request)
-        started = time.perf_counter()
-        response = await call_next(request)
-        if response.status_code in (200, 201):
-            metrics.issuance_seconds.observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(IssuanceTimer, histogram=metrics.issuance_seconds)
+
+
+class IssuanceTimer:
+    """Pure ASGI middleware (no per-request task or body copy): times successful issuance responses."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) not in ISSUE_PATHS:
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 0
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if status in (200, 201):
+            self.histogram.observe(time.perf_counter() - started)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy import or_, select
 
+from broker.errors import LedgerUnavailable
 from broker.ledger.models import Freeze, Revocation
 
 if TYPE_CHECKING:
@@ -36,14 +38,17 @@ class OperatorRecords:
 
     def frozen(self, subject: str, boundary: str) -> str | None:
         """Which freeze refuses this subject at this boundary: "subject", "boundary" or None."""
-        with self._tx(readonly=True) as session:
-            query = select(Freeze.kind).where(
-                or_(
-                    (Freeze.kind == "subject") & (Freeze.value == subject),
-                    (Freeze.kind == "boundary") & (Freeze.value == boundary),
-                )
+        query = select(Freeze.kind).where(
+            or_(
+                (Freeze.kind == "subject") & (Freeze.value == subject),
+                (Freeze.kind == "boundary") & (Freeze.value == boundary),
             )
-            kinds = set(session.scalars(query).all())
+        )
+        try:  # a plain connection, no ORM session: this read runs on every issuance
+            with self._reader.connect() as conn:
+                kinds = set(conn.scalars(query).all())
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(f"ledger read failed: {type(exc).__name__}") from exc
         return "subject" if "subject" in kinds else ("boundary" if kinds else None)
 
     def is_frozen(self, kind: str, value: str) -> bool:

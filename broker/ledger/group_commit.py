@@ -70,6 +70,9 @@ class GroupCommit:
     def _commit(self, batch: list[_Item]) -> None:
         try:
             with self._transaction() as session:
+                if len(batch) == 1:  # alone in the batch: its failure is the transaction's failure
+                    batch[0].result = batch[0].write(session)
+                    return
                 for queued in batch:
                     _run_in_savepoint(session, queued)
         except BaseException as exc:  # the commit itself failed: nobody's write is durable

@@ -73,7 +73,8 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._read_sessions = sessionmaker(engine.execution_options(sqlite_deferred=True), expire_on_commit=False)
+        self._reader = engine.execution_options(sqlite_deferred=True)
+        self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
         self._clock = clock
         self._lock_head = engine.dialect.name != "sqlite"
         self._group = GroupCommit(self._tx)
