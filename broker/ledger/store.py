@@ -77,7 +77,7 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
         self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
         self._clock = clock
         self._lock_head = engine.dialect.name != "sqlite"
-        self._group = GroupCommit(self._tx)
+        self._group = GroupCommit(self._apply_batch)
 
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -121,25 +121,24 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
 
     def record(self, *events: Event) -> None:
         """Append events on their own (denials, operator actions)."""
-        self._grouped(lambda session: self._append(session, events))
+        self._grouped([], list(events))
 
     def record_issued(self, grant: Grant, issued: Event) -> None:
         """The grant row and its `issued` event commit together, or neither does."""
+        self._grouped([{column.key: getattr(grant, column.key) for column in Grant.__table__.columns}], [issued])
 
-        values = {column.key: getattr(grant, column.key) for column in Grant.__table__.columns}
-
-        def write(session: Session) -> None:
-            session.execute(insert(Grant.__table__), [values])
-            self._append(session, [issued])
-
-        self._grouped(write)
-
-    def _grouped(self, write: Callable[[Session], Any]) -> Any:
-        """Run a hot-path write through group commit; every failure surfaces as LedgerUnavailable."""
+    def _grouped(self, grants: list[dict[str, Any]], events: list[Event]) -> None:
+        """Hot-path writes go through group commit; every failure surfaces as LedgerUnavailable."""
         try:
-            return self._group.run(write)
+            self._group.run(grants, events)
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(f"ledger write failed: {type(exc).__name__}") from exc
+
+    def _apply_batch(self, grants: list[dict[str, Any]], events: list[Event]) -> None:
+        with self._tx() as session:
+            if grants:
+                session.execute(insert(Grant.__table__), grants)
+            self._append(session, events)
 
     def begin_revoke(
         self, grant_ids: Sequence[str], *, end_status: str, actor: str, reason: str, revocation_id: str | None = None
