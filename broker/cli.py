@@ -46,6 +46,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    keep_alive: Annotated[int, typer.Option(help="Seconds an idle HTTP connection stays open.")] = 75,
 ) -> None:
     """Run the broker with a config file (production)."""
     import uvicorn
@@ -56,6 +57,9 @@ def serve(
     uvicorn.run(
         "broker.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level,
         access_log=False, proxy_headers=False,
+        # longer than clients' and load balancers' idle timeouts (httpx: 5 s), so a client never
+        # reuses a connection the server is closing at that instant ("server disconnected")
+        timeout_keep_alive=keep_alive,
     )
 
 
