@@ -83,7 +83,7 @@ def dev(
     try:
         server, settings = _dev_vault_settings(data_dir, port, postgres_url if vault else None, vault)
         typer.echo(_dev_banner(settings, dev_token(settings.data_dir, "dev:demo-workload")))
-        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=75)
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

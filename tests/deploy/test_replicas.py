@@ -154,7 +154,9 @@ def _settle(url: str, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            overdue = (Grant.status == "active") & (Grant.expires_at < time.time())
+            # short-TTL grants issued last may not have expired yet: wait for them too, or the
+            # reapers would still be writing while the checks below read
+            overdue = (Grant.status == "active") & (Grant.expires_at < time.time() + SHORT_TTL + 2)
             with engine.connect() as conn:
                 open_ = conn.scalar(
                     select(func.count()).select_from(Grant).where((Grant.status == "revoke_pending") | overdue)
