@@ -234,36 +234,32 @@ def _revocation_table(status: dict[str, Any]) -> Table:
     return table
 
 
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why: recorded in the ledger.")]
+SubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact subject.")]
+
+
 def freeze(
-    reason: Annotated[str, typer.Option("--reason", help="Why: recorded in the ledger.")],
-    subject: Annotated[Optional[str], typer.Option("--subject", help="Exact subject.")] = None,
-    boundary: BoundaryOpt = None,
-    url: UrlOpt = DEFAULT_URL,
-    token_file: TokenFileOpt = None,
-    token_command: TokenCmdOpt = None,
-) -> None:
+    reason: ReasonOpt, subject: SubjectOpt = None, boundary: BoundaryOpt = None, url: UrlOpt = DEFAULT_URL,
+    token_file: TokenFileOpt = None, token_command: TokenCmdOpt = None,
+) -> None:  # fmt: skip
     """Refuse every new grant to a subject or at a boundary until `broker unfreeze`."""
-    answer = Remote(url, token_file, token_command).call(
-        "POST", "/v1/freezes", json=_params(subject=subject, boundary=boundary, reason=reason)
-    )
-    note = "" if answer["changed"] else " (already frozen)"
-    console.print(f"frozen: {answer['kind']} {answer['value']}{note}", highlight=False)
+    _freeze_call(Remote(url, token_file, token_command), "/v1/freezes", "frozen", "already frozen",
+                 subject=subject, boundary=boundary, reason=reason)  # fmt: skip
 
 
 def unfreeze(
-    reason: Annotated[str, typer.Option("--reason", help="Why: recorded in the ledger.")],
-    subject: Annotated[Optional[str], typer.Option("--subject", help="Exact subject.")] = None,
-    boundary: BoundaryOpt = None,
-    url: UrlOpt = DEFAULT_URL,
-    token_file: TokenFileOpt = None,
-    token_command: TokenCmdOpt = None,
-) -> None:
+    reason: ReasonOpt, subject: SubjectOpt = None, boundary: BoundaryOpt = None, url: UrlOpt = DEFAULT_URL,
+    token_file: TokenFileOpt = None, token_command: TokenCmdOpt = None,
+) -> None:  # fmt: skip
     """Lift a freeze."""
-    answer = Remote(url, token_file, token_command).call(
-        "POST", "/v1/freezes/lift", json=_params(subject=subject, boundary=boundary, reason=reason)
-    )
-    note = "" if answer["changed"] else " (was not frozen)"
-    console.print(f"unfrozen: {answer['kind']} {answer['value']}{note}", highlight=False)
+    _freeze_call(Remote(url, token_file, token_command), "/v1/freezes/lift", "unfrozen", "was not frozen",
+                 subject=subject, boundary=boundary, reason=reason)  # fmt: skip
+
+
+def _freeze_call(remote: Remote, path: str, done: str, unchanged: str, **params: Optional[str]) -> None:
+    answer = remote.call("POST", path, json=_params(**params))
+    note = "" if answer["changed"] else f" ({unchanged})"
+    console.print(f"{done}: {answer['kind']} {answer['value']}{note}", highlight=False)
 
 
 def freezes(
