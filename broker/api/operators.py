@@ -188,10 +188,14 @@ def audit_verify(identity: Auditor, svc: Service) -> dict[str, Any]:
     return svc.ledger.verify().__dict__
 
 
+REPORT_WINDOW = 86400
+
+
 @router.get("/reports/blast-radius")
 def blast_radius(identity: Auditor, ops: Ops, subject: str, since: str = "24h", until: str | None = None) -> dict:
-    window = _window(since, until)
-    return ops.blast_radius(subject, window["since"], window["until"] or time.time())
+    window, now = _window(since, until), time.time()
+    start = window["since"] if window["since"] is not None else now - REPORT_WINDOW  # `since=` empty: the default
+    return ops.blast_radius(subject, start, window["until"] or now)
 
 
 def _jsonl(ledger, where: Filter, after: int) -> Iterator[bytes]:  # noqa: ANN001

@@ -143,3 +143,10 @@ def test_metrics_count_decisions_by_boundary(broker, issuers, fleet):
     assert "broker_revocations_pending 0.0" in text
     assert "broker_revocation_seconds_count 1.0" in text
     assert f"broker_issuance_seconds_count {float(len(fleet))}" in text
+
+def test_blast_radius_with_an_empty_since_takes_the_default_window(broker, issuers):
+    """Found by the schema fuzzer: `since=` used to be a 500."""
+    headers = {"Authorization": f"Bearer {issuers.operator()}"}
+    answer = broker.get("/v1/reports/blast-radius", params={"subject": "nobody", "since": ""}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["totals"]["denied"] == 0
