@@ -1,6 +1,6 @@
 """Backends mint and revoke the credential of one boundary kind."""
 
-from broker.backends.base import Backend, BatchRevoker, MintRequest, Minted, fingerprint, revoke_each, revoke_many
+from broker.backends.base import Backend, BatchRevoker, MintRequest, Minted, revoke_each, revoke_many
 from broker.backends.jwt import JwtBackend
 
-__all__ = ["Backend", "BatchRevoker", "JwtBackend", "MintRequest", "Minted", "fingerprint", "revoke_each", "revoke_many"]
+__all__ = ["Backend", "BatchRevoker", "JwtBackend", "MintRequest", "Minted", "revoke_each", "revoke_many"]

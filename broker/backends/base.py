@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -91,7 +90,3 @@ def revoke_each(backend: Backend, boundary: BoundaryConfig, handles: Sequence[st
     with ThreadPoolExecutor(max_workers=min(workers, len(handles))) as pool:
         return {handle: error for handle, error in pool.map(one, handles) if error is not None}
 
-
-def fingerprint(secret: str) -> str:
-    """SHA-256 fingerprint of a secret, safe to store and log."""
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()

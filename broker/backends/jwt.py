@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from broker.backends.base import MintRequest, Minted, fingerprint
+from broker.backends.base import Minted, MintRequest
 from broker.config import BoundaryConfig
+from broker.fingerprint import fingerprint
 from broker.signing import KeyStore, build_claims
 
 

@@ -15,10 +15,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from broker.backends.base import MintRequest, Minted, fingerprint
+from broker.backends.base import Minted, MintRequest
 from broker.backends.vault import VaultClient
 from broker.config import BoundaryConfig
 from broker.errors import BackendUnavailable, BadRequest
+from broker.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
 GONE = ("invalid lease", "lease not found", "lease id not found")

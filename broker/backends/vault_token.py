@@ -7,10 +7,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from broker.backends.base import MintRequest, Minted, fingerprint, revoke_each
+from broker.backends.base import Minted, MintRequest, revoke_each
 from broker.backends.vault import VaultClient
 from broker.config import BoundaryConfig
 from broker.errors import BackendUnavailable, BadRequest, BrokerError
+from broker.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
 PREFIX_WAIT = 120.0  # seconds to wait for Vault to finish a prefix revocation before going token by token

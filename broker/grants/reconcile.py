@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from broker.backends import Backend, fingerprint
+from broker.backends import Backend
 from broker.config import BoundaryConfig
 from broker.errors import BrokerError
+from broker.fingerprint import fingerprint
 from broker.ledger import ACTIVE, REVOKE_PENDING, Event, LedgerStore
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,6 @@ class Reconciler:
         except BrokerError as exc:
             log.warning("reconcile could not revoke a %s orphan of %s: %s", backend.kind, boundary_name, exc.code)
             raise
-        detail = {"backend": backend.kind, "handle_fp": fingerprint(handle)[:23], "reason": "no live grant row"}
+        detail = {"backend": backend.kind, "handle_fp": fingerprint(handle, short=True), "reason": "no live grant row"}
         self._ledger.record(Event(kind="reconciled", boundary=boundary_name, actor="broker:reconcile", detail=detail))
         return True

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import jwt
 
-from broker.backends import Backend, MintRequest, Minted
+from broker.backends import Backend, Minted, MintRequest
 from broker.config import BoundaryConfig, Settings
 from broker.errors import (
     BackendUnavailable,
@@ -34,7 +34,8 @@ from broker.errors import (
     UnknownBoundary,
     UnknownScope,
 )
-from broker.identity import Attestors, Identity, token_fingerprint
+from broker.fingerprint import fingerprint
+from broker.identity import Attestors, Identity
 from broker.identity.dpop import DpopVerifier
 from broker.ledger import ACTIVE, Event, Grant, LedgerStore
 from broker.policy import PolicySource
@@ -109,7 +110,7 @@ class GrantService:
         except InvalidIdentity as exc:
             detail = {"code": exc.code, "action": action, "reason": exc.detail[:200]}
             if token:
-                detail["token_fp"] = token_fingerprint(token)
+                detail["token_fp"] = fingerprint(token)
             self.ledger.record(Event(kind="denied", detail=detail))
             raise
 

@@ -1,7 +1,7 @@
 """Identity: attest a workload's identity token (Kubernetes, GitHub Actions, SPIFFE JWT-SVID, OIDC)."""
 
 from broker.identity.jwks import JwksError, build_http_client
-from broker.identity.oidc import MAX_TOKEN_BYTES, Attestors, Identity, token_fingerprint
+from broker.identity.oidc import MAX_TOKEN_BYTES, Attestors, Identity
 from broker.identity.presets import MAX_SUBJECT_CHARS
 
 __all__ = [
@@ -11,5 +11,4 @@ __all__ = [
     "Identity",
     "JwksError",
     "build_http_client",
-    "token_fingerprint",
 ]

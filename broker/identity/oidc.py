@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ import jwt
 
 from broker.config import ASYMMETRIC_ALGORITHMS, AttestorConfig
 from broker.errors import ConfigError, InvalidIdentity
+from broker.fingerprint import fingerprint as fingerprint_of
 from broker.identity import presets
 from broker.identity.jwks import (
     FileKeySet,
@@ -57,11 +57,6 @@ class Identity:
     expires_at: int
 
 
-def token_fingerprint(token: str) -> str:
-    """`sha256:<hex>` of the raw token: safe to log and store, useless to replay."""
-    return "sha256:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 class Attestors:
     """All configured attestors; routes each token to the one trusting its issuer."""
 
@@ -86,7 +81,7 @@ class Attestors:
 
     def verify(self, token: str) -> Identity:
         """The identity proven by `token`, or InvalidIdentity (whose detail never contains the token)."""
-        fingerprint = token_fingerprint(token) if isinstance(token, str) else "-"
+        fingerprint = fingerprint_of(token) if isinstance(token, str) else "-"
         try:
             attestor = self._route(token)
             return attestor.verify(token, fingerprint)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -15,13 +14,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import LedgerUnavailable
-from broker.ledger.group_commit import GroupCommit
+from broker.fingerprint import fingerprint
 from broker.ledger.chain import GENESIS, VerifyResult, link, verify_chain
-from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Base, ChainHead, Grant
 from broker.ledger.feed import EventFeed
 from broker.ledger.freezes import OperatorRecords
+from broker.ledger.group_commit import GroupCommit
+from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Base, ChainHead, Grant
 from broker.ledger.queries import ReadQueries
-
 
 OWNER_LEASE = 10.0  # seconds a replica that starts a revocation owns it before any outbox worker may claim it
 
@@ -302,7 +301,7 @@ def _event_row(item: Event, seq: int, now: float, prev_hash: str) -> dict[str, A
 
 
 def _end_event(grant: Grant, kind: str, detail: dict[str, Any]) -> Event:
-    base = {"reason": grant.end_reason, "backend": grant.backend, "handle_fp": _short(grant.handle)}
+    base = {"reason": grant.end_reason, "backend": grant.backend, "handle_fp": fingerprint(grant.handle, short=True)}
     if grant.revocation_id:
         base["revocation_id"] = grant.revocation_id
     return Event(
@@ -324,9 +323,6 @@ def _batch(grant_ids: Sequence[str], status: str):  # noqa: ANN202
 def _failed_event(grant: Grant | Row, error: str, attempt: int, retry_at: float) -> Event:
     return _end_event(grant, "revoke_failed", {"error": error[:200], "attempt": attempt, "retry_at": retry_at})
 
-
-def _short(handle: str) -> str:
-    return "sha256:" + hashlib.sha256(handle.encode()).hexdigest()[:16]
 
 
 def _as_dict(row: AuditEvent) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from broker.app import open_ledger
-from broker.backends import fingerprint
 from broker.config import load_settings
+from broker.fingerprint import fingerprint
 from tests.support.broker import BrokerClient, open_client
 from tests.support.openbao import POLICY, VaultBed, pg_bed, vault_bed  # noqa: F401 (fixtures)
 from tests.support.replicas import _start, _stop, _wait_ready

@@ -22,7 +22,8 @@ from jwt.algorithms import RSAAlgorithm
 
 from broker.config import AttestorConfig
 from broker.errors import ConfigError, InvalidIdentity
-from broker.identity import MAX_TOKEN_BYTES, Attestors, Identity, token_fingerprint
+from broker.fingerprint import fingerprint as token_fingerprint
+from broker.identity import MAX_TOKEN_BYTES, Attestors, Identity
 from broker.identity.jwks import JwksError, parse_jwks
 from tests.support.issuer import TestIssuer, b64url, compact
 

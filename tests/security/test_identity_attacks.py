@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from broker.identity import token_fingerprint
+from broker.fingerprint import fingerprint as token_fingerprint
 from tests.support.broker import BrokerClient, Issuers, broker_settings, open_client
 from tests.support.issuer import TestIssuer, b64url, compact
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker.identity import token_fingerprint
+from broker.fingerprint import fingerprint as token_fingerprint
 from tests.support.broker import POLICY, BrokerClient, Issuers, broker_settings, open_client
 from tests.support.issuer import TestIssuer
 
