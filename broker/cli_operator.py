@@ -39,6 +39,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 SubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact subject, or a glob like 'repo:acme/*'.")]
 BoundaryOpt = Annotated[Optional[str], typer.Option("--boundary", help="Boundary name.")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task id.")]
+ExactSubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact subject.")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why: recorded in the ledger.")]
 SinceOpt = Annotated[Optional[str], typer.Option("--since", help="ISO 8601, epoch seconds, or ago: 15m, 24h.")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="ISO 8601, epoch seconds, or ago.")]
 KindOpt = Annotated[Optional[str], typer.Option("--kind", help="Event kind: issued, denied, revoked, ...")]
@@ -171,7 +173,7 @@ def _grants_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def revoke(
-    reason: Annotated[str, typer.Option("--reason", help="Why: recorded in the ledger.")],
+    reason: ReasonOpt,
     subject: SubjectOpt = None,
     boundary: BoundaryOpt = None,
     task: TaskOpt = None,
@@ -234,12 +236,8 @@ def _revocation_table(status: dict[str, Any]) -> Table:
     return table
 
 
-ReasonOpt = Annotated[str, typer.Option("--reason", help="Why: recorded in the ledger.")]
-SubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact subject.")]
-
-
 def freeze(
-    reason: ReasonOpt, subject: SubjectOpt = None, boundary: BoundaryOpt = None, url: UrlOpt = DEFAULT_URL,
+    reason: ReasonOpt, subject: ExactSubjectOpt = None, boundary: BoundaryOpt = None, url: UrlOpt = DEFAULT_URL,
     token_file: TokenFileOpt = None, token_command: TokenCmdOpt = None,
 ) -> None:  # fmt: skip
     """Refuse every new grant to a subject or at a boundary until `broker unfreeze`."""
@@ -248,7 +246,7 @@ def freeze(
 
 
 def unfreeze(
-    reason: ReasonOpt, subject: SubjectOpt = None, boundary: BoundaryOpt = None, url: UrlOpt = DEFAULT_URL,
+    reason: ReasonOpt, subject: ExactSubjectOpt = None, boundary: BoundaryOpt = None, url: UrlOpt = DEFAULT_URL,
     token_file: TokenFileOpt = None, token_command: TokenCmdOpt = None,
 ) -> None:  # fmt: skip
     """Lift a freeze."""
