@@ -94,6 +94,7 @@ def build(settings: Settings) -> Components:
         ).run,  # first pass before serving
         "revocations": service.retry_pending,
         "reaper": service.expire_due,
+        "freezes": ledger.refresh_freezes,
         "policy": policy.maybe_reload,
         "keys": keys.reload,
     }

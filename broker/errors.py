@@ -117,3 +117,16 @@ class LedgerUnavailable(BrokerError):
 
     code = "ledger_unavailable"
     public_message = "The ledger is unavailable; nothing was issued."
+
+
+class IdempotencyKeyReused(BrokerError):
+    """The `Idempotency-Key` is bound to a live grant of a different request."""
+
+    code = "idempotency_key_reused"
+    public_message = "This Idempotency-Key was used for a different request."
+
+
+class InternalError(BrokerError):
+    """An unexpected failure inside a use case, recorded as `denied` before it is answered."""
+
+    code = "internal_error"

@@ -27,6 +27,8 @@ STATUS = {
     "unknown_scope": 400,
     "ttl_exceeds_cap": 400,
     "not_found": 404,
+    "idempotency_key_reused": 422,
+    "internal_error": 500,
     "backend_unavailable": 503,
     "ledger_unavailable": 503,
 }

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from broker.api.deps import Caller, ProofKey, Service, json_body
+from broker.api.deps import Caller, ProofKey, Service, bearer, dpop_key, json_body
 from broker.api.schemas import GrantIn, GrantOut, IssuedOut, TaskCompletedOut, when
-from broker.grants import GrantRequest
+from broker.grants import GrantRequest, GrantService, Issued, Prepared
 
 router = APIRouter(prefix="/v1", tags=["grants"])
 
@@ -21,12 +23,16 @@ GRANT_BODY = {"requestBody": {"required": True, "content": {"application/json": 
 @router.post(
     "/grants", status_code=201, response_model=IssuedOut, dependencies=[Depends(json_body)], openapi_extra=GRANT_BODY
 )
-def create_grant(payload: Annotated[Any, Body()], identity: Caller, svc: Service, jkt: ProofKey) -> IssuedOut:
-    body = _grant_in(payload, identity, svc)
-    request = GrantRequest(task=body.task, boundary=body.boundary, scopes=tuple(body.scopes), ttl=body.ttl, cnf_jkt=jkt)
-    issued = svc.issue(identity, request)
-    credential = {**issued.credential, "expires_at": when(issued.credential["expires_at"]).isoformat()}
-    return IssuedOut(**GrantOut.of(issued.grant).model_dump(), credential=credential)
+async def create_grant(request: Request, payload: Annotated[Any, Body()], svc: Service) -> IssuedOut:
+    """Authenticate, admit and mint on one pool thread; await the durable commit on the event loop."""
+    prepared = await run_in_threadpool(_prepare, request, payload, svc)
+    if isinstance(prepared, Issued):  # an Idempotency-Key replay
+        return _issued_out(prepared)
+    committed = svc.commit(prepared)
+    await asyncio.wait([asyncio.wrap_future(committed)])
+    if svc.quick_to_conclude(committed):
+        return _issued_out(svc.conclude(prepared, committed))
+    return _issued_out(await run_in_threadpool(svc.conclude, prepared, committed))
 
 
 @router.get("/grants/{grant_id}", response_model=GrantOut)
@@ -45,6 +51,24 @@ def complete_task(task: str, identity: Caller, svc: Service, jkt: ProofKey) -> T
     return TaskCompletedOut(
         task=task, matched=outcome.matched, revoked=outcome.revoked, pending=outcome.pending, grant_ids=outcome.grant_ids
     )
+
+
+def _prepare(request: Request, payload: Any, svc: GrantService) -> Prepared | Issued:
+    token = bearer(request)
+    identity = svc.authenticate(token, action="POST /v1/grants")
+    jkt = dpop_key(request, svc, identity, token) if "dpop" in request.headers else None
+    body = _grant_in(payload, identity, svc)
+    keys = request.headers.getlist("idempotency-key")
+    grant_request = GrantRequest(
+        task=body.task, boundary=body.boundary, scopes=tuple(body.scopes), ttl=body.ttl, cnf_jkt=jkt,
+        idempotency_key=keys[0] if len(keys) == 1 else (None if not keys else ""),  # "" : refused as malformed
+    )
+    return svc.prepare(identity, grant_request)
+
+
+def _issued_out(issued: Issued) -> IssuedOut:
+    credential = {**issued.credential, "expires_at": when(issued.credential["expires_at"]).isoformat()}
+    return IssuedOut(**GrantOut.of(issued.grant).model_dump(), credential=credential)
 
 
 def _grant_in(payload: Any, identity, svc) -> GrantIn:  # noqa: ANN001

@@ -1,5 +1,5 @@
 """The broker's use cases."""
 
-from broker.grants.service import GrantRequest, GrantService, Issued, RevokeOutcome
+from broker.grants.service import GrantRequest, GrantService, Issued, Prepared, RevokeOutcome
 
-__all__ = ["GrantRequest", "GrantService", "Issued", "RevokeOutcome"]
+__all__ = ["GrantRequest", "GrantService", "Issued", "Prepared", "RevokeOutcome"]

@@ -5,13 +5,17 @@ Every decision is chained into the ledger before it is answered (promise 4).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
+import re
 import secrets
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,8 +25,10 @@ from broker.backends import Backend, Minted, MintRequest
 from broker.config import BoundaryConfig, Settings
 from broker.errors import (
     BackendUnavailable,
+    BadRequest,
     BoundaryFrozen,
     BrokerError,
+    IdempotencyKeyReused,
     InvalidDpop,
     InvalidIdentity,
     LedgerUnavailable,
@@ -37,12 +43,13 @@ from broker.errors import (
 from broker.fingerprint import fingerprint
 from broker.identity import Attestors, Identity
 from broker.identity.dpop import DpopVerifier
-from broker.ledger import ACTIVE, Event, Grant, LedgerStore
+from broker.ledger import ACTIVE, REVOKE_PENDING, Committed, Event, Grant, IdemClaim, LedgerStore, Refused, Replayed
 from broker.policy import PolicySource
 from broker.signing import KeyStore
 
 log = logging.getLogger(__name__)
 DEFAULT_TTL = 300
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class GrantRequest:
     scopes: tuple[str, ...]
     ttl: int | Literal["max"] | None = None
     cnf_jkt: str | None = None
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,18 @@ class Issued:
 
     grant: Grant
     credential: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A minted credential and its grant row, waiting for the ledger to take them."""
+
+    identity: Identity
+    request: GrantRequest
+    grant: Grant
+    minted: Minted
+    event: Event
+    claim: IdemClaim | None
 
 
 @dataclass(frozen=True)
@@ -151,7 +171,18 @@ class GrantService:
 
     def issue(self, identity: Identity, request: GrantRequest) -> Issued:
         """Check, decide, mint, record, answer: in that order, failing closed."""
+        prepared = self.prepare(identity, request)
+        if isinstance(prepared, Issued):
+            return prepared
+        return self.conclude(prepared, self.commit(prepared))
+
+    def prepare(self, identity: Identity, request: GrantRequest) -> Prepared | Issued:
+        """Admit and mint (an earlier live grant of the same Idempotency-Key is answered instead)."""
         boundary, scopes, ttl = self._admit(identity, request)
+        claim = self._idem_claim(identity, request, boundary)
+        replay = self._replay_before_mint(identity, request, claim)
+        if replay is not None:
+            return replay
         now = self.clock()
         mint = MintRequest(
             grant_id="g_" + secrets.token_urlsafe(18),
@@ -168,12 +199,45 @@ class GrantService:
         if "crash_after_mint" in self.settings.fault_injection:  # env=test only: a crash before the ledger commit
             os.kill(os.getpid(), signal.SIGKILL)
         grant = self._grant_row(identity, mint, minted)
-        self._commit_issue(grant, minted, identity)
-        return Issued(grant=grant, credential={**minted.credential, "expires_at": mint.expires_at})
+        return Prepared(identity, request, grant, minted, _issued_event(grant, minted, identity), claim)
+
+    def commit(self, prepared: Prepared) -> Future:
+        """Hand the grant and its `issued` event to the ledger writer; the future resolves once durable."""
+        if "fail_ledger_after_mint" in self.settings.fault_injection:
+            failed: Future = Future()
+            failed.set_exception(LedgerUnavailable("fault injection: ledger write fails after mint"))
+            return failed
+        return self.ledger.submit_issued(prepared.grant, prepared.event, idem=prepared.claim)
+
+    def conclude(self, prepared: Prepared, committed: Future) -> Issued:
+        """Answer from the commit's outcome; fail closed: an unrecorded or refused credential is revoked."""
+        grant = prepared.grant
+        try:
+            outcome = committed.result()
+        except LedgerUnavailable:
+            self._revoke_unrecorded(grant)
+            raise
+        if isinstance(outcome, Replayed):
+            return self._replay(outcome.grant_id)
+        if isinstance(outcome, Refused):
+            self._revoke_refused(grant.id)
+            raise REFUSED_AT_COMMIT[outcome.code](outcome.detail)
+        if outcome is not None and outcome.superseded:
+            self._revoke_refused(outcome.superseded)
+        return Issued(grant=grant, credential={**prepared.minted.credential, "expires_at": grant.expires_at})
+
+    def quick_to_conclude(self, committed: Future) -> bool:
+        """True when `conclude` calls no backend (the common case), so it may run on the event loop."""
+        if committed.exception() is not None:
+            return False
+        outcome = committed.result()
+        return isinstance(outcome, Committed) and outcome.superseded is None
 
     def _admit(self, identity: Identity, request: GrantRequest) -> tuple[BoundaryConfig, tuple[str, ...], int]:
         """Every refusal before minting, each recorded as `denied` with its stable code."""
         try:
+            if request.idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(request.idempotency_key):
+                raise BadRequest("Idempotency-Key must be one header of 1-255 visible ASCII characters")
             boundary = self._one_boundary(request.boundary)
             scopes = _own_scopes(boundary, request.scopes)
             if boundary.require_dpop and not request.cnf_jkt:
@@ -237,30 +301,52 @@ class GrantService:
             cnf_jkt=mint.cnf_jkt,
         )
 
-    def _commit_issue(self, grant: Grant, minted: Minted, identity: Identity) -> None:
-        """Fail closed: if the ledger does not take the grant, the minted credential is revoked."""
-        event = Event(
-            kind="issued",
-            subject=grant.subject,
-            boundary=grant.boundary,
-            task=grant.task,
-            grant_id=grant.id,
-            actor=grant.subject,
-            detail={
-                "scopes": grant.scope_list,
-                "expires_at": grant.expires_at,
-                "fingerprint": minted.fingerprint,
-                "identity_fp": identity.token_fingerprint,
-                "attestor": identity.attestor,
-            },
-        )
-        try:
-            if "fail_ledger_after_mint" in self.settings.fault_injection:
-                raise LedgerUnavailable("fault injection: ledger write fails after mint")
-            self.ledger.record_issued(grant, event)
-        except LedgerUnavailable:
-            self._revoke_unrecorded(grant)
-            raise
+    def _idem_claim(self, identity: Identity, request: GrantRequest, boundary: BoundaryConfig) -> IdemClaim | None:
+        if request.idempotency_key is None:
+            return None
+        replayable = bool(getattr(self.backends[boundary.backend], "replayable", False))
+        return IdemClaim(_key_hash(identity, request.idempotency_key), _request_fp(request), replayable)
+
+    def _replay_before_mint(self, identity: Identity, request: GrantRequest, claim: IdemClaim | None) -> Issued | None:
+        """A retry of a request whose grant is still live: answer it again, or refuse a reused key.
+
+        Concurrent duplicates pass here together; the issuing transaction decides between them.
+        """
+        bound = self.ledger.idempotent_grant(claim.key_hash) if claim else None
+        if claim is None or bound is None:
+            return None
+        request_fp, grant = bound
+        if grant.status != ACTIVE or grant.expires_at <= self.clock():
+            return None
+        if request_fp != claim.request_fp:
+            exc = IdempotencyKeyReused("the Idempotency-Key is bound to a live grant of another request")
+            self._deny(identity, request, exc)
+            raise exc
+        if not claim.replayable:
+            return None  # minted again; the commit supersedes the earlier grant
+        replayed = Event(kind="replayed", subject=grant.subject, boundary=grant.boundary, task=grant.task,
+                         grant_id=grant.id, actor=identity.subject,
+                         detail={"identity_fp": identity.token_fingerprint, "idempotent": True})  # fmt: skip
+        self.ledger.record(replayed)
+        return self._replay(grant.id)
+
+    def _replay(self, grant_id: str) -> Issued:
+        """The same grant again, its credential signed anew with the same claims (jti, exp, cnf)."""
+        grant = self.ledger.get_grant(grant_id)
+        if grant is None:
+            raise LedgerUnavailable("the replayed grant is missing")
+        boundary = self.boundaries[grant.boundary]
+        mint = MintRequest(grant_id=grant.id, subject=grant.subject, task=grant.task, boundary=boundary,
+                           scopes=tuple(grant.scope_list), ttl=max(1, int(grant.expires_at - grant.issued_at)),
+                           issued_at=grant.issued_at, expires_at=grant.expires_at, cnf_jkt=grant.cnf_jkt)  # fmt: skip
+        minted = self.backends[grant.backend].mint(mint)
+        return Issued(grant=grant, credential={**minted.credential, "expires_at": grant.expires_at})
+
+    def _revoke_refused(self, grant_id: str) -> None:
+        """A grant the issuing transaction left `revoke_pending` (frozen meanwhile, superseded): revoke it now."""
+        grant = self.ledger.get_grant(grant_id)
+        if grant is not None and grant.status == REVOKE_PENDING:
+            self.execute_revocation(grant)
 
     def _revoke_unrecorded(self, grant: Grant) -> None:
         boundary = self.boundaries[grant.boundary]
@@ -362,6 +448,7 @@ class GrantService:
 
     def expire_due(self, limit: int = 1000) -> int:
         """One pass of the reaper: grants past expiry end as `expired`, their credential revoked."""
+        self.ledger.prune_idempotency_keys(self.clock())
         ids = self.ledger.expired_active(self.clock(), limit)
         if not ids:
             return 0
@@ -411,6 +498,36 @@ class GrantService:
             return None
         return self.ledger.get_grant(str(claims.get("jti")))
 
+
+
+REFUSED_AT_COMMIT: dict[str, type[BrokerError]] = {
+    "subject_frozen": SubjectFrozen,
+    "boundary_frozen": BoundaryFrozen,
+    "idempotency_key_reused": IdempotencyKeyReused,
+}
+
+
+def _issued_event(grant: Grant, minted: Minted, identity: Identity) -> Event:
+    detail = {
+        "scopes": grant.scope_list,
+        "expires_at": grant.expires_at,
+        "fingerprint": minted.fingerprint,
+        "identity_fp": identity.token_fingerprint,
+        "attestor": identity.attestor,
+    }
+    return Event(kind="issued", subject=grant.subject, boundary=grant.boundary, task=grant.task,
+                 grant_id=grant.id, actor=grant.subject, detail=detail)  # fmt: skip
+
+
+def _key_hash(identity: Identity, key: str) -> str:
+    """Keys are per caller: the same key from two subjects names two different requests."""
+    return hashlib.sha256("\0".join((identity.attestor, identity.subject, key)).encode()).hexdigest()
+
+
+def _request_fp(request: GrantRequest) -> str:
+    boundary = request.boundary if isinstance(request.boundary, str) else sorted(set(request.boundary))
+    body = [request.task, boundary, sorted(set(request.scopes)), request.ttl, request.cnf_jkt]
+    return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
 
 
 def _owns(identity: Identity, grant: Grant) -> bool:

@@ -1,6 +1,7 @@
 """The ledger: grants and the tamper-evident audit chain, all SQL in one place."""
 
 from broker.ledger.chain import VerifyResult, verify_export
+from broker.ledger.issuing import Committed, IdemClaim, Refused, Replayed
 from broker.ledger.models import ACTIVE, FINAL_STATUSES, REVOKE_PENDING, AuditEvent, Freeze, Grant, Revocation
 from broker.ledger.queries import Filter, Selector
 from broker.ledger.store import Event, LedgerStore, make_engine
@@ -11,11 +12,15 @@ __all__ = [
     "FINAL_STATUSES",
     "REVOKE_PENDING",
     "AuditEvent",
+    "Committed",
     "Event",
     "Filter",
     "Freeze",
     "Grant",
+    "IdemClaim",
     "LedgerStore",
+    "Refused",
+    "Replayed",
     "Revocation",
     "Selector",
     "VerifyResult",

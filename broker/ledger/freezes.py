@@ -24,7 +24,8 @@ class OperatorRecords:
                 return False
             session.add(freeze)
             self._append(session, [event])
-            return True
+        self._note_freezes({(freeze.kind, freeze.value)})
+        return True
 
     def lift_freeze(self, kind: str, value: str, event: Event) -> bool:
         """Remove a deny-list entry; False when there was none (nothing recorded)."""
@@ -34,22 +35,55 @@ class OperatorRecords:
                 return False
             session.delete(row)
             self._append(session, [event])
-            return True
+        self._forget_freeze((kind, value))
+        return True
 
     def frozen(self, subject: str, boundary: str) -> str | None:
-        """Which freeze refuses this subject at this boundary: "subject", "boundary" or None."""
+        """Which freeze refuses this subject at this boundary: "subject", "boundary" or None.
+
+        A check before minting, answered from this process's snapshot of the freezes (refreshed by
+        the worker, by this process's own freezes and by every refusal at commit) and confirmed in
+        the database when it says "frozen". A stale "not frozen" costs one mint that the check
+        inside the issuing transaction then refuses and revokes (broker/ledger/issuing.py).
+        """
+        snapshot = self._freeze_snapshot()
+        if ("subject", subject) not in snapshot and ("boundary", boundary) not in snapshot:
+            return None
         query = select(Freeze.kind).where(
             or_(
                 (Freeze.kind == "subject") & (Freeze.value == subject),
                 (Freeze.kind == "boundary") & (Freeze.value == boundary),
             )
         )
-        try:  # a plain connection, no ORM session: this read runs on every issuance
+        try:
             with self._reader.connect() as conn:
                 kinds = set(conn.scalars(query).all())
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(f"ledger read failed: {type(exc).__name__}") from exc
+        if not kinds:
+            self._forget_freeze(("subject", subject), ("boundary", boundary))
         return "subject" if "subject" in kinds else ("boundary" if kinds else None)
+
+    def refresh_freezes(self) -> None:
+        """Reload the snapshot of every freeze (a worker job, so other replicas' freezes show up)."""
+        try:
+            with self._reader.connect() as conn:
+                rows = conn.execute(select(Freeze.kind, Freeze.value)).all()
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(f"ledger read failed: {type(exc).__name__}") from exc
+        self._freezes_seen = frozenset((kind, value) for kind, value in rows)
+
+    def _freeze_snapshot(self) -> frozenset[tuple[str, str]]:
+        if getattr(self, "_freezes_seen", None) is None:
+            self.refresh_freezes()
+        return self._freezes_seen
+
+    def _note_freezes(self, seen: set[tuple[str, str]]) -> None:
+        if seen:
+            self._freezes_seen = self._freeze_snapshot() | seen
+
+    def _forget_freeze(self, *entries: tuple[str, str]) -> None:
+        self._freezes_seen = self._freeze_snapshot() - set(entries)
 
     def is_frozen(self, kind: str, value: str) -> bool:
         with self._tx(readonly=True) as session:

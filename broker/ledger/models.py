@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, Text
@@ -9,7 +10,20 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_co
 
 ACTIVE = "active"
 REVOKE_PENDING = "revoke_pending"
-FINAL_STATUSES = ("completed", "revoked", "expired")
+FINAL_STATUSES = ("completed", "revoked", "expired", "superseded")
+
+
+@dataclass
+class Event:
+    """An audit event before it is chained; `detail` holds no secret and no token."""
+
+    kind: str
+    subject: str | None = None
+    boundary: str | None = None
+    task: str | None = None
+    grant_id: str | None = None
+    actor: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 class Base(MappedAsDataclass, DeclarativeBase):
@@ -133,3 +147,17 @@ class Revocation(Base):
     actor: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[float] = mapped_column(Float)
     matched: Mapped[int] = mapped_column(Integer)
+
+
+class IdempotencyKey(Base):
+    """A caller's `Idempotency-Key`, bound to the grant it produced until that grant expires.
+
+    `key_hash` is SHA-256 of (attestor, subject, key): keys are per caller and never stored as given.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_fp: Mapped[str] = mapped_column(String(64))
+    grant_id: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

@@ -5,37 +5,33 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Row, create_engine, event, func, insert, select, text, update
+from sqlalchemy import Engine, Row, create_engine, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import LedgerUnavailable
 from broker.fingerprint import fingerprint
-from broker.ledger.chain import GENESIS, VerifyResult, link, verify_chain
+from broker.ledger.chain import VerifyResult, link, verify_chain
 from broker.ledger.feed import EventFeed
 from broker.ledger.freezes import OperatorRecords
-from broker.ledger.group_commit import GroupCommit
-from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Base, ChainHead, Grant
+from broker.ledger.issuing import OWNER_LEASE, IdemClaim, IssueBatch, KeyState, Outcome, Write, grant_values
+from broker.ledger.models import (
+    ACTIVE,
+    REVOKE_PENDING,
+    AuditEvent,
+    ChainHead,
+    Event,
+    Freeze,
+    Grant,
+    IdempotencyKey,
+)
 from broker.ledger.queries import ReadQueries
+from broker.ledger.writer import LedgerWriter
 
-OWNER_LEASE = 10.0  # seconds a replica that starts a revocation owns it before any outbox worker may claim it
-
-
-@dataclass
-class Event:
-    """An audit event before it is chained; `detail` holds no secret and no token."""
-
-    kind: str
-    subject: str | None = None
-    boundary: str | None = None
-    task: str | None = None
-    grant_id: str | None = None
-    actor: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, Any] | None = None) -> Engine:
@@ -76,13 +72,10 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
         self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
         self._clock = clock
         self._lock_head = engine.dialect.name != "sqlite"
-        self._group = GroupCommit(self._apply_batch)
+        self._writer = LedgerWriter(self._apply_batch)
 
-    def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
-        with self._tx() as session:
-            if session.get(ChainHead, 1) is None:
-                session.add(ChainHead(id=1, seq=0, hash=GENESIS))
+    def close(self) -> None:
+        self._writer.close()
 
     def ping(self) -> None:
         with self._tx(readonly=True) as session:
@@ -95,17 +88,22 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
             with factory() as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
-            raise LedgerUnavailable(f"ledger write failed: {type(exc).__name__}") from exc
+            raise LedgerUnavailable(f"ledger write failed: {_why(exc)}") from exc
 
-    def _append(self, session: Session, events: Sequence[Event]) -> None:
+    def _lock(self, session: Session) -> tuple[int, str]:
+        """The chain head, locked for this transaction (SQLite: BEGIN IMMEDIATE already holds the lock)."""
+        query = select(ChainHead.seq, ChainHead.hash).where(ChainHead.id == 1)
+        seq, prev_hash = session.execute(query.with_for_update() if self._lock_head else query).one()
+        return seq, prev_hash
+
+    def _append(self, session: Session, events: Sequence[Event], head: tuple[int, str] | None = None) -> None:
         """Chain events onto the head inside the caller's transaction (the head row is the lock).
 
         Core statements, not ORM units of work: this runs on every request.
         """
         if not events:
             return
-        query = select(ChainHead.seq, ChainHead.hash).where(ChainHead.id == 1)
-        seq, prev_hash = session.execute(query.with_for_update() if self._lock_head else query).one()
+        seq, prev_hash = head or self._lock(session)
         rows, now = [], self._clock()
         for item in events:
             seq += 1
@@ -120,24 +118,54 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
 
     def record(self, *events: Event) -> None:
         """Append events on their own (denials, operator actions)."""
-        self._grouped([], list(events))
+        self._write(Write(events=list(events)))
 
-    def record_issued(self, grant: Grant, issued: Event) -> None:
-        """The grant row and its `issued` event commit together, or neither does."""
-        self._grouped([{column.key: getattr(grant, column.key) for column in Grant.__table__.columns}], [issued])
+    def record_issued(self, grant: Grant, issued: Event, *, idem: IdemClaim | None = None) -> Outcome:
+        """The grant row and its `issued` event commit together, or neither does.
 
-    def _grouped(self, grants: list[dict[str, Any]], events: list[Event]) -> None:
-        """Hot-path writes go through group commit; every failure surfaces as LedgerUnavailable."""
-        try:
-            self._group.run(grants, events)
-        except SQLAlchemyError as exc:
-            raise LedgerUnavailable(f"ledger write failed: {type(exc).__name__}") from exc
+        Inside that transaction a freeze of the grant's subject or boundary refuses it (promise 8):
+        the row is kept as `revoke_pending` so the minted credential is revoked through the outbox.
+        """
+        return self._write(Write(events=[issued], grant=grant_values(grant), guard=True, idem=idem))
 
-    def _apply_batch(self, grants: list[dict[str, Any]], events: list[Event]) -> None:
+    def submit_issued(self, grant: Grant, issued: Event, *, idem: IdemClaim | None = None) -> Future:
+        """`record_issued` for the event loop: a future of the outcome, awaited without a thread hop."""
+        return self._writer.submit(Write(events=[issued], grant=grant_values(grant), guard=True, idem=idem))
+
+    def _write(self, write: Write) -> Outcome:
+        return self._writer.run(write)
+
+    def _apply_batch(self, writes: Sequence[Write]) -> list[Outcome]:
+        """One transaction for a batch of writes (the writer thread calls this); failures are LedgerUnavailable."""
         with self._tx() as session:
-            if grants:
-                session.execute(insert(Grant.__table__), grants)
-            self._append(session, events)
+            head = self._lock(session)
+            batch = IssueBatch(self._clock(), self._frozen_among(session, writes), self._keys_among(session, writes))
+            outcomes = [batch.decide(write) for write in writes]
+            batch.apply(session)
+            self._append(session, batch.events, head=head)
+        self._note_freezes(batch.frozen_seen)
+        return outcomes
+
+    def _frozen_among(self, session: Session, writes: Sequence[Write]) -> set[tuple[str, str]]:
+        """The freezes touching this batch's grants, read after the head lock so a freeze committed
+        before this transaction is always seen (the freeze transaction appends, so it takes the lock too)."""
+        guarded = [w.grant for w in writes if w.guard and w.grant]
+        if not guarded:
+            return set()
+        subjects, boundaries = {g["subject"] for g in guarded}, {g["boundary"] for g in guarded}
+        query = select(Freeze.kind, Freeze.value).where(
+            or_((Freeze.kind == "subject") & Freeze.value.in_(subjects),
+                (Freeze.kind == "boundary") & Freeze.value.in_(boundaries))
+        )  # fmt: skip
+        return {(kind, value) for kind, value in session.execute(query).all()}
+
+    def _keys_among(self, session: Session, writes: Sequence[Write]) -> dict[str, KeyState]:
+        hashes = [w.idem.key_hash for w in writes if w.idem]
+        if not hashes:
+            return {}
+        query = select(IdempotencyKey, Grant).join(Grant, Grant.id == IdempotencyKey.grant_id, isouter=True)
+        rows = session.execute(query.where(IdempotencyKey.key_hash.in_(hashes))).all()
+        return {key.key_hash: KeyState(key.request_fp, key.grant_id, grant, existing=True) for key, grant in rows}
 
     def begin_revoke(
         self, grant_ids: Sequence[str], *, end_status: str, actor: str, reason: str, revocation_id: str | None = None
@@ -233,6 +261,22 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
                 grant.next_attempt_at = now + lease
             return rows
 
+    def idempotent_grant(self, key_hash: str) -> tuple[str, Grant] | None:
+        """The request fingerprint and grant an idempotency key is bound to, if any."""
+        with self._tx(readonly=True) as session:
+            query = select(IdempotencyKey.request_fp, Grant).join(Grant, Grant.id == IdempotencyKey.grant_id)
+            row = session.execute(query.where(IdempotencyKey.key_hash == key_hash)).first()
+            return (row[0], row[1]) if row else None
+
+    def prune_idempotency_keys(self, now: float) -> int:
+        """Forget keys whose grants have expired: a key is only a promise for its grant's lifetime."""
+        due = IdempotencyKey.expires_at <= now
+        with self._tx(readonly=True) as session:  # most passes find nothing: don't take the write lock for that
+            if session.scalar(select(IdempotencyKey.key_hash).where(due).limit(1)) is None:
+                return 0
+        with self._tx() as session:
+            return session.execute(delete(IdempotencyKey.__table__).where(due)).rowcount
+
     def expired_active(self, now: float, limit: int) -> list[str]:
         with self._tx(readonly=True) as session:
             query = select(Grant.id).where(Grant.status == ACTIVE, Grant.expires_at <= now).limit(limit)
@@ -260,10 +304,6 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
                     query = query.where(getattr(Grant, name) == value)
             return list(session.scalars(query.order_by(Grant.issued_at)).all())
 
-    def pending_count(self) -> int:
-        with self._tx(readonly=True) as session:
-            return len(session.scalars(select(Grant.id).where(Grant.status == REVOKE_PENDING)).all())
-
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[AuditEvent]:
         with self._tx(readonly=True) as session:
             query = select(AuditEvent).where(AuditEvent.seq > after_seq).order_by(AuditEvent.seq).limit(limit)
@@ -278,6 +318,17 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
                 select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=batch)
             ).scalars()
             return verify_chain((_as_dict(r) for r in rows), head_pair)
+
+
+def _why(exc: SQLAlchemyError) -> str:
+    """A fixed, log-safe reason for a failed write (never the driver's raw message)."""
+    text_ = str(getattr(exc, "orig", exc)).lower()
+    for marker, reason in (("disk is full", "disk full"), ("no space", "disk full"), ("locked", "database locked"),
+                           ("readonly", "read-only database"), ("read-only", "read-only database"),
+                           ("connection", "connection lost"), ("timeout", "timeout")):  # fmt: skip
+        if marker in text_:
+            return f"{type(exc).__name__} ({reason})"
+    return type(exc).__name__
 
 
 def _for_update(query, lock: bool):  # noqa: ANN001, ANN202

@@ -1,4 +1,4 @@
-"""Group commit on a real SQLite ledger: concurrent appends share transactions, a bad write fails alone."""
+"""The ledger writer on a real SQLite ledger: concurrent appends share transactions, a bad write fails alone."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def ledger(tmp_path) -> LedgerStore:
 
 def test_concurrent_issues_batch_and_keep_one_verifiable_chain(ledger):
     batches = []
-    apply = ledger._group._apply  # count transactions to prove that writes were grouped
-    ledger._group._apply = lambda grants, events: (batches.append(len(events)), apply(grants, events))[1]
+    apply = ledger._writer._apply  # count transactions to prove that writes were grouped
+    ledger._writer._apply = lambda writes: (batches.append(len(writes)), apply(writes))[1]
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda n: ledger.record_issued(_grant(f"g{n}"), Event(kind="issued", grant_id=f"g{n}")), range(400)))
     assert len(ledger.grants()) == 400 and sum(batches) == 400

@@ -1,0 +1,195 @@
+"""What one issuing transaction decides for each write of its batch: commit, refuse, replay or supersede.
+
+Two checks must happen inside the transaction that appends to the chain, or a concurrent operator
+or a concurrent duplicate slips past them:
+
+- a freeze of the grant's subject or boundary refuses the grant (promise 8). The credential was
+  already minted, so the row is kept as `revoke_pending`: the outbox revokes it like any other.
+- an `Idempotency-Key` already bound to a live grant of the same request either replays that grant
+  (backends that can hand the credential out again: the broker's JWTs) or supersedes it (Vault
+  tokens and leases, whose secret the broker never keeps): the earlier grant is revoked, so one key
+  never holds two live credentials (promise 9). The same key with another request is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, insert, update
+from sqlalchemy.orm import Session
+
+from broker.ledger.models import ACTIVE, REVOKE_PENDING, Event, Grant, IdempotencyKey
+
+OWNER_LEASE = 10.0  # seconds a replica that starts a revocation owns it before any outbox worker may claim it
+
+
+@dataclass(frozen=True)
+class IdemClaim:
+    """A request's idempotency key (hashed with its caller) and the fingerprint of what it asked for."""
+
+    key_hash: str
+    request_fp: str
+    replayable: bool  # the backend can hand the same credential out again
+
+
+@dataclass
+class Write:
+    """One caller's part of a batch: events, with a grant row when it is an issuance."""
+
+    events: list[Event]
+    grant: dict[str, Any] | None = None
+    guard: bool = False  # refuse the grant when its subject or boundary is frozen
+    idem: IdemClaim | None = None
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The grant is live and its `issued` event chained."""
+
+    superseded: str | None = None  # the earlier grant of the same key, now `revoke_pending`
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The grant lost a check inside the transaction; its row waits for the outbox to revoke it."""
+
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """The key's earlier grant is still live: answer with it; the new mint is never handed out."""
+
+    grant_id: str
+
+
+Outcome = Committed | Refused | Replayed | None  # None: an events-only write
+
+
+@dataclass
+class KeyState:
+    """An idempotency key as this transaction sees it (loaded, or bound earlier in the batch)."""
+
+    request_fp: str
+    grant_id: str
+    grant: Grant | dict[str, Any] | None
+    existing: bool = False
+
+    def live(self, now: float) -> bool:
+        status, expires = _get(self.grant, "status"), _get(self.grant, "expires_at")
+        return self.grant is not None and status == ACTIVE and expires > now
+
+
+@dataclass
+class IssueBatch:
+    """Decisions of one transaction, then the statements that carry them out."""
+
+    now: float
+    frozen: set[tuple[str, str]]
+    keys: dict[str, KeyState]
+    events: list[Event] = field(default_factory=list)
+    grants: list[dict[str, Any]] = field(default_factory=list)
+    supersede: list[str] = field(default_factory=list)
+    bound: dict[str, KeyState] = field(default_factory=dict)
+    frozen_seen: set[tuple[str, str]] = field(default_factory=set)
+
+    def decide(self, write: Write) -> Outcome:
+        if write.grant is None:
+            self.events += write.events
+            return None
+        refusal = self._freeze(write.grant) if write.guard else None
+        if refusal is not None:
+            self._refuse(write, refusal)
+            return refusal
+        superseded = None
+        if write.idem is not None:
+            outcome = self._key(write)
+            if not isinstance(outcome, Committed):
+                return outcome
+            superseded = outcome.superseded
+        self.grants.append(write.grant)
+        self.events += write.events
+        return Committed(superseded=superseded)
+
+    def apply(self, session: Session) -> None:
+        if self.supersede:
+            session.execute(
+                update(Grant.__table__).where(Grant.id.in_(self.supersede), Grant.status == ACTIVE).values(
+                    status=REVOKE_PENDING, end_status="superseded", end_actor="broker",
+                    end_reason="superseded by a repeated request with the same Idempotency-Key",
+                    ended_at=self.now, next_attempt_at=self.now + OWNER_LEASE,
+                )
+            )  # fmt: skip
+        if self.grants:
+            session.execute(insert(Grant.__table__), self.grants)
+        if self.bound:
+            session.execute(delete(IdempotencyKey.__table__).where(IdempotencyKey.key_hash.in_(list(self.bound))))
+            session.execute(insert(IdempotencyKey.__table__), [_key_row(h, k) for h, k in self.bound.items()])
+
+    def _freeze(self, grant: dict[str, Any]) -> Refused | None:
+        for kind, code in (("subject", "subject_frozen"), ("boundary", "boundary_frozen")):
+            if (kind, grant[kind]) in self.frozen:
+                self.frozen_seen.add((kind, grant[kind]))
+                return Refused(code, f"{kind} was frozen while the grant was being issued")
+        return None
+
+    def _key(self, write: Write) -> Outcome:
+        claim, grant = write.idem, write.grant
+        assert claim is not None and grant is not None
+        state = self.bound.get(claim.key_hash) or self.keys.get(claim.key_hash)
+        if state is not None and state.live(self.now):
+            if state.request_fp != claim.request_fp:
+                refusal = Refused("idempotency_key_reused", "the Idempotency-Key was used for another request")
+                self._refuse(write, refusal)
+                return refusal
+            if claim.replayable:
+                self.events.append(_replayed(write.events[0], state.grant_id))
+                return Replayed(state.grant_id)
+            self._supersede(state)
+            superseded = state.grant_id
+        else:
+            superseded = None
+        self.bound[claim.key_hash] = KeyState(claim.request_fp, grant["id"], grant)
+        return Committed(superseded=superseded)
+
+    def _supersede(self, state: KeyState) -> None:
+        if isinstance(state.grant, dict):  # bound earlier in this very batch: not inserted yet
+            state.grant.update(status=REVOKE_PENDING, end_status="superseded", end_actor="broker",
+                               end_reason="superseded by a repeated request with the same Idempotency-Key",
+                               ended_at=self.now, next_attempt_at=self.now + OWNER_LEASE)  # fmt: skip
+        else:
+            self.supersede.append(state.grant_id)
+
+    def _refuse(self, write: Write, refusal: Refused) -> None:
+        grant = dict(write.grant or {})
+        grant.update(status=REVOKE_PENDING, end_status="revoked", end_actor="broker",
+                     end_reason=f"refused at commit: {refusal.code}", ended_at=self.now,
+                     next_attempt_at=self.now + OWNER_LEASE)  # fmt: skip
+        self.grants.append(grant)
+        issued = write.events[0]
+        detail = {**issued.detail, "code": refusal.code, "action": "issue", "reason": refusal.detail}
+        self.events.append(Event(kind="denied", subject=issued.subject, boundary=issued.boundary, task=issued.task,
+                                 grant_id=issued.grant_id, actor=issued.actor, detail=detail))  # fmt: skip
+
+
+def grant_values(grant: Grant) -> dict[str, Any]:
+    return {column.key: getattr(grant, column.key) for column in Grant.__table__.columns}
+
+
+def _replayed(issued: Event, grant_id: str) -> Event:
+    detail = {"identity_fp": issued.detail.get("identity_fp"), "idempotent": True}
+    return Event(kind="replayed", subject=issued.subject, boundary=issued.boundary, task=issued.task,
+                 grant_id=grant_id, actor=issued.actor, detail=detail)  # fmt: skip
+
+
+def _key_row(key_hash: str, state: KeyState) -> dict[str, Any]:
+    return {"key_hash": key_hash, "request_fp": state.request_fp, "grant_id": state.grant_id,
+            "expires_at": _get(state.grant, "expires_at")}  # fmt: skip
+
+
+def _get(grant: Grant | dict[str, Any] | None, name: str) -> Any:
+    if grant is None:
+        return None
+    return grant[name] if isinstance(grant, dict) else getattr(grant, name)
