@@ -36,7 +36,8 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Offli
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Offline: the broker's data directory.")]
 DbOpt = Annotated[Optional[str], typer.Option("--database-url", help="Offline: SQLAlchemy URL of the ledger.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-SubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact subject, or a glob like 'repo:acme/*'.")]
+SubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact subject (taken literally).")]
+GlobOpt = Annotated[Optional[str], typer.Option("--subject-glob", help="Subject pattern like 'repo:acme/*' (policy glob).")]
 BoundaryOpt = Annotated[Optional[str], typer.Option("--boundary", help="Boundary name.")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task id.")]
 ExactSubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact subject.")]
@@ -125,6 +126,7 @@ def _offline(config: Path | None, data_dir: Path | None, database_url: str | Non
 def grants_ls(
     status: Annotated[Optional[str], typer.Option(help="active, revoke_pending, completed, revoked, expired.")] = None,
     subject: SubjectOpt = None,
+    subject_glob: GlobOpt = None,
     boundary: BoundaryOpt = None,
     task: TaskOpt = None,
     since: SinceOpt = None,
@@ -139,7 +141,8 @@ def grants_ls(
 ) -> None:
     """Who holds what, where, until when."""
     remote = Remote(url, token_file, token_command)
-    query = _params(status=status, subject=subject, boundary=boundary, task=task, since=since, until=until, limit=limit)
+    query = _params(status=status, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task,
+                    since=since, until=until, limit=limit)  # fmt: skip
     rows, next_cursor = [], cursor
     while True:
         page = remote.call("GET", "/v1/grants", params={**query, **_params(cursor=next_cursor)})
@@ -175,6 +178,7 @@ def _grants_table(rows: list[dict[str, Any]]) -> Table:
 def revoke(
     reason: ReasonOpt,
     subject: SubjectOpt = None,
+    subject_glob: GlobOpt = None,
     boundary: BoundaryOpt = None,
     task: TaskOpt = None,
     grant_id: Annotated[Optional[str], typer.Option("--grant-id", help="One grant.")] = None,
@@ -189,7 +193,7 @@ def revoke(
 ) -> None:
     """Revoke every active grant a selector matches; exit 1 if any revocation stays pending."""
     remote = Remote(url, token_file, token_command)
-    selector = _params(subject=subject, boundary=boundary, task=task, grant_id=grant_id) | (
+    selector = _params(subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, grant_id=grant_id) | (
         {"all": True} if everything else {}
     )
     body = {**selector, "reason": reason, "freeze": freeze}
@@ -284,6 +288,7 @@ def audit_tail(
     lines: Annotated[int, typer.Option("-n", help="How many recent events first.")] = 20,
     kind: KindOpt = None,
     subject: SubjectOpt = None,
+    subject_glob: GlobOpt = None,
     boundary: BoundaryOpt = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls with -f.")] = 1.0,
     duration: Annotated[Optional[float], typer.Option("--for", help="Stop following after N seconds.")] = None,
@@ -293,7 +298,7 @@ def audit_tail(
 ) -> None:
     """Print the newest events as JSON Lines; with -f, keep following the ledger."""
     remote = Remote(url, token_file, token_command)
-    where = _params(kind=kind, subject=subject, boundary=boundary)
+    where = _params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary)
     page = remote.call("GET", "/v1/audit", params={**where, "last": lines})
     _print_events(page["items"])
     cursor, stop = page["next_cursor"], time.monotonic() + (duration if duration is not None else float("inf"))
@@ -314,6 +319,7 @@ def audit_export(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default stdout).")] = None,
     kind: KindOpt = None,
     subject: SubjectOpt = None,
+    subject_glob: GlobOpt = None,
     boundary: BoundaryOpt = None,
     task: TaskOpt = None,
     since: SinceOpt = None,
@@ -326,7 +332,8 @@ def audit_export(
     token_command: TokenCmdOpt = None,
 ) -> None:
     """Export events as JSON Lines (each with its hashes), from the API or offline from the ledger."""
-    where = _params(kind=kind, subject=subject, boundary=boundary, task=task, since=since, until=until)
+    where = _params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, since=since,
+                    until=until)  # fmt: skip
     ledger = _offline(config, data_dir, database_url)
     rows = _offline_lines(ledger, where) if ledger else Remote(url, token_file, token_command).lines("/v1/audit", where)
     sink = output.open("w") if output else sys.stdout
@@ -383,7 +390,8 @@ def audit_verify(
 
 @report_app.command("blast-radius")
 def report_blast_radius(
-    subject: Annotated[str, typer.Option("--subject", help="Exact subject, or a glob.")],
+    subject: SubjectOpt = None,
+    subject_glob: GlobOpt = None,
     since: Annotated[str, typer.Option("--since", help="ISO 8601, epoch seconds, or ago: 24h.")] = "24h",
     until: UntilOpt = None,
     as_json: JsonOpt = False,
@@ -399,11 +407,13 @@ def report_blast_radius(
     if ledger is not None:
         from broker.api.operators import instant
         from broker.grants.operations import blast_radius
+        from broker.ledger import Filter
 
         now = time.time()
-        report = blast_radius(ledger, subject, instant(since, now) or 0.0, instant(until, now) or now, now)
+        who = Filter(subject=subject, subject_glob=subject_glob)
+        report = blast_radius(ledger, who, instant(since, now) or 0.0, instant(until, now) or now, now)
     else:
-        params = _params(subject=subject, since=since, until=until)
+        params = _params(subject=subject, subject_glob=subject_glob, since=since, until=until)
         report = Remote(url, token_file, token_command).call("GET", "/v1/reports/blast-radius", params=params)
     if as_json:
         typer.echo(json.dumps(report))

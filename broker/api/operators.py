@@ -18,6 +18,7 @@ from broker.api.deps import Auditor, Operator, Service, json_body
 from broker.api.schemas import GrantOut, when
 from broker.config import parse_duration
 from broker.errors import BadRequest
+from broker.glob import glob_problem
 from broker.grants.operations import Operations, RevocationStatus
 from broker.ledger import Filter, Selector, event_dict
 
@@ -43,6 +44,7 @@ class RevocationIn(BaseModel):
     grant_id: Name | None = None
     task: Name | None = None
     subject: Name | None = None
+    subject_glob: Name | None = None
     boundary: Name | None = None
     all: bool = False
     reason: Reason
@@ -51,7 +53,7 @@ class RevocationIn(BaseModel):
     dry_run: bool = False
 
     def selector(self) -> Selector:
-        return Selector(self.grant_id, self.task, self.subject, self.boundary, self.all)
+        return Selector(self.grant_id, self.task, self.subject, self.boundary, self.all, self.subject_glob)
 
 
 class RevocationOut(BaseModel):
@@ -141,6 +143,7 @@ def inventory(
     svc: Service,
     status: str | None = None,
     subject: str | None = None,
+    subject_glob: str | None = None,
     boundary: str | None = None,
     task: str | None = None,
     since: str | None = None,
@@ -148,7 +151,8 @@ def inventory(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    where = Filter(status=status, subject=subject, boundary=boundary, task=task, **_window(since, until))
+    where = Filter(status=status, subject=subject, subject_glob=_glob(subject_glob), boundary=boundary, task=task,
+                   **_window(since, until))  # fmt: skip
     rows = svc.ledger.inventory(where, after=_grant_cursor(cursor), limit=limit)
     next_cursor = _encode((rows[-1].issued_at, rows[-1].id)) if len(rows) == limit else None
     return {"items": [GrantOut.of(g).model_dump(mode="json") for g in rows], "next_cursor": next_cursor}
@@ -161,6 +165,7 @@ def audit(
     svc: Service,
     kind: str | None = None,
     subject: str | None = None,
+    subject_glob: str | None = None,
     boundary: str | None = None,
     task: str | None = None,
     grant_id: str | None = None,
@@ -171,7 +176,8 @@ def audit(
     last: Annotated[int | None, Query(ge=0, le=5000)] = None,
     format: Literal["json", "jsonl"] = "json",  # noqa: A002 (the query parameter's public name)
 ) -> Any:
-    where = Filter(kind=kind, subject=subject, boundary=boundary, task=task, grant_id=grant_id, **_window(since, until))
+    where = Filter(kind=kind, subject=subject, subject_glob=_glob(subject_glob), boundary=boundary, task=task,
+                   grant_id=grant_id, **_window(since, until))  # fmt: skip
     if format == "jsonl" or NDJSON in request.headers.get("accept", ""):
         return StreamingResponse(_jsonl(svc.ledger, where, cursor), media_type=NDJSON)
     if last is not None:  # the newest events, for `broker audit tail`; follow on from the chain's end
@@ -192,10 +198,23 @@ REPORT_WINDOW = 86400
 
 
 @router.get("/reports/blast-radius")
-def blast_radius(identity: Auditor, ops: Ops, subject: str, since: str = "24h", until: str | None = None) -> dict:
+def blast_radius(
+    identity: Auditor,
+    ops: Ops,
+    subject: str | None = None,
+    subject_glob: str | None = None,
+    since: str = "24h",
+    until: str | None = None,
+) -> dict:
     window, now = _window(since, until), time.time()
     start = window["since"] if window["since"] is not None else now - REPORT_WINDOW  # `since=` empty: the default
-    return ops.blast_radius(subject, start, window["until"] or now)
+    return ops.blast_radius(Filter(subject=subject, subject_glob=_glob(subject_glob)), start, window["until"] or now)
+
+
+def _glob(pattern: str | None) -> str | None:
+    if pattern is not None and (problem := glob_problem(pattern)):
+        raise BadRequest(f"subject_glob: {problem}")
+    return pattern
 
 
 def _jsonl(ledger, where: Filter, after: int) -> Iterator[bytes]:  # noqa: ANN001

@@ -22,8 +22,8 @@ from broker.backends import revoke_many
 from broker.errors import BadRequest, BrokerError, NotFound, UnknownBoundary
 from broker.grants.service import GrantService, _backoff
 from broker.identity import Identity
-from broker.ledger import ACTIVE, REVOKE_PENDING, Event, Freeze, Grant, LedgerStore, Revocation, Selector
-from broker.ledger.queries import is_glob
+from broker.ledger import ACTIVE, REVOKE_PENDING, Event, Filter, Freeze, Grant, LedgerStore, Revocation, Selector
+from broker.glob import glob_problem
 
 log = logging.getLogger(__name__)
 FreezeKind = Literal["subject", "boundary"]
@@ -118,7 +118,9 @@ class Operations:
     def _check_selector(self, selector: Selector, reason: str, freeze: bool) -> None:
         chosen = [name for name, value in asdict(selector).items() if value not in (None, False)]
         if len(chosen) != 1:
-            raise BadRequest("name exactly one of grant_id, task, subject, boundary, all")
+            raise BadRequest("name exactly one of grant_id, task, subject, subject_glob, boundary, all")
+        if selector.subject_glob is not None and (problem := glob_problem(selector.subject_glob)):
+            raise BadRequest(f"subject_glob: {problem}")
         if not reason.strip():
             raise BadRequest("a reason is required")
         if selector.boundary is not None and selector.boundary not in self.service.boundaries:
@@ -214,7 +216,7 @@ class Operations:
         return self.ledger.freezes()
 
     def _check_freeze_target(self, kind: str, value: str, reason: str) -> None:
-        if kind not in ("subject", "boundary") or not value or is_glob(value):
+        if kind not in ("subject", "boundary") or not value:
             raise BadRequest("freeze one exact subject or one boundary")
         if kind == "boundary" and value not in self.service.boundaries:
             raise UnknownBoundary(f"boundary {value!r} is not configured")
@@ -223,25 +225,31 @@ class Operations:
 
     # --- blast radius ----------------------------------------------------------------------
 
-    def blast_radius(self, subject: str, since: float, until: float) -> dict[str, Any]:
-        return blast_radius(self.ledger, subject, since, until, now=self.service.clock())
+    def blast_radius(self, who: Filter, since: float, until: float) -> dict[str, Any]:
+        return blast_radius(self.ledger, who, since, until, now=self.service.clock())
 
     def close(self) -> None:
         self._background.shutdown(wait=True)
 
 
-def blast_radius(ledger: LedgerStore, subject: str, since: float, until: float, now: float) -> dict[str, Any]:
-    """For a subject (exact or glob) and a window: boundaries reached, scopes, counts, live and revoked grants.
+def blast_radius(ledger: LedgerStore, who: Filter, since: float, until: float, now: float) -> dict[str, Any]:
+    """For a subject (exact, or `subject_glob`) and a window: boundaries reached, scopes, counts, live and
+    revoked grants.
 
     Needs only the ledger, so the CLI runs it offline against the data directory or database too.
     """
+    if (who.subject is None) == (who.subject_glob is None):
+        raise BadRequest("name exactly one of subject, subject_glob")
+    if who.subject_glob is not None and (problem := glob_problem(who.subject_glob)):
+        raise BadRequest(f"subject_glob: {problem}")
     if since >= until:
         raise BadRequest("since must be before until")
-    grants = ledger.window_grants(subject, since, until)
+    grants = ledger.window_grants(who, since, until)
     boundaries = [_boundary_report(name, rows) for name, rows in _group(grants, lambda g: g.boundary).items()]
-    totals = {**_counts(grants), "denied": ledger.denied_count(subject, since, until)}
+    totals = {**_counts(grants), "denied": ledger.denied_count(who, since, until)}
     return {
-        "subject": subject,
+        "subject": who.subject if who.subject is not None else who.subject_glob,
+        "subject_glob": who.subject_glob is not None,
         "since": _iso(since),
         "until": _iso(until),
         "generated_at": _iso(now),
@@ -251,11 +259,11 @@ def blast_radius(ledger: LedgerStore, subject: str, since: float, until: float, 
 
 
 def _freeze_target(selector: Selector) -> tuple[FreezeKind, str]:
-    if selector.subject is not None and not is_glob(selector.subject):
+    if selector.subject is not None:
         return "subject", selector.subject
     if selector.boundary is not None:
         return "boundary", selector.boundary
-    raise BadRequest("freeze goes with an exact subject or a boundary selector")
+    raise BadRequest("freeze goes with an exact subject or a boundary selector (a subject_glob cannot be frozen)")
 
 
 def _selector_dict(selector: Selector) -> dict[str, Any]:
@@ -264,7 +272,7 @@ def _selector_dict(selector: Selector) -> dict[str, Any]:
 
 
 def _event_scope(selector: Selector) -> dict[str, str]:
-    scope = {"subject": selector.subject, "boundary": selector.boundary, "task": selector.task}
+    scope = {"subject": selector.subject, "boundary": selector.boundary, "task": selector.task}  # a glob is in detail
     scope["grant_id"] = selector.grant_id
     return {key: value for key, value in scope.items() if value is not None}
 

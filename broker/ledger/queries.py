@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
-
 from sqlalchemy import ColumnElement, func, or_, select, tuple_
 
+from broker.glob import compile_glob
 from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Grant
-
-GLOB = frozenset("*?[")
 
 
 @dataclass(frozen=True)
@@ -17,7 +14,8 @@ class Filter:
     """Filters shared by the grant inventory and the audit query; None means any. Times are epoch seconds."""
 
     status: str | None = None
-    subject: str | None = None  # exact, or a glob with * ? [
+    subject: str | None = None  # always literal
+    subject_glob: str | None = None  # a pattern, by name (broker/glob.py)
     boundary: str | None = None
     task: str | None = None
     grant_id: str | None = None
@@ -32,13 +30,10 @@ class Selector:
 
     grant_id: str | None = None
     task: str | None = None
-    subject: str | None = None
+    subject: str | None = None  # always literal
     boundary: str | None = None
     all_: bool = False
-
-
-def is_glob(value: str) -> bool:
-    return bool(GLOB & set(value))
+    subject_glob: str | None = None  # a pattern, by name (broker/glob.py)
 
 
 class ReadQueries:
@@ -55,7 +50,9 @@ class ReadQueries:
             if selector.boundary is not None:
                 conditions.append(Grant.boundary == selector.boundary)
             if selector.subject is not None:
-                conditions.append(self._subject_condition(session, Grant.subject, selector.subject, active=True))
+                conditions.append(Grant.subject == selector.subject)
+            if selector.subject_glob is not None:
+                conditions.append(_glob_condition(session, Grant.subject, selector.subject_glob, active=True))
             return list(session.scalars(select(Grant.id).where(*conditions)).all())
 
     def inventory(self, where: Filter, after: tuple[float, str] | None = None, limit: int = 100) -> list[Grant]:
@@ -98,22 +95,22 @@ class ReadQueries:
         with self._tx(readonly=True) as session:
             return session.scalar(select(func.count()).select_from(Grant).where(Grant.status == REVOKE_PENDING)) or 0
 
-    def window_grants(self, subject: str, since: float, until: float) -> list[Grant]:
-        """Grants of a subject (exact or glob) that were live at some moment of [since, until]."""
+    def window_grants(self, who: Filter, since: float, until: float) -> list[Grant]:
+        """Grants of a subject (exact, or `subject_glob`) that were live at some moment of [since, until]."""
         with self._tx(readonly=True) as session:
             query = select(Grant).where(
-                self._subject_condition(session, Grant.subject, subject),
+                *_subject_conditions(session, Grant.subject, who),
                 Grant.issued_at <= until,
                 or_(Grant.ended_at.is_(None), Grant.ended_at >= since),
                 or_(Grant.ended_at.is_not(None), Grant.expires_at >= since),
             )
             return list(session.scalars(query.order_by(Grant.issued_at, Grant.id)).all())
 
-    def denied_count(self, subject: str, since: float, until: float) -> int:
+    def denied_count(self, who: Filter, since: float, until: float) -> int:
         with self._tx(readonly=True) as session:
             query = select(func.count()).select_from(AuditEvent).where(
                 AuditEvent.kind == "denied",
-                self._subject_condition(session, AuditEvent.subject, subject, events=True),
+                *_subject_conditions(session, AuditEvent.subject, who, events=True),
                 AuditEvent.ts >= since,
                 AuditEvent.ts <= until,
             )
@@ -124,8 +121,7 @@ class ReadQueries:
     def _grant_conditions(self, session, where: Filter) -> list[ColumnElement[bool]]:  # noqa: ANN001
         conditions = [getattr(Grant, name) == value for name, value in _exact(where, "status", "boundary", "task")]
         conditions += [Grant.id == where.grant_id] if where.grant_id else []
-        if where.subject:
-            conditions.append(self._subject_condition(session, Grant.subject, where.subject))
+        conditions += _subject_conditions(session, Grant.subject, where)
         conditions += [Grant.issued_at >= where.since] if where.since is not None else []
         conditions += [Grant.issued_at < where.until] if where.until is not None else []
         return conditions
@@ -133,22 +129,27 @@ class ReadQueries:
     def _event_conditions(self, session, where: Filter) -> list[ColumnElement[bool]]:  # noqa: ANN001
         names = ("kind", "boundary", "task", "grant_id")
         conditions = [getattr(AuditEvent, name) == value for name, value in _exact(where, *names)]
-        if where.subject:
-            conditions.append(self._subject_condition(session, AuditEvent.subject, where.subject, events=True))
+        conditions += _subject_conditions(session, AuditEvent.subject, where, events=True)
         conditions += [AuditEvent.ts >= where.since] if where.since is not None else []
         conditions += [AuditEvent.ts < where.until] if where.until is not None else []
         return conditions
 
-    def _subject_condition(self, session, column, pattern: str, *, active: bool = False, events: bool = False):  # noqa: ANN001, ANN202
-        """Exact match, or the known subjects matching a glob (fnmatch, case-sensitive, anchored)."""
-        if not is_glob(pattern):
-            return column == pattern
-        source = AuditEvent if events else Grant
-        query = select(source.subject).distinct().where(source.subject.is_not(None))
-        if active:
-            query = query.where(Grant.status == ACTIVE)
-        names = [name for name in session.scalars(query).all() if fnmatchcase(name, pattern)]
-        return column.in_(names)
+
+def _subject_conditions(session, column, where: Filter, *, events: bool = False) -> list[ColumnElement[bool]]:  # noqa: ANN001
+    conditions = [column == where.subject] if where.subject is not None else []
+    if where.subject_glob is not None:
+        conditions.append(_glob_condition(session, column, where.subject_glob, events=events))
+    return conditions
+
+
+def _glob_condition(session, column, pattern: str, *, active: bool = False, events: bool = False):  # noqa: ANN001, ANN202
+    """The known subjects a glob matches (the policy engine's semantics: anchored, segment-aware)."""
+    source = AuditEvent if events else Grant
+    query = select(source.subject).distinct().where(source.subject.is_not(None))
+    if active:
+        query = query.where(Grant.status == ACTIVE)
+    regex = compile_glob(pattern)
+    return column.in_([name for name in session.scalars(query).all() if regex.fullmatch(name)])
 
 
 def _exact(where: Filter, *names: str) -> list[tuple[str, str]]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -15,12 +13,10 @@ from pydantic import Field, ValidationError, field_validator
 
 from broker.config import NAME, BoundaryConfig, Duration, Strict
 from broker.errors import ConfigError
+from broker.glob import compile_glob, glob_problem
 from broker.policy.engine import Allowance, Policy, Rule, claim_texts
 
 Role = Literal["operator", "auditor"]
-_GLOB_TOKENS = re.compile(r"(\*\*|\*|\?)")
-_GLOB_REGEX = {"**": ".*", "*": "[^:/]*", "?": "[^:/]"}
-_MAX_GLOB = 512
 _PYDANTIC_MESSAGES = {"extra_forbidden": "unknown key", "missing": "required"}
 
 
@@ -85,24 +81,6 @@ def compile_policy(
     return Policy(source=source, digest=_digest(spec), rules=tuple(rules), warnings=tuple(warnings))
 
 
-def glob_problem(pattern: str) -> str | None:
-    """Why a glob is refused, or None if it is fine."""
-    if not pattern:
-        return "empty pattern"
-    if len(pattern) > _MAX_GLOB:
-        return f"pattern longer than {_MAX_GLOB} characters"
-    if "***" in pattern:
-        return "'***' is ambiguous; use '*' (within one segment) or '**' (anything)"
-    if not pattern.isprintable():
-        return "pattern contains control characters"
-    return None
-
-
-@lru_cache(maxsize=4096)
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Regex for a glob, used with fullmatch: `*`/`?` stay inside one `:`/`/` segment, `**` spans all."""
-    regex = "".join(_GLOB_REGEX.get(token, re.escape(token)) for token in _GLOB_TOKENS.split(pattern))
-    return re.compile(regex, re.DOTALL)
 
 
 @dataclass

@@ -40,7 +40,7 @@ def pages(broker, issuers, path: str, **params) -> list[list[dict]]:  # noqa: AN
         ({}, lambda g: True),
         ({"status": "active"}, lambda g: g.status == "active"),
         ({"subject": WORKER}, lambda g: g.subject == WORKER),
-        ({"subject": "system:serviceaccount:payments:*", "boundary": "orders"}, lambda g: g.boundary == "orders"),
+        ({"subject_glob": "system:serviceaccount:payments:*", "boundary": "orders"}, lambda g: g.boundary == "orders"),
         ({"task": "job-cron-2"}, lambda g: g.task == "job-cron-2"),
         ({"status": "revoked", "boundary": "payments"}, lambda g: (g.status, g.boundary) == ("revoked", "payments")),
     ],

@@ -38,7 +38,7 @@ def test_revoke_by_subject_cuts_off_only_that_subject_among_500(broker, issuers)
 @pytest.mark.parametrize(
     ("selector", "expected"),
     [
-        ({"subject": "system:serviceaccount:payments:c*"}, lambda h: h.subject == subject_of("cron")),
+        ({"subject_glob": "system:serviceaccount:payments:c*"}, lambda h: h.subject == subject_of("cron")),
         ({"boundary": "payments"}, lambda h: h.boundary == "payments"),
         ({"task": "job-batch-1"}, lambda h: h.task == "job-batch-1"),
         ({"all": True}, lambda h: True),
@@ -70,9 +70,12 @@ def test_revoke_one_grant_by_id_and_again_is_a_no_op(broker, issuers):
         {"subject": WORKER, "boundary": "orders", "reason": "x"},
         {"reason": "nothing selected"},
         {"boundary": "nope", "reason": "x"},
-        {"subject": "system:*", "reason": "x", "freeze": True},
+        {"subject_glob": "system:*", "reason": "x", "freeze": True},
+        {"subject": WORKER, "subject_glob": "system:*", "reason": "x"},
+        {"subject_glob": "repo:***", "reason": "x"},
     ],
-    ids=["empty-reason", "no-reason", "two-selectors", "no-selector", "unknown-boundary", "freeze-a-glob"],
+    ids=["empty-reason", "no-reason", "two-selectors", "no-selector", "unknown-boundary", "freeze-a-glob",
+         "subject-and-glob", "bad-glob"],
 )
 def test_bad_revocation_requests_change_nothing(broker, issuers, body):
     issue_fleet(broker, issuers, 6)
