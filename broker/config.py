@@ -196,7 +196,9 @@ class Settings(Strict):
     reconcile_grace: Duration = 30
     reconcile_interval: Duration = 300
     dev_issuer: str | None = None
-    fault_injection: set[Literal["crash_after_mint", "fail_ledger_after_mint"]] = Field(default_factory=set)
+    fault_injection: set[Literal["crash_after_mint", "crash_after_commit", "fail_ledger_after_mint"]] = Field(
+        default_factory=set
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

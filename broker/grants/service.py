@@ -217,6 +217,8 @@ class GrantService:
         except LedgerUnavailable:
             self._revoke_unrecorded(grant)
             raise
+        if "crash_after_commit" in self.settings.fault_injection:  # env=test only: the answer is lost
+            os.kill(os.getpid(), signal.SIGKILL)
         if isinstance(outcome, Replayed):
             return self._replay(outcome.grant_id)
         if isinstance(outcome, Refused):

@@ -6,6 +6,7 @@ import os
 import random
 import re
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -65,6 +66,10 @@ def seconds(ttl: int | str | timedelta | None) -> int | str | None:
 def unique_task(name: str) -> str:
     """A task id of its own, so two runs of one job never complete each other's grants."""
     return f"{name[:118]}.{secrets.token_hex(4)}"
+
+
+def idempotency_key() -> str:
+    return "bc-" + uuid.uuid4().hex
 
 
 def headers(method: str, url: str, auth_token: str | None, key: DpopKey | None, proof_token: str | None) -> dict:

@@ -23,7 +23,10 @@ class AsyncClient(ClientBase):
 
     async def grant(self, task: str, boundary: str, scopes: Sequence[str] | str, ttl: Any = None) -> Credential:
         body = wire.grant_body(task, boundary, scopes, ttl)
-        return wire.credential(await self.call("POST", "/v1/grants", json=body, idempotent=False))
+        # one Idempotency-Key per grant, the same on every retry: the broker answers a retry with the grant
+        # it already issued (or supersedes it), so a lost answer never leaves a second live credential
+        key = wire.idempotency_key()
+        return wire.credential(await self.call("POST", "/v1/grants", json=body, extra_headers={"Idempotency-Key": key}))
 
     async def get(self, grant_id: str) -> Grant:
         return Grant.of(await self.call("GET", f"/v1/grants/{grant_id}"))
@@ -41,11 +44,12 @@ class AsyncClient(ClientBase):
         return await self.call("POST", "/oauth/introspect", form={"token": token}, proof_token=token)
 
     async def call(
-        self, method: str, path: str, *, idempotent: bool = True, proof_token: str | None = None, **body: Any
+        self, method: str, path: str, *, idempotent: bool = True, proof_token: str | None = None,
+        extra_headers: dict[str, str] | None = None, **body: Any
     ) -> Any:
         url = self.url + path
         for attempt in range(self.retry.attempts):
-            headers = wire.headers(method, url, self.identity.token(), self.dpop, proof_token)
+            headers = wire.headers(method, url, self.identity.token(), self.dpop, proof_token) | (extra_headers or {})
             try:
                 response = await self._http.request(
                     method, url, headers=headers, data=body.get("form"), json=body.get("json")

@@ -54,9 +54,12 @@ class Client(ClientBase):
     # --- grants and tasks ------------------------------------------------------------------
 
     def grant(self, task: str, boundary: str, scopes: Sequence[str] | str, ttl: Any = None) -> Credential:
-        """One credential for one task at one boundary. Not retried: a retry could mint twice."""
+        """One credential for one task at one boundary; retried like every call, under one Idempotency-Key."""
         body = wire.grant_body(task, boundary, scopes, ttl)
-        return wire.credential(self.call("POST", "/v1/grants", json=body, idempotent=False))
+        # one Idempotency-Key per grant, the same on every retry: the broker answers a retry with the grant
+        # it already issued (or supersedes it), so a lost answer never leaves a second live credential
+        key = wire.idempotency_key()
+        return wire.credential(self.call("POST", "/v1/grants", json=body, extra_headers={"Idempotency-Key": key}))
 
     def get(self, grant_id: str) -> Grant:
         return Grant.of(self.call("GET", f"/v1/grants/{grant_id}"))
@@ -85,11 +88,14 @@ class Client(ClientBase):
 
     # --- transport -------------------------------------------------------------------------
 
-    def call(self, method: str, path: str, *, idempotent: bool = True, proof_token: str | None = None, **body: Any) -> Any:
+    def call(
+        self, method: str, path: str, *, idempotent: bool = True, proof_token: str | None = None,
+        extra_headers: dict[str, str] | None = None, **body: Any
+    ) -> Any:
         """One API call with identity and DPoP; retried with backoff only when idempotent."""
         url = self.url + path
         for attempt in range(self.retry.attempts):
-            headers = wire.headers(method, url, self.identity.token(), self.dpop, proof_token)
+            headers = wire.headers(method, url, self.identity.token(), self.dpop, proof_token) | (extra_headers or {})
             try:
                 response = self._http.request(method, url, headers=headers, data=body.get("form"), json=body.get("json"))
             except httpx.TransportError as exc:

@@ -109,6 +109,12 @@ class ValidationFailed(InvalidRequest):
     code = "validation_error"
 
 
+class IdempotencyKeyReused(InvalidRequest):
+    """The grant request's Idempotency-Key is bound to a live grant of another request."""
+
+    code = "idempotency_key_reused"
+
+
 class NotFound(BrokerError):
     """The grant or task does not exist or is not the caller's."""
 
