@@ -349,7 +349,7 @@ def audit_export(
 
 
 def _offline_lines(ledger, where: dict[str, Any]) -> Iterator[str]:  # noqa: ANN001
-    from broker.api.operators import instant
+    from broker.config import instant
     from broker.ledger import Filter, event_dict
 
     now = time.time()
@@ -405,7 +405,7 @@ def report_blast_radius(
     """What a subject reached in a window: boundaries, scopes, live and revoked grants."""
     ledger = _offline(config, data_dir, database_url)
     if ledger is not None:
-        from broker.api.operators import instant
+        from broker.config import instant
         from broker.grants.operations import blast_radius
         from broker.ledger import Filter
 

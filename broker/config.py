@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -10,7 +11,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from broker.errors import ConfigError
+from broker.errors import BadRequest, ConfigError
 
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -18,6 +19,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 NAME = r"^[a-z0-9][a-z0-9._:/-]{0,127}$"
 SCOPE = r"^[a-z][a-z0-9_.-]{0,63}$"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: the last instant a report can print
 
 
 def parse_duration(value: Any) -> int:
@@ -30,6 +32,30 @@ def parse_duration(value: Any) -> int:
     if not match:
         raise ValueError(f"{value!r} is not a duration (use seconds or 30s, 15m, 1h, 1d)")
     return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def instant(value: str | None, now: float) -> float | None:
+    """A time bound: ISO 8601, epoch seconds, or a duration ago such as `24h` or `15m`."""
+    if value is None or value == "":
+        return None
+    moment = _moment(value, now)
+    if moment is None or not 0 <= moment <= LATEST:
+        raise BadRequest(f"{value[:40]!r} is not a time: use ISO 8601, epoch seconds or a duration like 24h "
+                         "(between 1970 and 9999)")  # fmt: skip
+    return moment
+
+
+def _moment(value: str, now: float) -> float | None:
+    if re.fullmatch(r"[0-9]{1,15}(\.[0-9]{1,20})?", value) and float(value) > 10**8:
+        return float(value)
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 Duration = Annotated[int, BeforeValidator(parse_duration), Field(gt=0)]

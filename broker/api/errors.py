@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.errors import BrokerError, InvalidDpop, InvalidIdentity
 
@@ -69,13 +70,36 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return problem(request, exc.status_code, code, title)
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem(request, 500, "internal_error", "The broker could not complete the request.")
+class CatchAll:
+    """Last resort for a defect outside the use cases: a problem+json 500 instead of Starlette's
+    re-raise, which would also drop the client's keep-alive connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            answer = problem(Request(scope), 500, "internal_error", "The broker could not complete the request.")
+            await answer(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(CatchAll)

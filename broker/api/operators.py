@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.api.deps import Auditor, Operator, Service, json_body
 from broker.api.schemas import GrantOut, when
-from broker.config import parse_duration
+from broker.config import instant
 from broker.errors import BadRequest
 from broker.glob import glob_problem
 from broker.grants.operations import Operations, RevocationStatus
@@ -231,22 +230,6 @@ def _jsonl(ledger, where: Filter, after: int) -> Iterator[bytes]:  # noqa: ANN00
 def _window(since: str | None, until: str | None) -> dict[str, float | None]:
     now = time.time()
     return {"since": instant(since, now), "until": instant(until, now)}
-
-
-def instant(value: str | None, now: float) -> float | None:
-    """A time bound: ISO 8601, epoch seconds, or a duration ago such as `24h` or `15m`."""
-    if value is None or value == "":
-        return None
-    if re.fullmatch(r"\d+(\.\d+)?", value) and float(value) > 10**8:
-        return float(value)
-    try:
-        return now - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise BadRequest(f"{value[:40]!r} is not a time: use ISO 8601, epoch seconds or a duration like 24h") from None
 
 
 def _encode(position: tuple[float, str]) -> str:

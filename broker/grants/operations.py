@@ -8,6 +8,7 @@ results are finished in batches, one chained event per grant.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -20,12 +21,14 @@ from typing import Any, Literal
 
 from broker.backends import revoke_many
 from broker.errors import BadRequest, BrokerError, NotFound, UnknownBoundary
+from broker.grants.recording import recorded
 from broker.grants.service import GrantService, _backoff
 from broker.identity import Identity
 from broker.ledger import ACTIVE, REVOKE_PENDING, Event, Filter, Freeze, Grant, LedgerStore, Revocation, Selector
 from broker.glob import glob_problem
 
 log = logging.getLogger(__name__)
+_recorded = functools.partial(recorded, record=lambda ops: ops.service.record_refusal)
 FreezeKind = Literal["subject", "boundary"]
 
 
@@ -71,6 +74,7 @@ class Operations:
 
     # --- revocation ------------------------------------------------------------------------
 
+    @_recorded("revoke")
     def revoke(
         self, operator: Identity, selector: Selector, reason: str, *, freeze: bool = False, wait: bool = True
     ) -> RevocationStatus:
@@ -193,6 +197,7 @@ class Operations:
 
     # --- freezes ---------------------------------------------------------------------------
 
+    @_recorded("freeze")
     def freeze(
         self, operator: Identity, kind: FreezeKind, value: str, reason: str, revocation_id: str | None = None
     ) -> bool:
@@ -205,6 +210,7 @@ class Operations:
         detail = {"target": kind, "value": value, "reason": reason[:256], "revocation_id": revocation_id}
         return self.ledger.add_freeze(row, Event(kind="frozen", actor=operator.subject, detail=detail, **{kind: value}))
 
+    @_recorded("unfreeze")
     def unfreeze(self, operator: Identity, kind: FreezeKind, value: str, reason: str) -> bool:
         """Lift a freeze; False when there was none."""
         self._check_freeze_target(kind, value, reason)

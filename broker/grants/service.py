@@ -5,6 +5,7 @@ Every decision is chained into the ledger before it is answered (promise 4).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ from broker.errors import (
     UnknownScope,
 )
 from broker.fingerprint import fingerprint
+from broker.grants.recording import recorded
 from broker.identity import Attestors, Identity
 from broker.identity.dpop import DpopVerifier
 from broker.ledger import ACTIVE, REVOKE_PENDING, Committed, Event, Grant, IdemClaim, LedgerStore, Refused, Replayed
@@ -48,8 +50,10 @@ from broker.policy import PolicySource
 from broker.signing import KeyStore
 
 log = logging.getLogger(__name__)
+_recorded = functools.partial(recorded, record=lambda service: service.record_refusal)
 DEFAULT_TTL = 300
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")  # one task grammar, on every endpoint that takes one
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ class GrantService:
             return prepared
         return self.conclude(prepared, self.commit(prepared))
 
+    @_recorded("issue")
     def prepare(self, identity: Identity, request: GrantRequest) -> Prepared | Issued:
         """Admit and mint (an earlier live grant of the same Idempotency-Key is answered instead)."""
         boundary, scopes, ttl = self._admit(identity, request)
@@ -211,6 +216,10 @@ class GrantService:
 
     def conclude(self, prepared: Prepared, committed: Future) -> Issued:
         """Answer from the commit's outcome; fail closed: an unrecorded or refused credential is revoked."""
+        return self._conclude(prepared.identity, prepared, committed)
+
+    @_recorded("issue")
+    def _conclude(self, identity: Identity, prepared: Prepared, committed: Future) -> Issued:
         grant = prepared.grant
         try:
             outcome = committed.result()
@@ -238,6 +247,8 @@ class GrantService:
     def _admit(self, identity: Identity, request: GrantRequest) -> tuple[BoundaryConfig, tuple[str, ...], int]:
         """Every refusal before minting, each recorded as `denied` with its stable code."""
         try:
+            if not TASK.fullmatch(request.task):
+                raise BadRequest("task must be 1-128 of A-Z a-z 0-9 . _ : / @ -, starting with a letter or digit")
             if request.idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(request.idempotency_key):
                 raise BadRequest("Idempotency-Key must be one header of 1-255 visible ASCII characters")
             boundary = self._one_boundary(request.boundary)
@@ -248,7 +259,7 @@ class GrantService:
             cap = self._policy_cap(identity, boundary, scopes)
             return boundary, scopes, _ttl(request.ttl, boundary, cap)
         except BrokerError as exc:
-            self._deny(identity, request, exc)
+            self.record_denial(identity, request, exc)
             raise
 
     def _one_boundary(self, requested: str | list[str]) -> BoundaryConfig:
@@ -284,7 +295,7 @@ class GrantService:
         try:
             return self.backends[mint.boundary.backend].mint(mint)
         except BrokerError as exc:  # BackendUnavailable, or scopes a backend cannot serve in one credential
-            self._deny(identity, request, exc)
+            self.record_denial(identity, request, exc)
             raise
 
     def _grant_row(self, identity: Identity, mint: MintRequest, minted: Minted) -> Grant:
@@ -322,7 +333,7 @@ class GrantService:
             return None
         if request_fp != claim.request_fp:
             exc = IdempotencyKeyReused("the Idempotency-Key is bound to a live grant of another request")
-            self._deny(identity, request, exc)
+            self.record_denial(identity, request, exc)
             raise exc
         if not claim.replayable:
             return None  # minted again; the commit supersedes the earlier grant
@@ -358,14 +369,15 @@ class GrantService:
             # reconcile at start-up finds it by its metadata and revokes it then
             log.error("minted credential for grant %s not recorded and not revoked", grant.id)
 
-    def _deny(self, identity: Identity, request: GrantRequest, exc: BrokerError) -> None:
+    def record_denial(self, identity: Identity, request: GrantRequest, exc: BrokerError) -> None:
+        """A refused grant request, as `denied` with its stable code (bounded fields, no token)."""
         boundary = request.boundary if isinstance(request.boundary, str) else ",".join(request.boundary)
         self.ledger.record(
             Event(
                 kind="denied",
                 subject=identity.subject,
                 boundary=boundary[:128],
-                task=request.task,
+                task=request.task[:128],
                 actor=identity.subject,
                 detail={
                     "code": exc.code,
@@ -379,6 +391,7 @@ class GrantService:
 
     # --- read ------------------------------------------------------------------------------
 
+    @_recorded("read")
     def get(self, identity: Identity, grant_id: str) -> Grant:
         """The grant, to its owner or an operator; others learn nothing (404)."""
         grant = self.ledger.get_grant(grant_id)
@@ -388,22 +401,24 @@ class GrantService:
 
     # --- completion and revocation ---------------------------------------------------------
 
+    @_recorded("complete")
     def complete(self, identity: Identity, grant_id: str, proof_jkt: str | None = None) -> Grant:
         """The owner says done: revoke now. Idempotent."""
         grant = self.ledger.get_grant(grant_id)
         if grant is None or not _owns(identity, grant):
-            self._record_refusal(identity, "complete", grant_id=grant_id)
+            self.record_refusal(identity, "complete", grant_id=grant_id)
             raise NotFound("grant not found")
         self.check_holder(identity, grant, proof_jkt, "complete")
         self.revoke([grant.id], end_status="completed", actor=identity.subject, reason="completed by owner")
         return self.ledger.get_grant(grant_id) or grant
 
+    @_recorded("complete_task")
     def complete_task(self, identity: Identity, task: str, proof_jkt: str | None = None) -> RevokeOutcome:
         """Complete every grant of the caller's task (DPoP-bound ones only with their key's proof)."""
         grants = self.ledger.task_grants(identity.subject, task)
         grants = [g for g in grants if g.attestor == identity.attestor]
         if not grants:
-            self._record_refusal(identity, "complete_task", task=task)
+            self.record_refusal(identity, "complete_task", task=task)
             raise NotFound("task not found")
         for grant in grants:
             self.check_holder(identity, grant, proof_jkt, "complete_task")
@@ -457,17 +472,21 @@ class GrantService:
         return self.revoke(ids, end_status="expired", actor="broker:reaper", reason="ttl elapsed").matched
 
     def record_invalid_request(self, identity: Identity, action: str) -> None:
-        self._record_refusal(identity, action, code="validation_error")
+        self.record_refusal(identity, action, code="validation_error")
 
-    def _record_refusal(self, identity: Identity, action: str, code: str = "not_found", **where: str) -> None:
+    def record_refusal(self, identity: Identity | None, action: str, code: str = "not_found", **where: str) -> None:
+        subject = identity.subject if identity is not None else None
+        detail = {"code": code, "action": action, **({"error": where["error"]} if "error" in where else {})}
+        if identity is not None:
+            detail["identity_fp"] = identity.token_fingerprint
         self.ledger.record(
             Event(
                 kind="denied",
-                subject=identity.subject,
-                actor=identity.subject,
+                subject=subject,
+                actor=subject,
                 grant_id=where.get("grant_id"),
                 task=where.get("task"),
-                detail={"code": code, "action": action, "identity_fp": identity.token_fingerprint},
+                detail=detail,
             )
         )
 

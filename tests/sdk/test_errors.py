@@ -41,18 +41,20 @@ def test_an_invalid_identity_is_refused(live, issuers) -> None:
     assert caught.value.status == 401 and forged not in str(caught.value)
 
 
-def _counting(status: int) -> tuple[list[str], httpx.MockTransport]:
+def _counting(status: int) -> tuple[list[str], list[str | None], httpx.MockTransport]:
     seen: list[str] = []
+    keys: list[str | None] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers.get("dpop", ""))
+        keys.append(request.headers.get("idempotency-key"))
         if status == 0:
             raise httpx.ConnectError("refused", request=request)
         code = {503: "backend_unavailable", 500: "internal_error", 403: "policy_denied"}[status]
         body = {"code": code, "title": "x", "status": status}
         return httpx.Response(status, json=body, headers={"content-type": "application/problem+json"})
 
-    return seen, httpx.MockTransport(answer)
+    return seen, keys, httpx.MockTransport(answer)
 
 
 @pytest.mark.parametrize(
@@ -60,15 +62,15 @@ def _counting(status: int) -> tuple[list[str], httpx.MockTransport]:
     [
         (503, "get", 3, sdk_errors.BackendUnavailable),
         (0, "get", 3, sdk_errors.TransportError),
-        (503, "grant", 1, sdk_errors.BackendUnavailable),
-        (0, "grant", 1, sdk_errors.TransportError),
+        (503, "grant", 3, sdk_errors.BackendUnavailable),
+        (0, "grant", 3, sdk_errors.TransportError),
         (500, "get", 1, sdk_errors.InternalError),
         (403, "complete", 1, sdk_errors.PolicyDenied),
     ],
-    ids=["503-idempotent", "conn-idempotent", "503-grant-no-retry", "conn-grant-no-retry", "500-no-retry", "403-no-retry"],
+    ids=["503-idempotent", "conn-idempotent", "503-grant-one-key", "conn-grant-one-key", "500-no-retry", "403-no-retry"],
 )
-def test_retry_only_idempotent_calls_on_503_or_connection_errors(status, call, attempts, error) -> None:
-    seen, transport = _counting(status)
+def test_retry_only_on_503_or_connection_errors_and_grants_under_one_key(status, call, attempts, error) -> None:
+    seen, keys, transport = _counting(status)
     client = Client("http://broker.invalid", StaticToken("t"), transport=transport, retry=Retry(attempts=3, base=0.001))
     calls = {"get": lambda: client.get("g_1"), "grant": lambda: client.grant("t", "b", ["read"]),
              "complete": lambda: client.complete("g_1")}  # fmt: skip
@@ -76,6 +78,8 @@ def test_retry_only_idempotent_calls_on_503_or_connection_errors(status, call, a
         calls[call]()
     assert len(seen) == attempts
     assert len(set(seen)) == attempts  # a fresh DPoP proof (new jti) per attempt
+    if call == "grant":  # every attempt of one grant under the same Idempotency-Key
+        assert len(set(keys)) == 1 and keys[0] is not None
 
 
 def test_jitter_stays_within_the_exponential_cap() -> None:
