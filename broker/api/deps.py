@@ -10,7 +10,6 @@ from starlette.concurrency import run_in_threadpool
 from broker.errors import Forbidden, InvalidDpop
 from broker.grants import GrantService
 from broker.identity import Identity
-from broker.ledger import Event
 
 
 # trivial dependencies are `async def` so they run on the event loop: FastAPI sends every sync
@@ -66,14 +65,7 @@ ProofKey = Annotated[str | None, Depends(caller_proof)]
 
 def _require_role(request: Request, identity: Identity, svc: GrantService, allowed: frozenset[str]) -> Identity:
     if not allowed & svc.roles(identity):
-        svc.ledger.record(
-            Event(
-                kind="denied",
-                subject=identity.subject,
-                actor=identity.subject,
-                detail={"code": "forbidden", "action": f"{request.method} {request.scope['route'].path}"},
-            )
-        )
+        svc.record_refusal(identity, f"{request.method} {request.scope['route'].path}", code="forbidden")
         raise Forbidden(f"{' or '.join(sorted(allowed))} role required")
     return identity
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.api.deps import Auditor, Operator, Service, json_body
+from broker.api.deps import Auditor, Operator, json_body
 from broker.api.schemas import GrantOut, when
 from broker.config import instant
 from broker.errors import BadRequest
@@ -139,7 +139,7 @@ def lift_freeze(body: FreezeIn, identity: Operator, ops: Ops) -> dict[str, Any]:
 @router.get("/grants")
 def inventory(
     identity: Auditor,
-    svc: Service,
+    ops: Ops,
     status: str | None = None,
     subject: str | None = None,
     subject_glob: str | None = None,
@@ -152,7 +152,7 @@ def inventory(
 ) -> dict[str, Any]:
     where = Filter(status=status, subject=subject, subject_glob=_glob(subject_glob), boundary=boundary, task=task,
                    **_window(since, until))  # fmt: skip
-    rows = svc.ledger.inventory(where, after=_grant_cursor(cursor), limit=limit)
+    rows = ops.inventory(where, after=_grant_cursor(cursor), limit=limit)
     next_cursor = _encode((rows[-1].issued_at, rows[-1].id)) if len(rows) == limit else None
     return {"items": [GrantOut.of(g).model_dump(mode="json") for g in rows], "next_cursor": next_cursor}
 
@@ -161,7 +161,7 @@ def inventory(
 def audit(
     request: Request,
     identity: Auditor,
-    svc: Service,
+    ops: Ops,
     kind: str | None = None,
     subject: str | None = None,
     subject_glob: str | None = None,
@@ -178,19 +178,18 @@ def audit(
     where = Filter(kind=kind, subject=subject, subject_glob=_glob(subject_glob), boundary=boundary, task=task,
                    grant_id=grant_id, **_window(since, until))  # fmt: skip
     if format == "jsonl" or NDJSON in request.headers.get("accept", ""):
-        return StreamingResponse(_jsonl(svc.ledger, where, cursor), media_type=NDJSON)
+        return StreamingResponse(_jsonl(ops, where, cursor), media_type=NDJSON)
     if last is not None:  # the newest events, for `broker audit tail`; follow on from the chain's end
-        head = svc.ledger.last_seq()
-        rows = svc.ledger.audit_tail(where, last) if last else []
+        rows, head = ops.audit_tail(where, last)
         return {"items": [event_dict(r) for r in rows], "next_cursor": max([head, *(r.seq for r in rows)])}
-    rows = svc.ledger.audit(where, after_seq=cursor, limit=limit)
+    rows = ops.audit(where, after_seq=cursor, limit=limit)
     next_cursor = rows[-1].seq if len(rows) == limit else None
     return {"items": [event_dict(r) for r in rows], "next_cursor": next_cursor}
 
 
 @router.get("/audit/verify")
-def audit_verify(identity: Auditor, svc: Service) -> dict[str, Any]:
-    return svc.ledger.verify().__dict__
+def audit_verify(identity: Auditor, ops: Ops) -> dict[str, Any]:
+    return ops.verify().__dict__
 
 
 REPORT_WINDOW = 86400
@@ -216,10 +215,10 @@ def _glob(pattern: str | None) -> str | None:
     return pattern
 
 
-def _jsonl(ledger, where: Filter, after: int) -> Iterator[bytes]:  # noqa: ANN001
+def _jsonl(ops: Operations, where: Filter, after: int) -> Iterator[bytes]:
     """Every matching event, one JSON object a line, read page by page so memory stays bounded."""
     while True:
-        rows = ledger.audit(where, after_seq=after, limit=PAGE)
+        rows = ops.audit(where, after_seq=after, limit=PAGE)
         for row in rows:
             yield (json.dumps(event_dict(row), separators=(",", ":"), ensure_ascii=False) + "\n").encode()
         if len(rows) < PAGE:

@@ -24,7 +24,19 @@ from broker.errors import BadRequest, BrokerError, NotFound, UnknownBoundary
 from broker.grants.recording import recorded
 from broker.grants.service import GrantService, _backoff
 from broker.identity import Identity
-from broker.ledger import ACTIVE, REVOKE_PENDING, Event, Filter, Freeze, Grant, LedgerStore, Revocation, Selector
+from broker.ledger import (
+    ACTIVE,
+    REVOKE_PENDING,
+    AuditEvent,
+    Event,
+    Filter,
+    Freeze,
+    Grant,
+    LedgerStore,
+    Revocation,
+    Selector,
+    VerifyResult,
+)
 from broker.glob import glob_problem
 
 log = logging.getLogger(__name__)
@@ -228,6 +240,22 @@ class Operations:
             raise UnknownBoundary(f"boundary {value!r} is not configured")
         if not reason.strip():
             raise BadRequest("a reason is required")
+
+    # --- reads: inventory, audit, verification ---------------------------------------------
+
+    def inventory(self, where: Filter, after: tuple[float, str] | None, limit: int) -> list[Grant]:
+        return self.ledger.inventory(where, after=after, limit=limit)
+
+    def audit(self, where: Filter, after_seq: int, limit: int) -> list[AuditEvent]:
+        return self.ledger.audit(where, after_seq=after_seq, limit=limit)
+
+    def audit_tail(self, where: Filter, count: int) -> tuple[list[AuditEvent], int]:
+        """The newest `count` matching events and the chain's last sequence number (to follow on from)."""
+        head = self.ledger.last_seq()
+        return (self.ledger.audit_tail(where, count) if count else []), head
+
+    def verify(self) -> VerifyResult:
+        return self.ledger.verify()
 
     # --- blast radius ----------------------------------------------------------------------
 

@@ -4,8 +4,7 @@ from broker.ledger.chain import VerifyResult, verify_export
 from broker.ledger.issuing import Committed, IdemClaim, Refused, Replayed
 from broker.ledger.models import ACTIVE, FINAL_STATUSES, REVOKE_PENDING, AuditEvent, Freeze, Grant, Revocation
 from broker.ledger.queries import Filter, Selector
-from broker.ledger.store import Event, LedgerStore, make_engine
-from broker.ledger.store import _as_dict as event_dict
+from broker.ledger.store import Event, LedgerStore, event_dict, make_engine
 
 __all__ = [
     "ACTIVE",

@@ -317,7 +317,7 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
             rows = session.execute(
                 select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=batch)
             ).scalars()
-            return verify_chain((_as_dict(r) for r in rows), head_pair)
+            return verify_chain((event_dict(r) for r in rows), head_pair)
 
 
 def _why(exc: SQLAlchemyError) -> str:
@@ -376,7 +376,7 @@ def _failed_event(grant: Grant | Row, error: str, attempt: int, retry_at: float)
 
 
 
-def _as_dict(row: AuditEvent) -> dict[str, Any]:
+def event_dict(row: AuditEvent) -> dict[str, Any]:
     return {
         "seq": row.seq,
         "id": row.id,
