@@ -133,3 +133,14 @@ class Revocation(Base):
     actor: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[float] = mapped_column(Float)
     matched: Mapped[int] = mapped_column(Integer)
+
+
+class DpopReplay(Base):
+    """A DPoP proof seen by any replica: SHA-256 of its key thumbprint and `jti`, kept until it could no longer pass."""
+
+    __tablename__ = "dpop_replay"
+
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_dpop_replay_expires", "expires_at"),)

@@ -17,7 +17,7 @@ from broker.config import NAME, BoundaryConfig, Duration, Strict
 from broker.errors import ConfigError
 from broker.policy.engine import Allowance, Policy, Rule, claim_texts
 
-Role = Literal["operator", "auditor"]
+Role = Literal["operator", "auditor", "resource_server"]
 _GLOB_TOKENS = re.compile(r"(\*\*|\*|\?)")
 _GLOB_REGEX = {"**": ".*", "*": "[^:/]*", "?": "[^:/]"}
 _MAX_GLOB = 512
