@@ -21,8 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.errors import DpopReplayFull, LedgerUnavailable
 from broker.ledger.models import DpopReplay
 
-# the cap is checked (and expired rows pruned) every this many inserts per process, so a check
-# costs one COUNT per batch, not per request; the table holds at most capacity + this per replica
+# rows are counted (after pruning expired ones) every this many inserts per process, so a check
+# costs one COUNT per batch, not per request; near the cap every insert counts. Another replica's
+# inserts show at the next count, so the table holds at most capacity + this many per other replica
 CHECK_EVERY = 64
 
 
@@ -35,8 +36,8 @@ class ReplayStore:
         self._clock = clock
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         self._lock = threading.Lock()
-        self._since_check = CHECK_EVERY  # check at the first insert: the table may already be full
-        self._full = False
+        self._since_check = CHECK_EVERY  # count at the first insert: the table may already be full
+        self._counted = 0  # rows at the last count; this process has added at most _since_check since
 
     def seen(self, key: str, expires_at: float) -> bool:
         """Record `key` until `expires_at`; True if it is already recorded and unexpired (a replay).
@@ -48,32 +49,34 @@ class ReplayStore:
         try:
             self._check_capacity(now)
             with self._engine.begin() as conn:
+                # RETURNING, not rowcount: drivers report -1 for an INSERT that did nothing
                 added = conn.execute(
                     self._insert(DpopReplay.__table__)
                     .values(jti_hash=digest, expires_at=expires_at)
                     .on_conflict_do_nothing(index_elements=["jti_hash"])
-                ).rowcount
-                if added:
+                    .returning(DpopReplay.jti_hash)
+                ).first()
+                if added is not None:
                     return False
                 # the key is known: a replay, unless its row expired and was not pruned yet
                 revived = conn.execute(
                     update(DpopReplay.__table__)
                     .where(DpopReplay.jti_hash == digest, DpopReplay.expires_at <= now)
                     .values(expires_at=expires_at)
-                ).rowcount
-                return not revived
+                    .returning(DpopReplay.jti_hash)
+                ).first()
+                return revived is None
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(f"replay cache write failed: {type(exc).__name__}") from exc
 
     def _check_capacity(self, now: float) -> None:
+        """Count (after pruning) every CHECK_EVERY inserts, and on every insert once the cap may be reached."""
         with self._lock:
+            if self._since_check >= CHECK_EVERY or self._counted + self._since_check >= self._capacity:
+                self._counted, self._since_check = self._prune_and_count(now), 0
+                if self._counted >= self._capacity:
+                    raise DpopReplayFull("the DPoP replay cache is full")
             self._since_check += 1
-            due = self._full or self._since_check >= CHECK_EVERY
-            if due:
-                self._since_check = 0
-                self._full = self._prune_and_count(now) >= self._capacity
-            if self._full:
-                raise DpopReplayFull("the DPoP replay cache is full")
 
     def _prune_and_count(self, now: float) -> int:
         with self._engine.begin() as conn:
