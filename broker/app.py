@@ -22,8 +22,10 @@ from broker.grants.operations import Operations
 from broker.grants.reconcile import Reconciler
 from broker.grants.workers import Worker
 from broker.identity import Attestors
+from broker.identity.dpop import DpopVerifier
 from broker.ledger import LedgerStore, make_engine, migrate
 from broker.ledger.keyring import DatabaseKeyRepository, read_kek
+from broker.ledger.replay import ReplayStore
 from broker.policy import PolicySource
 from broker.signing import FileKeyRepository, KeyRepository, KeyStore
 
@@ -86,6 +88,8 @@ def build(settings: Settings) -> Components:
         backends=build_backends(settings, keys, vault),
         ledger=ledger,
         keys=keys,
+        # one replay check for every worker and replica: the ledger database (a proof is used once)
+        dpop=DpopVerifier(seen=ReplayStore(ledger.engine, settings.dpop_replay_capacity).seen),
     )
     jobs = {
         "reconcile": Reconciler(

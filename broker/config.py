@@ -166,6 +166,9 @@ class BoundaryConfig(Strict):
                 raise ValueError(f"scope {scope!r}: a vault_token boundary maps each scope to a token_role")
             if self.backend == "vault_secret" and not cfg.path:
                 raise ValueError(f"scope {scope!r}: a vault_secret boundary maps each scope to a path")
+        if self.require_dpop and self.backend != "jwt":
+            # a Vault token or lease is used against Vault, which never asks for a proof: the flag would be cosmetic
+            raise ValueError(f"boundary {self.name!r}: require_dpop works only with the jwt backend, not {self.backend}")
         return self
 
     @property
@@ -217,6 +220,7 @@ class Settings(Strict):
     boundaries: list[BoundaryConfig] = Field(default_factory=list)
     vault: VaultConfig | None = None
     max_body_bytes: int = Field(default=65_536, gt=0)
+    dpop_replay_capacity: int = Field(default=500_000, ge=1)
     revoke_retry_max_delay: Duration = 60
     worker_interval: float = Field(default=1.0, gt=0)
     reconcile_grace: Duration = 30

@@ -28,6 +28,11 @@ DEMO_POLICY: dict[str, Any] = {
             "allow": [{"boundary": "demo", "scopes": ["read", "write"], "max_ttl": "15m"}],
         },
         {"name": "dev-operator", "match": {"attestor": "dev", "subject": "dev:operator"}, "roles": ["operator"]},
+        {  # may introspect any broker token (RFC 7662); workloads introspect only their own
+            "name": "dev-resource-server",
+            "match": {"attestor": "dev", "subject": "dev:resource-server"},
+            "roles": ["resource_server"],
+        },
     ]
 }
 
@@ -133,9 +138,9 @@ def postgres_answers(postgres_url: str) -> bool:
 
 
 def demo_policy(boundaries: list[str]) -> dict[str, Any]:
-    """dev:demo-workload may use every demo boundary; dev:operator is an operator."""
+    """dev:demo-workload may use every demo boundary; dev:operator is an operator; dev:resource-server introspects."""
     allow = [{"boundary": name, "scopes": ["read", "write"], "max_ttl": "15m"} for name in boundaries]
-    return {"rules": [{**DEMO_POLICY["rules"][0], "allow": allow}, DEMO_POLICY["rules"][1]]}
+    return {"rules": [{**DEMO_POLICY["rules"][0], "allow": allow}, *DEMO_POLICY["rules"][1:]]}
 
 
 def dev_config(data_dir: Path, port: int, vault: dict[str, Any] | None = None,

@@ -105,6 +105,13 @@ class InvalidDpop(BrokerError):
     public_message = "A valid DPoP proof is required."
 
 
+class DpopReplayFull(InvalidDpop):
+    """The shared DPoP replay cache is at its cap: proofs are refused until entries expire (fail closed)."""
+
+    code = "dpop_replay_full"
+    public_message = "DPoP proofs cannot be checked for replay right now; retry shortly."
+
+
 class BackendUnavailable(BrokerError):
     """The downstream credential backend (Vault/OpenBao) failed or could not be reached."""
 

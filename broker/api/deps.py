@@ -47,8 +47,8 @@ def dpop_key(
     if len(proofs) > 1:
         svc.refuse_dpop(identity, action, InvalidDpop("more than one DPoP header"))
         raise InvalidDpop("more than one DPoP header")
-    # the URL as the client saw it: this request's, or the broker's public issuer URL behind a proxy
-    urls = (str(request.url), svc.settings.issuer.rstrip("/") + request.url.path)
+    # `htu` names the broker by its configured public URL only: the Host header is the client's to choose
+    urls = (svc.settings.issuer.rstrip("/") + request.url.path,)
     request_facts = {"method": request.method, "urls": urls, "access_token": access_token, "require_ath": require_ath}
     return svc.proof_key(proofs[0], identity=identity, action=action, **request_facts)
 

@@ -18,6 +18,7 @@ PROBLEM = "application/problem+json"
 STATUS = {
     "invalid_identity": 401,
     "invalid_dpop": 401,
+    "dpop_replay_full": 503,
     "policy_denied": 403,
     "forbidden": 403,
     "subject_frozen": 403,

@@ -46,7 +46,7 @@ async def introspect(request: Request, svc: Service) -> dict:
     identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/introspect")
     token = one(await _form(request), "token")
     jkt = await run_in_threadpool(dpop_key, request, svc, identity, token, True)
-    return await run_in_threadpool(svc.introspect, token, identity, jkt)
+    return await run_in_threadpool(svc.introspect, identity, token, jkt)
 
 
 @router.post("/revoke")

@@ -492,20 +492,29 @@ class GrantService:
 
     # --- introspection ---------------------------------------------------------------------
 
-    def introspect(self, token: str, caller: Identity | None = None, proof_jkt: str | None = None) -> dict[str, Any]:
+    @_recorded("introspect")
+    def introspect(self, caller: Identity, token: str, proof_jkt: str | None = None) -> dict[str, Any]:
         """RFC 7662: active only if the signature holds, it has not expired, and the grant is active.
 
-        The holder of a DPoP-bound token introspects it only with a proof by the bound key; a resource
-        server gets `cnf` back and checks the holder's proof itself (RFC 9449 §6.2).
+        Claims go only to the token's owner and to callers whose policy role is `resource_server`
+        (RFC 7662 §4); anyone else learns `{"active": false}`, and the refusal is recorded. The holder of
+        a DPoP-bound token introspects it only with a proof by the bound key; a resource server gets
+        `cnf` back and checks the holder's proof itself (RFC 9449 §6.2).
         """
         try:
             claims = self.keys.verify(token, issuer=self.settings.issuer)
         except (jwt.InvalidTokenError, ValueError):
-            return {"active": False}
+            return {"active": False}  # an unverifiable token tells nobody anything
         grant = self.ledger.get_grant(str(claims.get("jti")))
-        if grant is None or grant.status != ACTIVE or claims["exp"] <= self.clock():
+        if grant is None:
             return {"active": False}
-        if caller is not None and _owns(caller, grant):
+        owner = _owns(caller, grant)
+        if not owner and "resource_server" not in self.roles(caller):
+            self.record_refusal(caller, "POST /oauth/introspect", code="forbidden", grant_id=grant.id)
+            return {"active": False}
+        if grant.status != ACTIVE or claims["exp"] <= self.clock():
+            return {"active": False}
+        if owner:
             self.check_holder(caller, grant, proof_jkt, "introspect")
         keep = ("sub", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf")
         token_type = "DPoP" if grant.cnf_jkt else "Bearer"

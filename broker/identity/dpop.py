@@ -2,7 +2,7 @@
 
 A proof is a JWT with `typ: dpop+jwt`, signed by the public key it carries in its `jwk` header, for one
 HTTP method and URL (`htm`, `htu`), fresh (`iat` within a window), never seen before (`jti` replay
-cache), and, when it accompanies an access token, bound to it (`ath`).
+check, shared by replicas), and, when it accompanies an access token, bound to it (`ath`).
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ import hashlib
 import json
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
-from broker.errors import InvalidDpop
+from broker.errors import DpopReplayFull, InvalidDpop
 
 ALGORITHMS = ("ES256", "EdDSA")
 MAX_PROOF_BYTES = 4096
@@ -55,28 +54,36 @@ def normalize_url(url: str) -> str:
     return f"{scheme.lower()}{sep}{host.lower()}{slash}{path}"
 
 
-class ReplayCache:
-    """Seen proof `jti`s, each kept for the `iat` window; bounded so a flood cannot grow it."""
+class Seen(Protocol):
+    """The replay check: record `key` until `expires_at`; True if it was already recorded (a replay).
 
-    def __init__(self, ttl: float, max_entries: int = 100_000, clock: Callable[[], float] = time.time) -> None:
-        self._ttl = ttl
+    The broker injects one backed by the ledger database so every worker and replica shares it; it
+    raises (DpopReplayFull, LedgerUnavailable) rather than answer False when it cannot tell.
+    """
+
+    def __call__(self, key: str, expires_at: float) -> bool: ...
+
+
+class ReplayCache:
+    """An in-process `Seen` for pure-logic use; bounded, and fail closed (refuses) when full."""
+
+    def __init__(self, max_entries: int = 100_000, clock: Callable[[], float] = time.time) -> None:
         self._max = max_entries
         self._clock = clock
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def first_use(self, jti: str) -> bool:
-        """True the first time `jti` is offered within its TTL, False on a replay."""
+    def __call__(self, key: str, expires_at: float) -> bool:
         now = self._clock()
         with self._lock:
-            while self._seen and next(iter(self._seen.values())) <= now:
-                self._seen.popitem(last=False)
-            if jti in self._seen:
-                return False
+            if self._seen.get(key, 0) > now:
+                return True
             if len(self._seen) >= self._max:
-                self._seen.popitem(last=False)  # full of live entries: drop the oldest
-            self._seen[jti] = now + self._ttl
-            return True
+                self._seen = {k: exp for k, exp in self._seen.items() if exp > now}
+                if len(self._seen) >= self._max:
+                    raise DpopReplayFull("the DPoP replay cache is full")
+            self._seen[key] = expires_at
+            return False
 
 
 @dataclass(frozen=True)
@@ -91,12 +98,17 @@ class DpopVerifier:
     """Checks DPoP proofs against one request; `urls` are the acceptable forms of the request URL."""
 
     def __init__(
-        self, *, window: float = 60, algorithms: Iterable[str] = ALGORITHMS, clock: Callable[[], float] = time.time
+        self,
+        *,
+        window: float = 60,
+        algorithms: Iterable[str] = ALGORITHMS,
+        clock: Callable[[], float] = time.time,
+        seen: Seen | None = None,
     ) -> None:
         self.window = window
         self.algorithms = tuple(algorithms)
         self.clock = clock
-        self.replay = ReplayCache(ttl=2 * window, clock=clock)
+        self.seen = seen or ReplayCache(clock=clock)
 
     def verify(
         self, proof: str, *, method: str, urls: Iterable[str], access_token: str | None = None, require_ath: bool = False
@@ -112,7 +124,8 @@ class DpopVerifier:
             if claims.get("ath") != access_token_hash(access_token):
                 raise InvalidDpop("proof ath does not match the access token")
         jkt = thumbprint(header["jwk"])
-        if not self.replay.first_use(f"{jkt}:{claims['jti']}"):
+        # kept for twice the window: a proof passes the iat check for at most that long on any replica
+        if self.seen(f"{jkt}:{claims['jti']}", self.clock() + 2 * self.window):
             raise InvalidDpop("proof jti replayed")
         return DpopProof(jkt=jkt, claims=claims)
 

@@ -161,3 +161,14 @@ class IdempotencyKey(Base):
     request_fp: Mapped[str] = mapped_column(String(64))
     grant_id: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class DpopReplay(Base):
+    """A DPoP proof seen by any replica: SHA-256 of its key thumbprint and `jti`, kept until it could no longer pass."""
+
+    __tablename__ = "dpop_replay"
+
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_dpop_replay_expires", "expires_at"),)

@@ -16,7 +16,7 @@ from broker.errors import ConfigError
 from broker.glob import compile_glob, glob_problem
 from broker.policy.engine import Allowance, Policy, Rule, claim_texts
 
-Role = Literal["operator", "auditor"]
+Role = Literal["operator", "auditor", "resource_server"]
 _PYDANTIC_MESSAGES = {"extra_forbidden": "unknown key", "missing": "required"}
 
 

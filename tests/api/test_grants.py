@@ -99,7 +99,7 @@ def _lifetime(body: dict) -> int:
 def test_completion_makes_introspection_inactive_and_is_idempotent(broker, issuers):
     body = broker.grant(issuers.worker(), scopes=["read", "write"], ttl=120).json()
     token = body["credential"]["token"]
-    resource_server = auth(issuers.worker("reader"))
+    resource_server = auth(issuers.worker("resource"))
     assert broker.post("/oauth/introspect", data={"token": token}, headers=resource_server).json()["active"] is True
     first = broker.post(f"/v1/grants/{body['grant_id']}/complete", headers=auth(issuers.worker()))
     again = broker.post(f"/v1/grants/{body['grant_id']}/complete", headers=auth(issuers.worker()))

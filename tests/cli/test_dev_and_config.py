@@ -72,6 +72,9 @@ def test_dev_mode_issues_uses_and_completes_a_credential(dev_broker):
     key = jwt.PyJWK(next(k for k in jwks["keys"] if k["kid"] == jwt.get_unverified_header(token)["kid"]))
     claims = jwt.decode(token, key, algorithms=["ES256"], audience="demo", issuer=url)
     assert claims["sub"] == "dev:demo-workload" and claims["scope"] == "read"
+    for subject, active in (("dev:resource-server", True), ("dev:operator", False)):  # RFC 7662 §4: role, not rank
+        caller = {"Authorization": f"Bearer {dev_token(data_dir, subject)}"}
+        assert httpx.post(f"{url}/oauth/introspect", data={"token": token}, headers=caller).json()["active"] is active
     done = httpx.post(f"{url}/v1/grants/{grant['grant_id']}/complete", headers=headers)
     assert done.json()["status"] == "completed"
     active = httpx.post(f"{url}/oauth/introspect", data={"token": token}, headers=headers).json()["active"]

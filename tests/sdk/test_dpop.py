@@ -9,7 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from broker.errors import InvalidDpop
+from broker.errors import DpopReplayFull, InvalidDpop
 from broker.identity.dpop import DpopVerifier, ReplayCache, thumbprint
 from broker_client import Client, DpopKey, InvalidToken, Verifier
 from broker_client.errors import InvalidDpop as ClientInvalidDpop
@@ -204,15 +204,14 @@ def test_rfc7638_thumbprint_example() -> None:
     assert DpopKey().jkt != DpopKey().jkt
 
 
-def test_replay_cache_is_bounded_and_forgets_after_ttl() -> None:
+def test_in_process_replay_cache_is_bounded_fails_closed_and_forgets_after_expiry() -> None:
     now = [0.0]
-    cache = ReplayCache(ttl=10, max_entries=3, clock=lambda: now[0])
-    assert [cache.first_use(j) for j in ("a", "b", "a")] == [True, True, False]
-    for jti in ("c", "d", "e"):
-        cache.first_use(jti)
-    assert len(cache._seen) == 3
+    cache = ReplayCache(max_entries=3, clock=lambda: now[0])
+    assert [cache(j, 10) for j in ("a", "b", "a", "c")] == [False, False, True, False]
+    with pytest.raises(DpopReplayFull):
+        cache("d", 10)  # full of live entries: refused, never an old entry dropped to make room
     now[0] = 11
-    assert cache.first_use("e") is True
+    assert cache("a", 21) is False and len(cache._seen) == 1
 
 
 def test_the_holder_revokes_a_bound_token_with_its_proof(live, client) -> None:

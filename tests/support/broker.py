@@ -43,6 +43,11 @@ POLICY: dict[str, Any] = {
             "allow": [{"boundary": "payments", "scopes": ["read"], "max_ttl": "2m"}],
         },
         {"name": "operators", "match": {"attestor": "oidc", "subject": "ops-*"}, "roles": ["operator"]},
+        {
+            "name": "resource-servers",
+            "match": {"attestor": "k8s", "subject": "system:serviceaccount:payments:resource"},
+            "roles": ["resource_server"],
+        },
     ]
 }
 

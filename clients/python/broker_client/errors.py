@@ -49,6 +49,12 @@ class InvalidDpop(BrokerError):
     code = "invalid_dpop"
 
 
+class DpopReplayFull(InvalidDpop):
+    """The broker's shared DPoP replay cache is full; proofs are refused until entries expire (503, retried)."""
+
+    code = "dpop_replay_full"
+
+
 class PolicyDenied(BrokerError):
     """Policy does not allow this request."""
 
