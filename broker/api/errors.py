@@ -27,6 +27,7 @@ STATUS = {
     "unknown_scope": 400,
     "ttl_exceeds_cap": 400,
     "not_found": 404,
+    "task_not_found": 404,
     "backend_unavailable": 503,
     "ledger_unavailable": 503,
 }

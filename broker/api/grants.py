@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from broker.api.deps import Caller, ProofKey, Service, json_body
-from broker.api.schemas import GrantIn, GrantOut, IssuedOut, TaskCompletedOut, when
+from broker.api.schemas import GrantIn, GrantOut, IssuedOut, TaskCompletedOut, task_id, when
+from broker.errors import BadRequest
 from broker.grants import GrantRequest
 
 router = APIRouter(prefix="/v1", tags=["grants"])
@@ -39,8 +40,13 @@ def complete_grant(grant_id: str, identity: Caller, svc: Service, jkt: ProofKey)
     return GrantOut.of(svc.complete(identity, grant_id, proof_jkt=jkt))
 
 
-@router.post("/tasks/{task}/complete", response_model=TaskCompletedOut)
+@router.post("/tasks/{task:path}/complete", response_model=TaskCompletedOut)  # `path`: task ids may hold `/`
 def complete_task(task: str, identity: Caller, svc: Service, jkt: ProofKey) -> TaskCompletedOut:
+    try:
+        task_id(task)
+    except BadRequest as exc:
+        svc.record_invalid_request(identity, "complete_task", code=exc.code)
+        raise
     outcome = svc.complete_task(identity, task, proof_jkt=jkt)
     return TaskCompletedOut(
         task=task, matched=outcome.matched, revoked=outcome.revoked, pending=outcome.pending, grant_ids=outcome.grant_ids

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import Service, bearer, dpop_key, form_body
+from broker.api.schemas import task_id
 from broker.errors import BadRequest, MultiBoundary
 from broker.grants import GrantRequest
 
@@ -51,8 +52,8 @@ def _exchange_request(form: dict[str, list[str]]) -> GrantRequest:
     scopes = tuple((_one(form, "scope", required=False) or "").split())
     if not scopes:
         raise BadRequest("scope is required")
-    task = _one(form, "task", required=False) or "token-exchange"
-    return GrantRequest(task=task[:128], boundary=targets[0], scopes=scopes, ttl=int(ttl) if ttl and ttl != "max" else ttl)
+    task = task_id(_one(form, "task", required=False) or "token-exchange")  # refused, never truncated
+    return GrantRequest(task=task, boundary=targets[0], scopes=scopes, ttl=int(ttl) if ttl and ttl != "max" else ttl)
 
 
 @router.post("/token")
@@ -60,7 +61,11 @@ async def token_exchange(request: Request, svc: Service) -> dict:
     form = await _form(request)
     subject_token = _one(form, "subject_token")
     identity = await run_in_threadpool(svc.authenticate, subject_token, action="POST /oauth/token")
-    grant_request = _exchange_request(form)
+    try:
+        grant_request = _exchange_request(form)
+    except BadRequest as exc:  # a refusal is recorded before it is answered (promise 4)
+        await run_in_threadpool(svc.record_invalid_request, identity, "token_exchange", exc.code)
+        raise
     jkt = await run_in_threadpool(dpop_key, request, svc, identity, None)
     grant_request = replace(grant_request, cnf_jkt=jkt)
     boundary = svc.boundaries.get(grant_request.boundary)  # type: ignore[arg-type]

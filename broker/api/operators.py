@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.api.deps import Auditor, Operator, Service, json_body
-from broker.api.schemas import GrantOut, when
+from broker.api.schemas import TASK, GrantOut, TaskId, when
 from broker.config import parse_duration
 from broker.errors import BadRequest
 from broker.grants.operations import Operations, RevocationStatus
@@ -24,6 +24,7 @@ from broker.ledger import Filter, Selector, event_dict
 router = APIRouter(prefix="/v1", tags=["operators"])
 Reason = Annotated[str, Field(min_length=1, max_length=256, pattern=r"\S")]
 Name = Annotated[str, Field(min_length=1, max_length=512)]
+TaskFilter = Annotated[str | None, Query(pattern=TASK)]
 NDJSON = "application/x-ndjson"
 PAGE = 500
 
@@ -41,7 +42,7 @@ class RevocationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     grant_id: Name | None = None
-    task: Name | None = None
+    task: TaskId | None = None
     subject: Name | None = None
     boundary: Name | None = None
     all: bool = False
@@ -142,7 +143,7 @@ def inventory(
     status: str | None = None,
     subject: str | None = None,
     boundary: str | None = None,
-    task: str | None = None,
+    task: TaskFilter = None,
     since: str | None = None,
     until: str | None = None,
     cursor: str | None = None,
@@ -162,7 +163,7 @@ def audit(
     kind: str | None = None,
     subject: str | None = None,
     boundary: str | None = None,
-    task: str | None = None,
+    task: TaskFilter = None,
     grant_id: str | None = None,
     since: str | None = None,
     until: str | None = None,

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.errors import BadRequest
 from broker.ledger import Grant
 
-TASK = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
+# The one task grammar, on every endpoint that takes a task (body, path, query, form): printable
+# ASCII only, no whitespace, control characters, brackets, quotes or `%`, so a task id is safe in
+# a URL path, a log line and a terminal; `/` is allowed (`deploy/prod`) and routes accept it.
+TASK_CHARS = r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}"
+TASK = f"^{TASK_CHARS}$"
+TaskId = Annotated[str, Field(pattern=TASK)]
 ScopeName = Annotated[str, Field(min_length=1, max_length=128)]
 BoundaryName = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -19,7 +26,7 @@ class GrantIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(pattern=TASK)
+    task: TaskId
     boundary: BoundaryName | list[BoundaryName]
     scopes: list[ScopeName] = Field(min_length=1, max_length=32)
     ttl: Annotated[int, Field(ge=1, le=10**9)] | Literal["max"] | None = None
@@ -73,6 +80,13 @@ class TaskCompletedOut(BaseModel):
     revoked: int
     pending: int
     grant_ids: list[str]
+
+
+def task_id(value: str) -> str:
+    """`value` if it is a task id (TASK), else BadRequest; for tasks that arrive outside a pydantic model."""
+    if not re.fullmatch(TASK_CHARS, value):
+        raise BadRequest(f"task must match {TASK}")
+    return value
 
 
 def when(epoch: float) -> datetime:

@@ -30,6 +30,7 @@ from broker.errors import (
     NotFound,
     PolicyDenied,
     SubjectFrozen,
+    TaskNotFound,
     TtlExceedsCap,
     UnknownBoundary,
     UnknownScope,
@@ -315,8 +316,8 @@ class GrantService:
         grants = self.ledger.task_grants(identity.subject, task)
         grants = [g for g in grants if g.attestor == identity.attestor]
         if not grants:
-            self._record_refusal(identity, "complete_task", task=task)
-            raise NotFound("task not found")
+            self._record_refusal(identity, "complete_task", code=TaskNotFound.code, task=task)
+            raise TaskNotFound("task not found")
         for grant in grants:
             self.check_holder(identity, grant, proof_jkt, "complete_task")
         outcome = self.revoke(
@@ -367,8 +368,8 @@ class GrantService:
             return 0
         return self.revoke(ids, end_status="expired", actor="broker:reaper", reason="ttl elapsed").matched
 
-    def record_invalid_request(self, identity: Identity, action: str) -> None:
-        self._record_refusal(identity, action, code="validation_error")
+    def record_invalid_request(self, identity: Identity, action: str, code: str = "validation_error") -> None:
+        self._record_refusal(identity, action, code=code)
 
     def _record_refusal(self, identity: Identity, action: str, code: str = "not_found", **where: str) -> None:
         self.ledger.record(

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
@@ -52,7 +53,8 @@ def normalize_url(url: str) -> str:
     base = url.split("#", 1)[0].split("?", 1)[0]
     scheme, sep, rest = base.partition("://")
     host, slash, path = rest.partition("/")
-    return f"{scheme.lower()}{sep}{host.lower()}{slash}{path}"
+    # the path decoded, as the router sees it: `/v1/tasks/deploy%2Fprod/complete` is the same resource
+    return f"{scheme.lower()}{sep}{host.lower()}{slash}{unquote(path)}"
 
 
 class ReplayCache:

@@ -117,7 +117,7 @@ def test_another_subject_cannot_read_or_complete(broker, issuers):
     assert broker.post("/v1/tasks/t-1/complete", headers=thief).status_code == 404
     assert broker.get(f"/v1/grants/{body['grant_id']}", headers=auth(issuers.worker())).json()["status"] == "active"
     assert broker.get(f"/v1/grants/{body['grant_id']}", headers=auth(issuers.operator())).status_code == 200
-    assert [e.detail["code"] for e in broker.events("denied")] == ["not_found", "not_found"]
+    assert [e.detail["code"] for e in broker.events("denied")] == ["not_found", "task_not_found"]
 
 
 def test_task_completion_ends_every_grant_of_the_task(broker, issuers):
