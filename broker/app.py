@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -67,8 +68,8 @@ def build_backends(settings: Settings, keys: KeyStore, vault: VaultClient | None
     return backends
 
 
-def build(settings: Settings) -> Components:
-    """Build every component from settings; nothing here runs at import time."""
+def build(settings: Settings, clock: Callable[[], float] = time.time) -> Components:
+    """Build every component from settings; nothing here runs at import time. `clock`: tests inject theirs."""
     ledger = open_ledger(settings)
     keys = open_keys(settings, ledger)
     vault = VaultClient(settings.vault) if settings.vault else None
@@ -78,7 +79,7 @@ def build(settings: Settings) -> Components:
         boundaries={b.name: b for b in settings.boundaries},
         attestors={a.name for a in settings.attestors},
     )
-    attestors = Attestors(settings.attestors, broker_issuer=settings.issuer)
+    attestors = Attestors(settings.attestors, broker_issuer=settings.issuer, clock=clock)
     service = GrantService(
         settings=settings,
         attestors=attestors,
@@ -86,6 +87,7 @@ def build(settings: Settings) -> Components:
         backends=build_backends(settings, keys, vault),
         ledger=ledger,
         keys=keys,
+        clock=clock,
     )
     jobs = {
         "reconcile": Reconciler(
