@@ -401,7 +401,8 @@ def audit_verify(
         report = Remote(url, token_file, token_command).call("GET", "/v1/audit/verify")
     typer.echo(json.dumps(report))
     if not report["ok"]:
-        _say("TAMPERED: first bad row seq=", inert(report["first_bad_seq"]), ": ", inert(report["problem"]), console_=errors)
+        bad = (inert(report["first_bad_seq"]), ": ", inert(report["problem"]))
+        _say("TAMPERED: first bad row seq=", *bad, console_=errors)
         raise typer.Exit(1)
 
 
@@ -450,7 +451,8 @@ def _print_report(report: dict[str, Any]) -> None:
         last = max((g["revoked_at"] or "" for g in row["revoked_grants"]), default="")
         table.add_row(
             inert(row["boundary"]), inert(" ".join(row["scopes"])),
-            *(inert(row[k]) for k in ("grants", "live", "revoked", "completed", "expired")), inert(last[:19].replace("T", " ")),
+            *(inert(row[k]) for k in ("grants", "live", "revoked", "completed", "expired")),
+            inert(last[:19].replace("T", " ")),
         )
     console.print(table)
 

@@ -37,7 +37,7 @@ def _issuer_dir(data_dir: Path) -> Path:
 
 
 def private_dir(path: Path) -> Path:
-    """Create `path` if missing and make it 0700 even when it was there already (mkdir's mode applies only to new ones)."""
+    """Create `path` if missing and make it 0700 even when it already was there (mkdir's mode binds new ones only)."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)
     return path
@@ -61,7 +61,8 @@ def _require_dev_data_dir(data_dir: Path) -> None:
         mark = json.loads((data_dir / DEV_MARK).read_text())
     except (OSError, ValueError):
         mark = {}
-    if not isinstance(mark, dict) or mark.get("data_dir") != str(data_dir.resolve()):
+    mine = {"env": "development", "data_dir": str(data_dir.resolve())}
+    if not isinstance(mark, dict) or any(mark.get(key) != value for key, value in mine.items()):
         raise ConfigError(f"{data_dir} is not the data dir of a dev config; dev tokens are minted only for "
                           f"`broker dev --data-dir {data_dir}`")
 

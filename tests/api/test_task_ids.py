@@ -54,7 +54,8 @@ def test_an_unknown_task_has_its_own_stable_code(broker, issuers):
     assert missing.status_code == 404 and missing.json()["code"] == "task_not_found"
     denied = broker.events("denied")[-1]
     assert denied.task == "never-issued" and denied.detail["code"] == "task_not_found"
-    assert broker.post("/v1/grants/no-such-grant/complete", headers=auth(issuers.worker())).json()["code"] == "not_found"
+    other = broker.post("/v1/grants/no-such-grant/complete", headers=auth(issuers.worker()))
+    assert other.json()["code"] == "not_found"
 
 
 def _expect_refused(broker, response, status: int, code: str, action: str) -> None:

@@ -40,7 +40,7 @@ def grant_id(live, issuers) -> str:
     answer = httpx.post(f"{live.url}/v1/grants", json=body, headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 201, answer.text
     with live.ledger.engine.begin() as conn:  # as a row written before the grammar refused such ids
-        conn.execute(text("UPDATE grants SET task = :task WHERE id = :id"), {"task": TASK, "id": answer.json()["grant_id"]})
+        conn.execute(text("UPDATE grants SET task = :t WHERE id = :id"), {"t": TASK, "id": answer.json()["grant_id"]})
     return answer.json()["grant_id"]
 
 
