@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -69,8 +70,8 @@ def build_backends(settings: Settings, keys: KeyStore, vault: VaultClient | None
     return backends
 
 
-def build(settings: Settings) -> Components:
-    """Build every component from settings; nothing here runs at import time."""
+def build(settings: Settings, clock: Callable[[], float] = time.time) -> Components:
+    """Build every component from settings; nothing here runs at import time. `clock`: tests inject theirs."""
     ledger = open_ledger(settings)
     keys = open_keys(settings, ledger)
     vault = VaultClient(settings.vault) if settings.vault else None
@@ -80,7 +81,7 @@ def build(settings: Settings) -> Components:
         boundaries={b.name: b for b in settings.boundaries},
         attestors={a.name for a in settings.attestors},
     )
-    attestors = Attestors(settings.attestors, broker_issuer=settings.issuer)
+    attestors = Attestors(settings.attestors, broker_issuer=settings.issuer, clock=clock)
     service = GrantService(
         settings=settings,
         attestors=attestors,
@@ -89,7 +90,8 @@ def build(settings: Settings) -> Components:
         ledger=ledger,
         keys=keys,
         # one replay check for every worker and replica: the ledger database (a proof is used once)
-        dpop=DpopVerifier(seen=ReplayStore(ledger.engine, settings.dpop_replay_capacity).seen),
+        dpop=DpopVerifier(clock=clock, seen=ReplayStore(ledger.engine, settings.dpop_replay_capacity).seen),
+        clock=clock,
     )
     jobs = {
         "reconcile": Reconciler(

@@ -93,7 +93,7 @@ def dev(
 
 def _dev_vault_settings(data_dir: Path, port: int, postgres_url: str | None, vault: bool):  # noqa: ANN202
     """Start OpenBao (when wanted), build the dev settings, apply the Vault plan; (server or None, settings)."""
-    from broker.dev import dev_settings, prepare_dev_vault, start_dev_vault
+    from broker.dev import ROOT_TOKEN_FILE, dev_settings, prepare_dev_vault, start_dev_vault
 
     if not vault:
         return None, dev_settings(data_dir, port)
@@ -105,7 +105,8 @@ def _dev_vault_settings(data_dir: Path, port: int, postgres_url: str | None, vau
         server.stop()
         raise
     names = ", ".join(b["name"] for b in parts["extra_boundaries"])
-    typer.echo(f"  openbao:  {server.addr}  root token {server.root_token} (dev only)  boundaries: {names}")
+    token_file = data_dir.resolve() / ROOT_TOKEN_FILE
+    typer.echo(f"  openbao:  {server.addr}  root token in {token_file} (0600, dev only)  boundaries: {names}")
     return server, settings
 
 

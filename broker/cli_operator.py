@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -20,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     import httpx
@@ -46,6 +48,30 @@ SinceOpt = Annotated[Optional[str], typer.Option("--since", help="ISO 8601, epoc
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="ISO 8601, epoch seconds, or ago.")]
 KindOpt = Annotated[Optional[str], typer.Option("--kind", help="Event kind: issued, denied, revoked, ...")]
 DEFAULT_URL = "http://127.0.0.1:8080"
+# control, format (bidi overrides, zero-width) and line/paragraph separators: shown as escapes
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def inert(value: object) -> Text:
+    """A string from the ledger or the broker as literal text: never rich markup, control characters escaped.
+
+    Subjects, tasks, reasons and actors are chosen by workloads and operators; printed raw, `[/x]`
+    breaks the markup parser and an ESC byte drives the operator's terminal.
+    """
+    return Text("".join(_escaped(ch) for ch in str(value)))
+
+
+def _escaped(ch: str) -> str:
+    if unicodedata.category(ch) not in _UNPRINTABLE:
+        return ch
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _say(*parts: object, console_: Console | None = None) -> None:
+    """One line of fixed text and inert values (str parts are ours; others go through `inert`)."""
+    line = Text.assemble(*(part if isinstance(part, str | Text) else inert(part) for part in parts))
+    (console_ or console).print(line, highlight=False)
 
 
 class Remote:
@@ -101,7 +127,7 @@ def _json_or_empty(answer: httpx.Response) -> dict[str, Any]:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    errors.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    errors.print(Text("error: ", style="red") + inert(message), highlight=False)
     raise typer.Exit(code)
 
 
@@ -155,7 +181,7 @@ def grants_ls(
         return
     console.print(_grants_table(rows))
     if next_cursor:
-        console.print(f"more: --cursor {next_cursor}", highlight=False)
+        _say("more: --cursor ", inert(next_cursor))
 
 
 def _grants_table(rows: list[dict[str, Any]]) -> Table:
@@ -166,8 +192,8 @@ def _grants_table(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         status = row["status"]
         table.add_row(
-            row["grant_id"], row["subject"], row["task"], row["boundary"], " ".join(row["scopes"]),
-            f"[{styles.get(status, 'dim')}]{status}[/]", row["expires_at"][:19].replace("T", " "),
+            *(inert(row[k]) for k in ("grant_id", "subject", "task", "boundary")), inert(" ".join(row["scopes"])),
+            Text(inert(status).plain, style=styles.get(status, "dim")), inert(row["expires_at"][:19].replace("T", " ")),
         )
     return table
 
@@ -198,9 +224,9 @@ def revoke(
     )
     body = {**selector, "reason": reason, "freeze": freeze}
     matched = remote.call("POST", "/v1/revocations", json={**body, "dry_run": True})["matched"]
-    what = ", ".join(f"{k}={v}" for k, v in selector.items())
+    what = inert(", ".join(f"{k}={v}" for k, v in selector.items())).plain
     if matched == 0 and not freeze:
-        console.print(f"no active grant matches {what}: nothing to revoke", highlight=False)
+        _say("no active grant matches ", what, ": nothing to revoke")
         return
     if not yes and not typer.confirm(f"Revoke {matched} active grants ({what}){' and freeze' if freeze else ''}?"):
         raise typer.Exit(1)
@@ -211,7 +237,7 @@ def revoke(
     else:
         console.print(_revocation_table(status))
     if status["pending"] or status["status"] != "done":
-        errors.print(f"{status['pending']} revocations still pending; the outbox keeps retrying them", highlight=False)
+        _say(inert(status["pending"]), " revocations still pending; the outbox keeps retrying them", console_=errors)
         raise typer.Exit(1)
 
 
@@ -231,12 +257,13 @@ def _follow(remote: Remote, status: dict[str, Any], timeout: float, quiet: bool)
 
 
 def _revocation_table(status: dict[str, Any]) -> Table:
-    table = Table(title=f"revocation {status['revocation_id']}: {status['status']}", title_justify="left")
+    title = inert(f"revocation {status['revocation_id']}: {status['status']}")
+    table = Table(title=title, title_justify="left")
     for column in ("selector", "reason", "matched", "revoked", "pending"):
         table.add_column(column)
-    selector = ", ".join(f"{k}={v}" for k, v in status["selector"].items())
-    pending = f"[red]{status['pending']}[/]" if status["pending"] else "0"
-    table.add_row(selector, status["reason"], str(status["matched"]), str(status["revoked"]), pending)
+    selector = inert(", ".join(f"{k}={v}" for k, v in status["selector"].items()))
+    pending = Text(inert(status["pending"]).plain, style="red" if status["pending"] else "")
+    table.add_row(selector, inert(status["reason"]), inert(status["matched"]), inert(status["revoked"]), pending)
     return table
 
 
@@ -261,7 +288,7 @@ def unfreeze(
 def _freeze_call(remote: Remote, path: str, done: str, unchanged: str, **params: Optional[str]) -> None:
     answer = remote.call("POST", path, json=_params(**params))
     note = "" if answer["changed"] else f" ({unchanged})"
-    console.print(f"{done}: {answer['kind']} {answer['value']}{note}", highlight=False)
+    _say(f"{done}: ", inert(answer["kind"]), " ", inert(answer["value"]), note)
 
 
 def freezes(
@@ -276,7 +303,7 @@ def freezes(
     for column in ("kind", "value", "reason", "by", "since"):
         table.add_column(column, overflow="fold")
     for item in items:
-        table.add_row(item["kind"], item["value"], item["reason"], item["actor"], item["created_at"][:19])
+        table.add_row(*(inert(item[k]) for k in ("kind", "value", "reason", "actor")), inert(item["created_at"][:19]))
     console.print(table)
 
 
@@ -311,7 +338,7 @@ def audit_tail(
 
 def _print_events(rows: list[dict[str, Any]]) -> None:
     for row in rows:
-        typer.echo(json.dumps(row, separators=(",", ":"), ensure_ascii=False))
+        typer.echo(json.dumps(row, separators=(",", ":")))  # ASCII: no control or bidi character reaches the terminal
     sys.stdout.flush()
 
 
@@ -345,7 +372,7 @@ def audit_export(
     finally:
         if output:
             sink.close()
-    errors.print(f"exported {count} events", highlight=False)
+    _say(f"exported {count} events", console_=errors)
 
 
 def _offline_lines(ledger, where: dict[str, Any]) -> Iterator[str]:  # noqa: ANN001
@@ -381,7 +408,8 @@ def audit_verify(
         report = Remote(url, token_file, token_command).call("GET", "/v1/audit/verify")
     typer.echo(json.dumps(report))
     if not report["ok"]:
-        errors.print(f"TAMPERED: first bad row seq={report['first_bad_seq']}: {report['problem']}", highlight=False)
+        bad = (inert(report["first_bad_seq"]), ": ", inert(report["problem"]))
+        _say("TAMPERED: first bad row seq=", *bad, console_=errors)
         raise typer.Exit(1)
 
 
@@ -423,20 +451,18 @@ def report_blast_radius(
 
 def _print_report(report: dict[str, Any]) -> None:
     totals = report["totals"]
-    console.print(
-        f"[bold]{report['subject']}[/] from {report['since'][:19]} to {report['until'][:19]}: "
-        f"{totals['grants']} grants, {totals['live']} live, {totals['revoked']} revoked, "
-        f"{totals['pending']} pending, {totals['denied']} denied",
-        highlight=False,
-    )
+    counts = ", ".join(f"{totals[k]} {k}" for k in ("grants", "live", "revoked", "pending", "denied"))
+    _say(Text(inert(report["subject"]).plain, style="bold"), " from ", inert(report["since"][:19]), " to ",
+         inert(report["until"][:19]), ": ", inert(counts))  # fmt: skip
     table = Table(title_justify="left")
     for column in ("boundary", "scopes", "grants", "live", "revoked", "completed", "expired", "last revoked"):
         table.add_column(column, overflow="fold")
     for row in report["boundaries"]:
         last = max((g["revoked_at"] or "" for g in row["revoked_grants"]), default="")
         table.add_row(
-            row["boundary"], " ".join(row["scopes"]), *(str(row[k]) for k in ("grants", "live", "revoked")),
-            str(row["completed"]), str(row["expired"]), last[:19].replace("T", " "),
+            inert(row["boundary"]), inert(" ".join(row["scopes"])),
+            *(inert(row[k]) for k in ("grants", "live", "revoked", "completed", "expired")),
+            inert(last[:19].replace("T", " ")),
         )
     console.print(table)
 

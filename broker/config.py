@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +22,9 @@ NAME = r"^[a-z0-9][a-z0-9._:/-]{0,127}$"
 SCOPE = r"^[a-z][a-z0-9_.-]{0,63}$"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: the last instant a report can print
+# the development identity issuer of `broker dev` (broker/dev.py): refused outside development and test
+DEV_ISSUER = "https://dev-issuer.broker.invalid"
+DEV_KID = "dev-issuer-1"
 
 
 def parse_duration(value: Any) -> int:
@@ -244,6 +249,8 @@ class Settings(Strict):
             raise ValueError("fault_injection is allowed only when env is test")
         if self.dev_issuer and self.env == "production":
             raise ValueError("the development identity issuer is refused when env is production")
+        if self.env == "production":
+            _refuse_dev_attestors(self.attestors)
         return self
 
     @property
@@ -282,6 +289,30 @@ def _refuse_shared_backend_roles(boundaries: list[BoundaryConfig]) -> None:
                 other = owner.setdefault(key, boundary.name)
                 if other != boundary.name:
                     raise ValueError(f"boundaries {other!r} and {boundary.name!r} share Vault {key}")
+
+
+def _refuse_dev_attestors(attestors: list[AttestorConfig]) -> None:
+    """Dev identities never work in production: not the dev issuer, not its key set under any name."""
+    for attestor in attestors:
+        if attestor.issuer.rstrip("/") == DEV_ISSUER or _is_dev_jwks(attestor):
+            raise ValueError(f"attestor {attestor.name!r} trusts the development identity issuer of `broker dev`; "
+                             "it is refused when env is production")
+
+
+def _is_dev_jwks(attestor: AttestorConfig) -> bool:
+    """The dev issuer's JWKS: its file in a dev data dir, its URL host, or a key with its key id."""
+    if attestor.jwks_uri and urlsplit(attestor.jwks_uri).hostname == urlsplit(DEV_ISSUER).hostname:
+        return True
+    path = attestor.jwks_file
+    if path is None:
+        return False
+    if path.name == "jwks.json" and path.parent.name == "dev-issuer":
+        return True
+    try:
+        keys = json.loads(path.read_text()).get("keys", [])
+    except (OSError, ValueError, AttributeError):
+        return False  # unreadable: the key set refuses it when it loads
+    return any(isinstance(key, dict) and key.get("kid") == DEV_KID for key in keys)
 
 
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:

@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from broker.config import Settings, load_settings
+from broker.config import DEV_ISSUER, DEV_KID, Settings, load_settings
 from broker.errors import ConfigError
 
-DEV_ISSUER = "https://dev-issuer.broker.invalid"
 DEV_AUDIENCE = "broker-dev"
-DEV_KID = "dev-issuer-1"
+DEV_MARK = "dev-mode.json"  # written by the dev config into its data dir; `dev-token` needs it
+ROOT_TOKEN_FILE = "openbao-root-token"  # 0600: the dev OpenBao's root token, never printed
 DEMO_POLICY: dict[str, Any] = {
     "rules": [
         {
@@ -41,10 +41,40 @@ def _issuer_dir(data_dir: Path) -> Path:
     return data_dir / "dev-issuer"
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` if missing and make it 0700 even when it already was there (mkdir's mode binds new ones only)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def mark_dev_data_dir(data_dir: Path) -> None:
+    """Record that this data dir belongs to a dev config (the only kind `broker dev-token` mints for)."""
+    mark = {"env": "development", "data_dir": str(data_dir.resolve()), "issuer": DEV_ISSUER}
+    _write_private(data_dir / DEV_MARK, json.dumps(mark))
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _require_dev_data_dir(data_dir: Path) -> None:
+    try:
+        mark = json.loads((data_dir / DEV_MARK).read_text())
+    except (OSError, ValueError):
+        mark = {}
+    mine = {"env": "development", "data_dir": str(data_dir.resolve())}
+    if not isinstance(mark, dict) or any(mark.get(key) != value for key, value in mine.items()):
+        raise ConfigError(f"{data_dir} is not the data dir of a dev config; dev tokens are minted only for "
+                          f"`broker dev --data-dir {data_dir}`")
+
+
 def ensure_dev_issuer(data_dir: Path) -> Path:
     """Create the dev issuer's key (0600) and its JWKS file once; return the JWKS path."""
-    folder = _issuer_dir(data_dir)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = private_dir(_issuer_dir(data_dir))
     key_path, jwks_path = folder / "key.pem", folder / "jwks.json"
     if not key_path.exists():
         private = ec.generate_private_key(ec.SECP256R1())
@@ -62,6 +92,7 @@ def ensure_dev_issuer(data_dir: Path) -> Path:
 
 def dev_token(data_dir: Path, subject: str, lifetime: int = 3600) -> str:
     """An identity token from the dev issuer, accepted only by a broker in dev mode."""
+    _require_dev_data_dir(data_dir)
     key_path = _issuer_dir(data_dir) / "key.pem"
     if not key_path.exists():
         raise ConfigError(f"{key_path}: no dev issuer here; run `broker dev --data-dir {data_dir}` first")
@@ -148,6 +179,8 @@ def dev_config(data_dir: Path, port: int, vault: dict[str, Any] | None = None,
     """The demo configuration: jwt boundary `demo` (plus Vault ones), the dev attestor, the demo policy."""
     boundaries = [{"name": "demo", "backend": "jwt", "scopes": ["read", "write"], "max_ttl": "15m"}]
     boundaries += extra_boundaries or []
+    jwks_file = ensure_dev_issuer(data_dir)
+    mark_dev_data_dir(data_dir)
     return {
         "env": "development",
         "issuer": f"http://127.0.0.1:{port}",
@@ -160,7 +193,7 @@ def dev_config(data_dir: Path, port: int, vault: dict[str, Any] | None = None,
                 "issuer": DEV_ISSUER,
                 "audiences": [DEV_AUDIENCE],
                 "algorithms": ["ES256"],
-                "jwks_file": str(ensure_dev_issuer(data_dir)),
+                "jwks_file": str(jwks_file),
             }
         ],
         "boundaries": boundaries,
@@ -173,7 +206,7 @@ def dev_settings(data_dir: Path, port: int, **vault_parts: Any) -> Settings:
     """Settings for `broker dev`; refused when BROKER_ENV=production."""
     if os.environ.get("BROKER_ENV", "").lower() == "production":
         raise ConfigError("broker dev is refused when BROKER_ENV=production")
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(data_dir)
     return load_settings(None, **dev_config(data_dir.resolve(), port, **vault_parts))
 
 
@@ -181,8 +214,9 @@ def start_dev_vault(data_dir: Path, postgres_url: str | None) -> tuple[Any, dict
     """Start OpenBao, configure the database engine when PostgreSQL answers; the server and dev_settings parts."""
     from broker.dev_openbao import OpenBaoServer
 
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(data_dir)
     server = OpenBaoServer(log_path=data_dir / "openbao.log").start()
+    _write_private(data_dir / ROOT_TOKEN_FILE, server.root_token + "\n")
     boundaries = [demo_kv_boundary()]
     if postgres_url and postgres_answers(postgres_url):
         boundaries.append(demo_db_boundary(postgres_url))

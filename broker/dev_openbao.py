@@ -53,10 +53,13 @@ class OpenBaoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> OpenBaoServer:
-        command = [str(bao_binary()), "server", "-dev", f"-dev-root-token-id={self.root_token}",
+        # the root token goes by environment (readable only by our own user in /proc), never in argv,
+        # which `ps` shows every user; -dev-no-store-token keeps it out of ~/.vault-token
+        command = [str(bao_binary()), "server", "-dev", "-dev-no-store-token",
                    f"-dev-listen-address=127.0.0.1:{self.port}"]
-        self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 (closed in stop)
-        env = {**os.environ, "BAO_ADDR": self.addr, "VAULT_ADDR": self.addr}
+        self._log = _private_log(self.log_path) if self.log_path else None
+        env = {k: v for k, v in os.environ.items() if k != "VAULT_DEV_ROOT_TOKEN_ID"}
+        env |= {"BAO_ADDR": self.addr, "VAULT_ADDR": self.addr, "BAO_DEV_ROOT_TOKEN_ID": self.root_token}
         self._process = subprocess.Popen(
             command, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
             start_new_session=True, preexec_fn=_die_with_parent,
@@ -104,6 +107,13 @@ class OpenBaoServer:
     def vault_config(self, timeout: float = 5.0) -> dict[str, Any]:
         """The broker's `vault:` settings for this server (root token: dev and tests only)."""
         return {"addr": self.addr, "auth_method": "token", "token": self.root_token, "timeout": timeout}
+
+
+def _private_log(path: Path) -> IO[bytes]:
+    """The server's log, 0600 even if it existed: its banner prints the root token."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def _die_with_parent() -> None:

@@ -98,6 +98,13 @@ class NotFound(BrokerError):
     public_message = "Not found."
 
 
+class TaskNotFound(NotFound):
+    """The caller has no grant with this task id (the stable code clients treat as "nothing to give back")."""
+
+    code = "task_not_found"
+    public_message = "No grant of this task was found."
+
+
 class InvalidDpop(BrokerError):
     """A DPoP proof is required and missing, or it is invalid, replayed or for another key."""
 

@@ -31,6 +31,7 @@ STATUS = {
     "not_found": 404,
     "idempotency_key_reused": 422,
     "internal_error": 500,
+    "task_not_found": 404,
     "backend_unavailable": 503,
     "ledger_unavailable": 503,
 }

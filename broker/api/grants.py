@@ -45,7 +45,7 @@ def complete_grant(grant_id: str, identity: Caller, svc: Service, jkt: ProofKey)
     return GrantOut.of(svc.complete(identity, grant_id, proof_jkt=jkt))
 
 
-@router.post("/tasks/{task}/complete", response_model=TaskCompletedOut)
+@router.post("/tasks/{task:path}/complete", response_model=TaskCompletedOut)  # `path`: task ids may hold `/`
 def complete_task(task: str, identity: Caller, svc: Service, jkt: ProofKey) -> TaskCompletedOut:
     outcome = svc.complete_task(identity, task, proof_jkt=jkt)
     return TaskCompletedOut(

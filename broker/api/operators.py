@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.api.deps import Auditor, Operator, json_body
-from broker.api.schemas import GrantOut, when
+from broker.api.schemas import TASK, GrantOut, TaskId, when
 from broker.config import instant
 from broker.errors import BadRequest
 from broker.glob import glob_problem
@@ -24,6 +24,7 @@ from broker.ledger import Filter, Selector, event_dict
 router = APIRouter(prefix="/v1", tags=["operators"])
 Reason = Annotated[str, Field(min_length=1, max_length=256, pattern=r"\S")]
 Name = Annotated[str, Field(min_length=1, max_length=512)]
+TaskFilter = Annotated[str | None, Query(pattern=TASK)]
 NDJSON = "application/x-ndjson"
 PAGE = 500
 
@@ -41,7 +42,7 @@ class RevocationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     grant_id: Name | None = None
-    task: Name | None = None
+    task: TaskId | None = None
     subject: Name | None = None
     subject_glob: Name | None = None
     boundary: Name | None = None
@@ -144,7 +145,7 @@ def inventory(
     subject: str | None = None,
     subject_glob: str | None = None,
     boundary: str | None = None,
-    task: str | None = None,
+    task: TaskFilter = None,
     since: str | None = None,
     until: str | None = None,
     cursor: str | None = None,
@@ -166,7 +167,7 @@ def audit(
     subject: str | None = None,
     subject_glob: str | None = None,
     boundary: str | None = None,
-    task: str | None = None,
+    task: TaskFilter = None,
     grant_id: str | None = None,
     since: str | None = None,
     until: str | None = None,

@@ -7,9 +7,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.grants.service import TASK as TASK_GRAMMAR
 from broker.ledger import Grant
 
-TASK = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
+TASK = f"^{TASK_GRAMMAR.pattern}$"  # the use case's one task grammar, for the wire models and filters
+TaskId = Annotated[str, Field(pattern=TASK)]
 ScopeName = Annotated[str, Field(min_length=1, max_length=128)]
 BoundaryName = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -19,7 +21,7 @@ class GrantIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(pattern=TASK)
+    task: TaskId
     boundary: BoundaryName | list[BoundaryName]
     scopes: list[ScopeName] = Field(min_length=1, max_length=32)
     ttl: Annotated[int, Field(ge=1, le=10**9)] | Literal["max"] | None = None

@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from broker.errors import BadRequest, BrokerError, MultiBoundary
-from broker.grants.service import GrantRequest, GrantService, Issued
+from broker.grants.service import BAD_TASK, TASK, GrantRequest, GrantService, Issued
 from broker.identity import Identity
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -29,7 +29,7 @@ def exchange(service: GrantService, identity: Identity, form: Form, cnf_jkt: str
         if boundary is not None and boundary.backend not in EXCHANGEABLE:
             raise BadRequest("token exchange issues jwt and vault_token credentials; use POST /v1/grants")
     except BrokerError as exc:
-        service.record_denial(identity, _as_asked(form), exc)
+        service.record_denial(identity, _as_asked(form), exc, action="token_exchange")
         raise
     return service.issue(identity, request)
 
@@ -67,6 +67,8 @@ def exchange_request(form: Form, cnf_jkt: str | None) -> GrantRequest:
     if not scopes:
         raise BadRequest("scope is required")
     task = one(form, "task", required=False) or "token-exchange"
+    if not TASK.fullmatch(task):
+        raise BadRequest(BAD_TASK)  # refused, never truncated
     return GrantRequest(task=task, boundary=targets[0], scopes=scopes, ttl=_ttl(form), cnf_jkt=cnf_jkt)
 
 

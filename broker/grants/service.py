@@ -37,6 +37,7 @@ from broker.errors import (
     NotFound,
     PolicyDenied,
     SubjectFrozen,
+    TaskNotFound,
     TtlExceedsCap,
     UnknownBoundary,
     UnknownScope,
@@ -53,7 +54,11 @@ log = logging.getLogger(__name__)
 _recorded = functools.partial(recorded, record=lambda service: service.record_refusal)
 DEFAULT_TTL = 300
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")  # one task grammar, on every endpoint that takes one
+# The one task grammar, on every endpoint that takes a task (body, path, query, form): printable
+# ASCII only, no whitespace, control characters, brackets, quotes or `%`, so a task id is safe in
+# a URL path, a log line and a terminal; `/` is allowed (`deploy/prod`) and routes accept it.
+TASK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
+BAD_TASK = "task must be 1-128 of A-Z a-z 0-9 . _ : / @ -, starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -248,7 +253,7 @@ class GrantService:
         """Every refusal before minting, each recorded as `denied` with its stable code."""
         try:
             if not TASK.fullmatch(request.task):
-                raise BadRequest("task must be 1-128 of A-Z a-z 0-9 . _ : / @ -, starting with a letter or digit")
+                raise BadRequest(BAD_TASK)
             if request.idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(request.idempotency_key):
                 raise BadRequest("Idempotency-Key must be one header of 1-255 visible ASCII characters")
             boundary = self._one_boundary(request.boundary)
@@ -369,7 +374,7 @@ class GrantService:
             # reconcile at start-up finds it by its metadata and revokes it then
             log.error("minted credential for grant %s not recorded and not revoked", grant.id)
 
-    def record_denial(self, identity: Identity, request: GrantRequest, exc: BrokerError) -> None:
+    def record_denial(self, identity: Identity, request: GrantRequest, exc: BrokerError, action: str = "issue") -> None:
         """A refused grant request, as `denied` with its stable code (bounded fields, no token)."""
         boundary = request.boundary if isinstance(request.boundary, str) else ",".join(request.boundary)
         self.ledger.record(
@@ -381,7 +386,7 @@ class GrantService:
                 actor=identity.subject,
                 detail={
                     "code": exc.code,
-                    "action": "issue",
+                    "action": action,
                     "reason": exc.detail[:200],
                     "scopes": list(request.scopes)[:32],
                     "identity_fp": identity.token_fingerprint,
@@ -415,11 +420,14 @@ class GrantService:
     @_recorded("complete_task")
     def complete_task(self, identity: Identity, task: str, proof_jkt: str | None = None) -> RevokeOutcome:
         """Complete every grant of the caller's task (DPoP-bound ones only with their key's proof)."""
+        if not TASK.fullmatch(task):
+            self.record_refusal(identity, "complete_task", code=BadRequest.code)
+            raise BadRequest(BAD_TASK)
         grants = self.ledger.task_grants(identity.subject, task)
         grants = [g for g in grants if g.attestor == identity.attestor]
         if not grants:
-            self.record_refusal(identity, "complete_task", task=task)
-            raise NotFound("task not found")
+            self.record_refusal(identity, "complete_task", code=TaskNotFound.code, task=task)
+            raise TaskNotFound("task not found")
         for grant in grants:
             self.check_holder(identity, grant, proof_jkt, "complete_task")
         outcome = self.revoke(
@@ -471,8 +479,8 @@ class GrantService:
             return 0
         return self.revoke(ids, end_status="expired", actor="broker:reaper", reason="ttl elapsed").matched
 
-    def record_invalid_request(self, identity: Identity, action: str) -> None:
-        self.record_refusal(identity, action, code="validation_error")
+    def record_invalid_request(self, identity: Identity, action: str, code: str = "validation_error") -> None:
+        self.record_refusal(identity, action, code=code)
 
     def record_refusal(self, identity: Identity | None, action: str, code: str = "not_found", **where: str) -> None:
         subject = identity.subject if identity is not None else None

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import jwt
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
@@ -51,7 +52,8 @@ def normalize_url(url: str) -> str:
     base = url.split("#", 1)[0].split("?", 1)[0]
     scheme, sep, rest = base.partition("://")
     host, slash, path = rest.partition("/")
-    return f"{scheme.lower()}{sep}{host.lower()}{slash}{path}"
+    # the path decoded, as the router sees it: `/v1/tasks/deploy%2Fprod/complete` is the same resource
+    return f"{scheme.lower()}{sep}{host.lower()}{slash}{unquote(path)}"
 
 
 class Seen(Protocol):

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from broker.cli import app as cli
 from broker.config import load_settings
 from broker.policy.model import compile_policy
+from tests.support.ci import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -98,17 +99,10 @@ def test_compose_mounts_only_files_that_exist(compose) -> None:
                 assert (DEPLOY / source).exists(), source
 
 
-def _missing(why: str) -> None:
-    """A developer without the tool sees a skip; CI, which installs it, fails rather than skip a check."""
-    if os.environ.get("CI"):
-        pytest.fail(why)
-    pytest.skip(why)
-
-
 def test_compose_config_validates_with_docker_compose_when_installed() -> None:
     tool = shutil.which("docker-compose")
     if tool is None:
-        _missing("docker-compose is not installed (.ci/run installs Debian's docker-compose)")
+        missing("docker-compose", ".ci/run installs Debian's docker-compose")
     env = {**os.environ, "POSTGRES_PASSWORD": "x", "BROKER_KEY_ENCRYPTION_KEY": "x"}
     done = subprocess.run([tool, "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"], capture_output=True,
                           text=True, env=env, timeout=60)  # fmt: skip
@@ -156,7 +150,7 @@ def test_vault_plan_file_is_what_broker_vault_plan_generates(which: str, tmp_pat
 def _helm() -> str:
     found = shutil.which("helm") or str(Path(sys.executable).with_name("helm"))
     if not Path(found).exists():
-        _missing("helm is not installed: `make test` installs it (deploy/tools/install-helm.sh)")
+        missing("helm", "`make test` installs it (deploy/tools/install-helm.sh)")
     return found
 
 

@@ -95,3 +95,12 @@ def test_broker_failures_never_run_the_child(live, worker_token, tmp_path, args,
     done = _run(live, worker_token, *args, child=f"touch {marker}", shell=True)
     assert done.returncode == code and not marker.exists()
     assert worker_token not in done.stderr
+
+
+def test_a_task_with_a_slash_is_completed(live, worker_token) -> None:
+    child = "import os; print(os.environ['BROKER_GRANT_ID'], os.environ['BROKER_TASK'], flush=True)"
+    done = _run(live, worker_token, "--task", "deploy/prod", child=child)
+    assert done.returncode == 0, done.stderr
+    grant_id, task = done.stdout.split()
+    assert task.startswith("deploy/prod.")
+    assert (live.grant(grant_id).status, live.grant(grant_id).end_reason) == ("completed", "task completed")

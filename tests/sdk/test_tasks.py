@@ -145,3 +145,33 @@ def test_ttl_accepts_durations(client, live) -> None:
         assert round(row.expires_at - row.issued_at) == 120
         assert time.time() < row.expires_at
         assert row.subject == WORKER
+
+
+def test_a_task_id_with_a_slash_completes_its_grants(client, live) -> None:
+    with client.task("ci/build") as task:
+        grant_id = task.grant("orders", ["read"], ttl=60).grant_id
+    assert task.id.startswith("ci/build.") and task.result.revoked == 1
+    assert live.grant(grant_id).status == "completed"
+
+
+def test_an_async_task_id_with_a_slash_completes_its_grants(live, worker_token) -> None:
+    async def run() -> tuple[str, object]:
+        async with AsyncClient(live.url, worker_token) as client, client.task("ci/build") as task:
+            grant_id = (await task.grant("orders", ["read"], ttl=60)).grant_id
+        return grant_id, task.result
+
+    grant_id, result = asyncio.run(run())
+    assert result.revoked == 1 and live.grant(grant_id).status == "completed"
+
+
+def test_only_the_brokers_task_not_found_means_nothing_to_give_back(live, worker_token) -> None:
+    from broker_client import PolicyDenied
+
+    with Client(live.url, worker_token) as client:
+        with pytest.raises(PolicyDenied), client.task("refused") as refused:
+            refused.grant("orders", ["admin"], ttl=60)  # refused, so the broker holds nothing of this task
+        assert (refused.result.matched, refused.result.revoked) == (0, 0)
+        with pytest.raises(CompletionFailed), client.task("misrouted") as task:
+            grant_id = task.grant("orders", ["read"], ttl=60).grant_id
+            client.url = live.url + "/not-the-api"  # a 404 of another kind (`not_found`) is not "nothing to give back"
+    assert live.grant(grant_id).status == "active"

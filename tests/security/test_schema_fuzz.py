@@ -2,21 +2,26 @@
 
 Each operation is fuzzed as three callers (no identity, a workload, an operator) so generated bodies
 reach validation and the use cases, not only the 401 in front of them. Bounded: a few examples per
-operation and caller, no shrinking, no example database (well under a minute).
+operation and caller, no shrinking, no example database (well under a minute). Seeded: the seed is
+printed (shown with a failure) and `FUZZ_SEED=<seed>` replays exactly that run.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import sys
 from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from tests.support.broker import BrokerClient, Issuers, broker_settings, open_client
 
 EXAMPLES = 8
 MIN_ECHO = 16  # shorter strings appear in answers by chance
+SEED = int(os.environ.get("FUZZ_SEED") or secrets.randbits(32))
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +54,13 @@ def _check(case, token: str | None) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("caller", ["anonymous", "workload", "operator"])
 def test_every_operation_no_server_error_and_no_echo(fuzz_client: BrokerClient, issuers: Issuers, caller: str) -> None:
     token = {"anonymous": None, "workload": issuers.worker(), "operator": issuers.operator()}[caller]
+    print(f"schema fuzz seed {SEED}: replay with FUZZ_SEED={SEED}", file=sys.stderr)
     operations = _operations(fuzz_client)
     assert len(operations) >= 15  # the whole surface, not a stub
 
     for operation in operations:
 
+        @seed(SEED)
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
                   suppress_health_check=list(HealthCheck))  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,8 +119,8 @@ class BrokerClient(TestClient):
         return [r for r in rows if kind is None or r.kind == kind]
 
 
-def open_client(settings: Settings) -> BrokerClient:
-    components = build(settings)
+def open_client(settings: Settings, clock: Callable[[], float] = time.time) -> BrokerClient:
+    components = build(settings, clock)
     client = BrokerClient(create_app(settings, components), raise_server_exceptions=False)
     client.components = components
     return client

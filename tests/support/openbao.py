@@ -10,7 +10,6 @@ and idempotent revocation exist for.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from broker.config import VaultConfig
 from broker.dev import demo_db_boundary
 from broker.dev_openbao import OpenBaoServer, configure_database_engine
 from tests.support.broker import broker_settings
+from tests.support.ci import missing
 from tests.support.postgres import fresh_database
 
 TABLE = "orders"
@@ -103,9 +103,7 @@ class VaultBed:
 
 def pg_unavailable(reason: str) -> None:
     """No PostgreSQL: CI fails loudly, a laptop skips the database tests with the reason."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL is required in CI: {reason}")
-    pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {reason}")
+    missing("PostgreSQL at 127.0.0.1:5432", reason)
 
 
 @contextmanager

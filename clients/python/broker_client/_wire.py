@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -61,6 +62,11 @@ def seconds(ttl: int | str | timedelta | None) -> int | str | None:
     if not match:
         raise ValueError(f"{ttl!r} is not a TTL (seconds, or 30s, 10m, 1h)")
     return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def segment(value: str) -> str:
+    """One path segment, percent-encoded whole: `deploy/prod` stays one task, `..` or `?` change no route."""
+    return quote(value, safe="")
 
 
 def unique_task(name: str) -> str:

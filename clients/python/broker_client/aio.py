@@ -12,7 +12,7 @@ import httpx
 from broker_client import _wire as wire
 from broker_client.client import ClientBase, TaskBase
 from broker_client.credential import Credential, Grant, TaskCompleted
-from broker_client.errors import BrokerClientError, NotFound, TransportError
+from broker_client.errors import BrokerClientError, TaskNotFound, TransportError
 from broker_client.signals import install_sigterm_exit
 
 
@@ -29,13 +29,13 @@ class AsyncClient(ClientBase):
         return wire.credential(await self.call("POST", "/v1/grants", json=body, extra_headers={"Idempotency-Key": key}))
 
     async def get(self, grant_id: str) -> Grant:
-        return Grant.of(await self.call("GET", f"/v1/grants/{grant_id}"))
+        return Grant.of(await self.call("GET", f"/v1/grants/{wire.segment(grant_id)}"))
 
     async def complete(self, grant_id: str) -> Grant:
-        return Grant.of(await self.call("POST", f"/v1/grants/{grant_id}/complete"))
+        return Grant.of(await self.call("POST", f"/v1/grants/{wire.segment(grant_id)}/complete"))
 
     async def complete_task(self, task: str) -> TaskCompleted:
-        return wire.task_completed(await self.call("POST", f"/v1/tasks/{task}/complete"))
+        return wire.task_completed(await self.call("POST", f"/v1/tasks/{wire.segment(task)}/complete"))
 
     def task(self, name: str, *, unique: bool = True) -> AsyncTask:
         return AsyncTask(self, wire.unique_task(name) if unique else name)
@@ -87,7 +87,7 @@ class AsyncTask(TaskBase):
             try:
                 # shielded: a second cancellation must not abandon the completion half-way
                 self.result = await asyncio.shield(self.client.complete_task(self.id))
-            except NotFound:
+            except TaskNotFound:  # only the broker's own code: any other 404 is a failure to complete
                 self.result = TaskCompleted(self.id, 0, 0, 0)
         return self.result
 

@@ -13,7 +13,7 @@ import httpx
 from broker_client import _wire as wire
 from broker_client.credential import Credential, Grant, TaskCompleted
 from broker_client.dpop import DpopKey, process_key
-from broker_client.errors import BrokerClientError, CompletionFailed, NotFound, TransportError
+from broker_client.errors import BrokerClientError, CompletionFailed, TaskNotFound, TransportError
 from broker_client.identity import IdentitySource, StaticToken, from_env
 from broker_client.signals import install_sigterm_exit
 
@@ -62,15 +62,15 @@ class Client(ClientBase):
         return wire.credential(self.call("POST", "/v1/grants", json=body, extra_headers={"Idempotency-Key": key}))
 
     def get(self, grant_id: str) -> Grant:
-        return Grant.of(self.call("GET", f"/v1/grants/{grant_id}"))
+        return Grant.of(self.call("GET", f"/v1/grants/{wire.segment(grant_id)}"))
 
     def complete(self, grant_id: str) -> Grant:
         """Give one grant back now (idempotent)."""
-        return Grant.of(self.call("POST", f"/v1/grants/{grant_id}/complete"))
+        return Grant.of(self.call("POST", f"/v1/grants/{wire.segment(grant_id)}/complete"))
 
     def complete_task(self, task: str) -> TaskCompleted:
         """Give back every grant of a task (idempotent)."""
-        return wire.task_completed(self.call("POST", f"/v1/tasks/{task}/complete"))
+        return wire.task_completed(self.call("POST", f"/v1/tasks/{wire.segment(task)}/complete"))
 
     def task(self, name: str, *, unique: bool = True) -> Task:
         """A block whose grants are completed on exit; the id gets a random suffix unless `unique=False`."""
@@ -151,7 +151,7 @@ class Task(TaskBase):
         if self.asked and self.result is None:
             try:
                 self.result = self.client.complete_task(self.id)
-            except NotFound:  # every request was refused: nothing to give back
+            except TaskNotFound:  # the broker has no grant of this task: nothing to give back
                 self.result = TaskCompleted(self.id, 0, 0, 0)
         return self.result
 

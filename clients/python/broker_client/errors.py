@@ -127,6 +127,12 @@ class NotFound(BrokerError):
     code = "not_found"
 
 
+class TaskNotFound(NotFound):
+    """The broker has no grant of this task for the caller: a task block has nothing to give back."""
+
+    code = "task_not_found"
+
+
 class BackendUnavailable(BrokerError):
     """The credential backend (Vault/OpenBao) failed."""
 
