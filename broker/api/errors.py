@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from broker.errors import BrokerError, InvalidDpop, InvalidIdentity
+from broker.errors import BrokerError, InvalidDpop, InvalidIdentity, LimitExceeded
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -27,6 +27,8 @@ STATUS = {
     "unknown_scope": 400,
     "ttl_exceeds_cap": 400,
     "not_found": 404,
+    "rate_limited": 429,
+    "too_many_active_grants": 429,
     "backend_unavailable": 503,
     "ledger_unavailable": 503,
 }
@@ -51,7 +53,10 @@ def _broker_error(request: Request, exc: BrokerError) -> JSONResponse:
     if status >= 500:
         log.warning("%s %s failed: %s", request.method, request.url.path, exc.code)
     detail = None if isinstance(exc, HIDDEN_DETAIL) or status >= 500 else exc.detail
-    return problem(request, status, exc.code, exc.public_message, detail)
+    response = problem(request, status, exc.code, exc.public_message, detail)
+    if isinstance(exc, LimitExceeded):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

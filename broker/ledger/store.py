@@ -19,6 +19,7 @@ from broker.ledger.chain import GENESIS, VerifyResult, link, verify_chain
 from broker.ledger.feed import EventFeed
 from broker.ledger.freezes import OperatorRecords
 from broker.ledger.group_commit import GroupCommit
+from broker.ledger.limits import LimitRecords
 from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Base, ChainHead, Grant
 from broker.ledger.queries import ReadQueries
 
@@ -66,7 +67,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, A
     return engine
 
 
-class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
+class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
     """Grants and audit events in one database; every write appends to the hash chain."""
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
