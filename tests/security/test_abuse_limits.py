@@ -48,15 +48,19 @@ def broker_with(tmp_path: Path, issuers: Issuers, **overrides: Any) -> BrokerCli
     return open_client(broker_settings(tmp_path, issuers, **overrides))
 
 
+def quiet_broker(tmp_path: Path, issuers: Issuers, clock: Clock, **overrides: Any) -> BrokerClient:
+    """A broker whose lifespan is not started (no reaper, no workers) on a hand clock."""
+    client = broker_with(tmp_path, issuers, **overrides)
+    client.service.clock = clock
+    return client
+
+
 @pytest.fixture
 def quiet(tmp_path: Path, issuers: Issuers) -> Iterator[tuple[BrokerClient, Clock]]:
-    """A broker whose lifespan is not started (no reaper), with the production aggregation defaults and a hand clock."""
-    client = broker_with(
-        tmp_path, issuers, boundaries=limited(issue_rate=3, max_active_grants=None),
-        unverified_denials_per_window=PER_WINDOW,
-    )
+    """A quiet broker with the production aggregation defaults and a rate limit of 3 on `orders`."""
     clock = Clock()
-    client.service.clock = clock
+    client = quiet_broker(tmp_path, issuers, clock, boundaries=limited(issue_rate=3, max_active_grants=None),
+                          unverified_denials_per_window=PER_WINDOW)
     yield client, clock
     client.close()
 
@@ -125,18 +129,25 @@ def test_active_grant_limit_answers_429_until_a_grant_ends(tmp_path, issuers) ->
         assert broker.grant(token, task="a-4", ttl=120).status_code == 201
 
 
-def test_active_grant_limit_holds_across_replicas(tmp_path, issuers) -> None:
-    """Two brokers on one PostgreSQL count the same grants: the limit is the database's, not a process's."""
+def test_limits_and_refusal_counts_hold_across_replicas(tmp_path, issuers) -> None:
+    """Two brokers on one PostgreSQL count the same grants and refusals: the database's numbers, not a process's."""
+    clock = Clock()
     with fresh_database("broker_limits") as url:
         shared = {"database_url": url, "key_encryption_key": secrets.token_hex(32),
                   "boundaries": limited(max_active_grants=3, issue_rate=None)}  # fmt: skip
-        with broker_with(tmp_path / "a", issuers, **shared) as one, broker_with(tmp_path / "b", issuers, **shared) as two:
-            token = issuers.worker()
-            assert [r.grant(token, task=f"r-{n}").status_code for n, r in enumerate([one, two, one])] == [201] * 3
-            assert two.grant(token, task="r-3").status_code == 429
-            assert one.grant(token, task="r-4").status_code == 429
-            one.service.ledger.engine.dispose()
-            two.service.ledger.engine.dispose()
+        one, two = (quiet_broker(tmp_path / name, issuers, clock, **shared) for name in ("a", "b"))
+        token = issuers.worker()
+        assert [r.grant(token, task=f"r-{n}").status_code for n, r in enumerate([one, two, one])] == [201] * 3
+        assert two.grant(token, task="r-3").status_code == 429
+        assert one.grant(token, task="r-4").status_code == 429
+        # one junk token refused by both in one window: one chained row between them, the count of all three
+        bad = junk("replicas")
+        assert [r.grant(bad).status_code for r in (one, two, one)] == [401] * 3
+        assert len(chained_refusals(two)) == 1
+        assert [w.count for w in one.service.ledger.denial_windows()] == [3]
+        for broker in (one, two):
+            broker.close()
+            broker.service.ledger.engine.dispose()
 
 
 def test_a_boundary_overrides_only_the_limits_it_names(tmp_path, issuers) -> None:
