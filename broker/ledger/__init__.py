@@ -2,7 +2,16 @@
 
 from broker.ledger.chain import VerifyResult, verify_export
 from broker.ledger.limits import Load
-from broker.ledger.models import ACTIVE, FINAL_STATUSES, REVOKE_PENDING, AuditEvent, DenialWindow, Freeze, Grant, Revocation
+from broker.ledger.models import (
+    ACTIVE,
+    FINAL_STATUSES,
+    REVOKE_PENDING,
+    AuditEvent,
+    DenialWindow,
+    Freeze,
+    Grant,
+    Revocation,
+)
 from broker.ledger.queries import Filter, Selector
 from broker.ledger.store import Event, LedgerStore, make_engine
 from broker.ledger.store import _as_dict as event_dict

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Insert, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from broker.errors import LedgerUnavailable
 from broker.ledger.models import ACTIVE, DenialWindow, Grant
@@ -73,12 +74,12 @@ class LimitRecords:
             query = select(DenialWindow).where(DenialWindow.window_start >= since)
             return list(session.scalars(query.order_by(DenialWindow.window_start, DenialWindow.token_fp)).all())
 
-    def _bump(self, session, window: int, token_fp: str) -> bool:  # noqa: ANN001
+    def _bump(self, session: Session, window: int, token_fp: str) -> bool:
         table = DenialWindow.__table__
         bucket = (table.c.window_start == window) & (table.c.token_fp == token_fp)
         values = {"count": table.c.count + 1, "last_at": self._clock()}
         return session.execute(update(table).where(bucket).values(**values)).rowcount > 0
 
-    def _insert_new(self, table):  # noqa: ANN001, ANN202
+    def _insert_new(self, table: Table) -> Insert:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table).on_conflict_do_nothing()
