@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Insert, Table, func, select, update
+from sqlalchemy import Insert, Table, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -33,17 +33,20 @@ class LimitRecords:
     """Mixin of LedgerStore: counts in the database, so every replica sees the same numbers."""
 
     def load(self, *, subject: str, attestor: str, boundary: str, now: float, since: float) -> Load:
-        mine = (Grant.subject == subject) & (Grant.boundary == boundary) & (Grant.attestor == attestor)
-        active = select(func.count(), func.min(Grant.expires_at)).where(
-            mine, Grant.status == ACTIVE, Grant.expires_at > now
-        )
-        recent = select(func.count(), func.min(Grant.issued_at)).where(mine, Grant.issued_at > since)
-        try:  # a plain connection, like the freeze check: this read runs on every issuance
+        """One indexed statement (subject, boundary, issued_at): it runs on every issuance."""
+        active = (Grant.status == ACTIVE) & (Grant.expires_at > now)
+        recent = Grant.issued_at > since
+        query = select(
+            func.count(case((active, 1))),
+            func.min(case((active, Grant.expires_at))),
+            func.count(case((recent, 1))),
+            func.min(case((recent, Grant.issued_at))),
+        ).where(Grant.subject == subject, Grant.boundary == boundary, Grant.attestor == attestor, active | recent)
+        try:  # a plain connection, like the freeze check
             with self._reader.connect() as conn:
-                (n_active, first_expiry), (n_recent, oldest) = conn.execute(active).one(), conn.execute(recent).one()
+                return Load(*conn.execute(query).one())
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(f"ledger read failed: {type(exc).__name__}") from exc
-        return Load(n_active, first_expiry, n_recent, oldest)
 
     def record_aggregated(self, event: Event, *, window: int, token_fp: str, cap: int) -> bool:
         """Count a refusal in its (window, fingerprint) bucket; chain `event` only for a new bucket.
