@@ -53,9 +53,11 @@ def _broker_error(request: Request, exc: BrokerError) -> JSONResponse:
     if status >= 500:
         log.warning("%s %s failed: %s", request.method, request.url.path, exc.code)
     detail = None if isinstance(exc, HIDDEN_DETAIL) or status >= 500 else exc.detail
-    response = problem(request, status, exc.code, exc.public_message, detail)
-    if isinstance(exc, LimitExceeded):
-        response.headers["Retry-After"] = str(exc.retry_after)
+    if not isinstance(exc, LimitExceeded):
+        return problem(request, status, exc.code, exc.public_message, detail)
+    # the header for HTTP clients (RFC 9110 §10.2.3), the member for SDKs that read only the problem body
+    response = problem(request, status, exc.code, exc.public_message, detail, retry_after=exc.retry_after)
+    response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from broker.config import Settings
 from broker.fingerprint import fingerprint
-from tests.support.broker import BOUNDARIES, BrokerClient, Issuers, broker_settings, open_client
+from tests.support.broker import BOUNDARIES, POLICY, BrokerClient, Issuers, broker_settings, open_client
 from tests.support.issuer import compact
 from tests.support.postgres import fresh_database
 
@@ -81,6 +81,7 @@ def test_one_identity_token_firing_40_grants_gets_429_after_the_rate_limit(tmp_p
             assert answer.headers["content-type"] == "application/problem+json"
             assert answer.json()["code"] == "rate_limited"
             assert 1 <= int(answer.headers["Retry-After"]) <= 60
+            assert answer.json()["retry_after"] == int(answer.headers["Retry-After"])
         assert len(broker.service.ledger.grants()) == 10  # nothing minted for a refusal
         refusals = denied(broker, "rate_limited")
         assert len(refusals) == 30
@@ -240,3 +241,22 @@ def _exchange(token: str) -> dict[str, str]:
 def _dump(path: Path) -> str:
     with sqlite3.connect(path) as conn:
         return "\n".join(conn.iterdump())
+
+
+def test_the_sdk_raises_rate_limited_with_retry_after(tmp_path, issuers) -> None:
+    """Over HTTP on loopback: the SDK maps the 429 to its own exception and reads the wait from the problem."""
+    from broker_client import Client
+    from broker_client.errors import RateLimited, TooManyActiveGrants
+
+    from tests.sdk.live import LiveBroker
+
+    live = LiveBroker.start(tmp_path, issuers, boundaries=limited(max_active_grants=1, issue_rate=None), policy=POLICY)
+    try:
+        with Client(live.url, issuers.worker()) as client:
+            client.grant("held", "orders", ["read"], ttl=120)
+            with pytest.raises(TooManyActiveGrants) as caught:
+                client.grant("one-more", "orders", ["read"], ttl=120)
+        assert isinstance(caught.value, RateLimited) and caught.value.status == 429
+        assert caught.value.code == "too_many_active_grants" and 1 <= caught.value.retry_after <= 120
+    finally:
+        live.stop()
