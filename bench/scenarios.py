@@ -31,6 +31,10 @@ def identity_token(issuer: TestIssuer) -> str:
     return issuer.k8s_token(SUBJECT_NS, SUBJECT_SA, lifetime=3600)
 
 
+# the bench measures throughput: one subject issues thousands of grants a minute, so abuse limits are off
+NO_LIMITS: dict[str, Any] = {"limits": {"max_active_grants": None, "issue_rate": None}}
+
+
 def broker_config(issuer: TestIssuer, *, boundaries: list[dict[str, Any]], env: str = "production") -> dict[str, Any]:
     """Attestor, boundaries and a policy allowing the bench subject every boundary at `read`."""
     allow = [{"boundary": b["name"], "scopes": ["read"], "max_ttl": "15m"} for b in boundaries]
@@ -46,6 +50,7 @@ def broker_config(issuer: TestIssuer, *, boundaries: list[dict[str, Any]], env: 
                  "allow": allow},
             ]
         },  # fmt: skip
+        **NO_LIMITS,
     }
 
 

@@ -58,6 +58,7 @@ def broker_process(workdir: Path, server: OpenBaoServer, pg_url: str) -> Iterato
     config = dev_config(workdir, port, vault=server.vault_config(),
                         extra_boundaries=[demo_kv_boundary(), demo_db_boundary(pg_url)])
     config["sqlite_synchronous"] = "NORMAL"
+    config["limits"] = {"max_active_grants": None, "issue_rate": None}  # one subject at full speed
     (workdir / "broker.yaml").write_text(yaml.safe_dump(config))
     proc = subprocess.Popen([str(Path(sys.executable).with_name("broker")), "serve", "--config",
                              str(workdir / "broker.yaml"), "--port", str(port), "--workers", "1",

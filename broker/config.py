@@ -135,6 +135,18 @@ class ScopeConfig(Strict):
         return self
 
 
+class LimitsConfig(Strict):
+    """Abuse limits on issuance, per subject (and attestor) at one boundary; `null` turns one off."""
+
+    max_active_grants: int | None = Field(default=50, gt=0)
+    issue_rate: int | None = Field(default=60, gt=0)  # grants issued per `issue_window`
+    issue_window: Duration = 60
+
+    def over(self, defaults: LimitsConfig) -> LimitsConfig:
+        """These limits where set, the defaults elsewhere (a boundary overrides only what it names)."""
+        return defaults.model_copy(update={name: getattr(self, name) for name in self.model_fields_set})
+
+
 class BoundaryConfig(Strict):
     """One trust boundary: one backend, a closed set of scopes, a TTL cap."""
 
@@ -146,6 +158,7 @@ class BoundaryConfig(Strict):
     audience: str | None = None
     require_dpop: bool = False
     connection: dict[str, Any] = Field(default_factory=dict)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @field_validator("scopes", mode="before")
     @classmethod
@@ -231,6 +244,9 @@ class Settings(Strict):
     reconcile_grace: Duration = 30
     reconcile_interval: Duration = 300
     dev_issuer: str | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    unverified_denial_window: Duration = 60
+    unverified_denials_per_window: int = Field(default=20, gt=0)
     fault_injection: set[Literal["crash_after_mint", "crash_after_commit", "fail_ledger_after_mint"]] = Field(
         default_factory=set
     )
@@ -275,6 +291,9 @@ class Settings(Strict):
 
     def boundary(self, name: str) -> BoundaryConfig | None:
         return next((b for b in self.boundaries if b.name == name), None)
+
+    def limits_for(self, boundary: BoundaryConfig) -> LimitsConfig:
+        return boundary.limits.over(self.limits)
 
 
 def _refuse_shared_backend_roles(boundaries: list[BoundaryConfig]) -> None:

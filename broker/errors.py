@@ -144,3 +144,27 @@ class InternalError(BrokerError):
     """An unexpected failure inside a use case, recorded as `denied` before it is answered."""
 
     code = "internal_error"
+
+
+class LimitExceeded(BrokerError):
+    """An abuse limit refuses this request for now; `retry_after` (seconds) says when to try again."""
+
+    code = "rate_limited"
+    public_message = "Too many requests; retry later."
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.retry_after = max(1, retry_after)
+
+
+class RateLimited(LimitExceeded):
+    """This subject was issued as many grants at this boundary as the rate limit allows in its window."""
+
+    code = "rate_limited"
+
+
+class TooManyActiveGrants(LimitExceeded):
+    """This subject holds as many active grants at this boundary as the limit allows."""
+
+    code = "too_many_active_grants"
+    public_message = "Too many active grants; complete some or retry later."

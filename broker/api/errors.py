@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.errors import BrokerError, InvalidDpop, InvalidIdentity
+from broker.errors import BrokerError, InvalidDpop, InvalidIdentity, LimitExceeded
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -32,6 +32,8 @@ STATUS = {
     "idempotency_key_reused": 422,
     "internal_error": 500,
     "task_not_found": 404,
+    "rate_limited": 429,
+    "too_many_active_grants": 429,
     "backend_unavailable": 503,
     "ledger_unavailable": 503,
 }
@@ -56,7 +58,12 @@ def _broker_error(request: Request, exc: BrokerError) -> JSONResponse:
     if status >= 500:
         log.warning("%s %s failed: %s", request.method, request.url.path, exc.code)
     detail = None if isinstance(exc, HIDDEN_DETAIL) or status >= 500 else exc.detail
-    return problem(request, status, exc.code, exc.public_message, detail)
+    if not isinstance(exc, LimitExceeded):
+        return problem(request, status, exc.code, exc.public_message, detail)
+    # the header for HTTP clients (RFC 9110 §10.2.3), the member for SDKs that read only the problem body
+    response = problem(request, status, exc.code, exc.public_message, detail, retry_after=exc.retry_after)
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -42,8 +42,8 @@ from broker.errors import (
     UnknownBoundary,
     UnknownScope,
 )
-from broker.fingerprint import fingerprint
 from broker.grants.recording import recorded
+from broker.grants.limits import IssuanceLimits
 from broker.identity import Attestors, Identity
 from broker.identity.dpop import DpopVerifier
 from broker.ledger import ACTIVE, REVOKE_PENDING, Committed, Event, Grant, IdemClaim, LedgerStore, Refused, Replayed
@@ -127,6 +127,7 @@ class GrantService:
         self.clock = clock
         self.boundaries = {b.name: b for b in settings.boundaries}
         self.dpop = dpop or DpopVerifier(clock=clock)
+        self.limits = IssuanceLimits(settings, ledger)
 
     # --- identity --------------------------------------------------------------------------
 
@@ -137,10 +138,8 @@ class GrantService:
                 raise InvalidIdentity("no bearer identity token")
             return self.attestors.verify(token)
         except InvalidIdentity as exc:
-            detail = {"code": exc.code, "action": action, "reason": exc.detail[:200]}
-            if token:
-                detail["token_fp"] = fingerprint(token)
-            self.ledger.record(Event(kind="denied", detail=detail))
+            # nothing of an unverified token is stored (its issuer text is the attacker's): code + fingerprint
+            self.limits.record_unverified(exc.code, action, token, self.clock())
             raise
 
     def readiness_checks(self) -> dict[str, Callable[[], object]]:
@@ -262,6 +261,7 @@ class GrantService:
                 raise InvalidDpop(f"boundary {boundary.name!r} requires a DPoP proof")
             self._check_not_frozen(identity, boundary)
             cap = self._policy_cap(identity, boundary, scopes)
+            self.limits.check(identity, boundary, self.clock())
             return boundary, scopes, _ttl(request.ttl, boundary, cap)
         except BrokerError as exc:
             self.record_denial(identity, request, exc)

@@ -2,7 +2,17 @@
 
 from broker.ledger.chain import VerifyResult, verify_export
 from broker.ledger.issuing import Committed, IdemClaim, Refused, Replayed
-from broker.ledger.models import ACTIVE, FINAL_STATUSES, REVOKE_PENDING, AuditEvent, Freeze, Grant, Revocation
+from broker.ledger.limits import Load
+from broker.ledger.models import (
+    ACTIVE,
+    FINAL_STATUSES,
+    REVOKE_PENDING,
+    AuditEvent,
+    DenialWindow,
+    Freeze,
+    Grant,
+    Revocation,
+)
 from broker.ledger.queries import Filter, Selector
 from broker.ledger.store import Event, LedgerStore, event_dict, make_engine
 
@@ -12,12 +22,14 @@ __all__ = [
     "REVOKE_PENDING",
     "AuditEvent",
     "Committed",
+    "DenialWindow",
     "Event",
     "Filter",
     "Freeze",
     "Grant",
     "IdemClaim",
     "LedgerStore",
+    "Load",
     "Refused",
     "Replayed",
     "Revocation",

@@ -63,6 +63,7 @@ class Grant(Base):
         Index("ix_grants_status_expires", "status", "expires_at"),
         Index("ix_grants_status_next_attempt", "status", "next_attempt_at"),
         Index("ix_grants_subject", "subject"),
+        Index("ix_grants_subject_boundary_issued", "subject", "boundary", "issued_at"),  # abuse limits
         Index("ix_grants_boundary", "boundary"),
         Index("ix_grants_task_subject", "task", "subject"),
         Index("ix_grants_revocation", "revocation_id"),
@@ -172,3 +173,19 @@ class DpopReplay(Base):
     expires_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_dpop_replay_expires", "expires_at"),)
+
+
+class DenialWindow(Base):
+    """Refusals of unverified identity tokens, counted per window and token fingerprint (never the token).
+
+    Only the first refusal of a bucket is chained as a `denied` event; the rest only count here, so a
+    flood of junk tokens cannot grow the chain (broker/grants/limits.py).
+    """
+
+    __tablename__ = "denial_windows"
+
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    token_fp: Mapped[str] = mapped_column(String(80), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[float] = mapped_column(Float)
+    last_at: Mapped[float] = mapped_column(Float)

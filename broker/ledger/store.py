@@ -19,6 +19,7 @@ from broker.ledger.chain import VerifyResult, link, verify_chain
 from broker.ledger.feed import EventFeed
 from broker.ledger.freezes import OperatorRecords
 from broker.ledger.issuing import OWNER_LEASE, IdemClaim, IssueBatch, KeyState, Outcome, Write, grant_values
+from broker.ledger.limits import LimitRecords
 from broker.ledger.models import (
     ACTIVE,
     REVOKE_PENDING,
@@ -62,7 +63,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, A
     return engine
 
 
-class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
+class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
     """Grants and audit events in one database; every write appends to the hash chain."""
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:

@@ -18,6 +18,24 @@ from broker.policy.engine import Allowance, Policy, Rule, claim_texts
 
 Role = Literal["operator", "auditor", "resource_server"]
 _PYDANTIC_MESSAGES = {"extra_forbidden": "unknown key", "missing": "required"}
+# Subjects of unrelated shapes (Kubernetes, GitHub Actions, SPIFFE, OIDC URLs and e-mails, dev, opaque
+# ids). A pattern about one kind of workload matches at most one of them; a pattern that matches two
+# matches nearly everything, however it is spelt (`**`, `?**`, `**:**`, `*?**`, `*`), so it is caught
+# by what it matches, not by its text.
+CATCH_ALL_PROBES = (
+    "system:serviceaccount:x:y",
+    "repo:a/b:ref:refs/heads/main",
+    "spiffe://td/ns/a/sa/b",
+    "https://idp.example/users/1",
+    "dev:operator",
+    "acct:42",
+    "user@example.com",
+    "bot@corp.test",
+    "zz",
+    "0",
+    "q-7_r.s",
+)
+_OPT_IN = "set allow_any_subject: true if that is meant"
 
 
 class MatchSpec(Strict):
@@ -115,23 +133,36 @@ class _Compiler:
         if match.attestor is not None and match.attestor not in self.attestors:
             known = _names(self.attestors)
             self.fail(where, "match.attestor", f"unknown attestor {match.attestor!r} (has: {known})")
-        if match.subject is not None:
-            self._check_glob(where, "match.subject", match.subject)
+        if spec.roles and match.attestor is None:
+            message = "required when the rule grants roles, or a same-named subject of another attestor gets them"
+            self.fail(where, "match.attestor", message)
+        globs_ok = match.subject is None or self._check_glob(where, "match.subject", match.subject)
         for key, value in match.claims.items():
             for text in claim_texts(value):
-                self._check_glob(where, f"match.claims.{key}", text)
-        if _matches_anyone(match) and not spec.allow_any_subject:
-            self.fail(
-                where,
-                "match",
-                "matches every subject (no subject and no claims, or subject '**'), which would open these "
-                "boundaries to any workload the attestors accept; set allow_any_subject: true if that is meant",
-            )
+                globs_ok = self._check_glob(where, f"match.claims.{key}", text) and globs_ok
+        if globs_ok and not spec.allow_any_subject:
+            self._check_not_catch_all(where, match)
 
-    def _check_glob(self, where: str, at: str, pattern: str) -> None:
+    def _check_not_catch_all(self, where: str, match: MatchSpec) -> None:
+        """A rule must narrow whom it matches: by a subject, or by claims that not every value meets."""
+        if match.subject is not None:
+            if _catch_all(match.subject):
+                even = " and ".join(map(repr, _probe_hits(match.subject)))
+                message = f"pattern {match.subject!r} matches every subject (even {even})"
+                self.fail(where, "match.subject", f"{message}; {_OPT_IN}")
+        elif not match.claims:
+            message = "no subject and no claims, so the rule matches every subject the attestors accept"
+            self.fail(where, "match", f"{message}; {_OPT_IN}")
+        elif all(any(map(_catch_all, claim_texts(v))) for v in match.claims.values()):
+            key = next(iter(match.claims))
+            message = "no subject, and every claim pattern matches any value, so the rule matches every subject"
+            self.fail(where, f"match.claims.{key}", f"{message}; {_OPT_IN}")
+
+    def _check_glob(self, where: str, at: str, pattern: str) -> bool:
         problem = glob_problem(pattern)
         if problem:
             self.fail(where, at, f"bad pattern {pattern!r}: {problem}")
+        return problem is None
 
     def _allows(self, where: str, allow: list[AllowSpec]) -> dict[str, Allowance]:
         allows: dict[str, Allowance] = {}
@@ -221,8 +252,13 @@ def _by_name(boundaries: Mapping[str, BoundaryConfig] | Iterable[BoundaryConfig]
     return boundaries if isinstance(boundaries, Mapping) else {b.name: b for b in boundaries}
 
 
-def _matches_anyone(match: MatchSpec) -> bool:
-    return match.subject == "**" or (match.subject is None and not match.claims)
+def _catch_all(pattern: str) -> bool:
+    return len(_probe_hits(pattern, limit=2)) >= 2
+
+
+def _probe_hits(pattern: str, limit: int = 2) -> list[str]:
+    regex = compile_glob(pattern)
+    return [probe for probe in CATCH_ALL_PROBES if regex.fullmatch(probe)][:limit]
 
 
 def _match_key(match: MatchSpec) -> tuple[Any, ...]:

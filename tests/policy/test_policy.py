@@ -237,9 +237,10 @@ LOAD_ERRORS = [
      "policy.yaml: rules[1] (b): match: identical to rules[0] (a); merge the two rules into one"),
 ]
 
-ANY_SUBJECT = ("match: matches every subject (no subject and no claims, or subject '**'), which would open "
-               "these boundaries to any workload the attestors accept; set allow_any_subject: true if that is "
-               "meant")
+OPT_IN = "set allow_any_subject: true if that is meant"
+NO_NARROWING = f"match: no subject and no claims, so the rule matches every subject the attestors accept; {OPT_IN}"
+CLAIMS_ANY = ("match.claims.ns: no subject, and every claim pattern matches any value, so the rule matches every "
+              f"subject; {OPT_IN}")
 
 
 @pytest.mark.parametrize(
@@ -251,15 +252,96 @@ def test_load_error(rules: list[dict[str, Any]], message: str) -> None:
     assert str(caught.value) == message
 
 
+def subject_any(pattern: str, first: str, second: str) -> str:
+    return f"match.subject: pattern {pattern!r} matches every subject (even {first!r} and {second!r}); {OPT_IN}"
+
+
+K8S, REPO, SPIFFE = "system:serviceaccount:x:y", "repo:a/b:ref:refs/heads/main", "spiffe://td/ns/a/sa/b"
+CATCH_ALLS = [
+    # id, match, the refusal after "file: rule: "
+    ("empty-match", {}, NO_NARROWING),
+    ("attestor-only", {"attestor": "k8s"}, NO_NARROWING),
+    ("double-star", {"subject": "**"}, subject_any("**", K8S, REPO)),
+    ("double-star-with-claims", {"subject": "**", "claims": {"ns": "a"}}, subject_any("**", K8S, REPO)),
+    ("one-then-anything", {"subject": "?**"}, subject_any("?**", K8S, REPO)),
+    ("anything-colon-anything", {"subject": "**:**"}, subject_any("**:**", K8S, REPO)),
+    ("star-one-anything", {"subject": "*?**"}, subject_any("*?**", K8S, REPO)),
+    ("anything-slash-anything", {"attestor": "k8s", "subject": "**/**"}, subject_any("**/**", REPO, SPIFFE)),
+    ("any-one-segment", {"subject": "*"}, subject_any("*", "user@example.com", "bot@corp.test")),
+    ("any-two-segments", {"subject": "*:*"}, subject_any("*:*", "dev:operator", "acct:42")),
+    ("any-mail", {"subject": "*@*"}, subject_any("*@*", "user@example.com", "bot@corp.test")),
+    ("claim-double-star", {"claims": {"ns": "**"}}, CLAIMS_ANY),
+    ("claim-list-with-catch-all", {"claims": {"ns": ["payments", "?*"]}}, CLAIMS_ANY),
+]
+
+
 @pytest.mark.parametrize(
-    "match",
-    [{}, {"attestor": "k8s"}, {"subject": "**"}, {"subject": "**", "claims": {"ns": "a"}}],
-    ids=["empty-match", "attestor-only", "double-star", "double-star-with-claims"],
+    ("match", "message"), [case[1:] for case in CATCH_ALLS], ids=[case[0] for case in CATCH_ALLS]
 )
-def test_any_subject_refused_without_opt_in(match: dict[str, Any]) -> None:
+def test_catch_all_refused_without_opt_in(match: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         compile_({"rules": [rule(match=match)]})
-    assert str(caught.value) == f"{P}: {ANY_SUBJECT}"
+    assert str(caught.value) == f"{P}: {message}"
+
+
+@pytest.mark.parametrize("match", [case[1] for case in CATCH_ALLS], ids=[case[0] for case in CATCH_ALLS])
+def test_catch_all_allowed_when_marked(match: dict[str, Any]) -> None:
+    compile_({"rules": [rule(match=match, allow_any_subject=True)]})
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        {"subject": f"{SA}payments:*"},
+        {"subject": "repo:acme/**"},
+        {"subject": "spiffe://acme.internal/**"},
+        {"subject": "dev:*"},
+        {"subject": "ops-*"},
+        {"subject": "**@example.com"},
+        {"attestor": "github", "subject": "repo:*/*:**"},
+        {"claims": {"ns": "payments", "team": "**"}},
+    ],
+    ids=["k8s-namespace", "github-org", "spiffe-trust-domain", "dev-prefix", "name-prefix", "mail-domain",
+         "any-repo-any-ref", "one-narrow-claim"],
+)
+def test_narrow_patterns_load(match: dict[str, Any]) -> None:
+    assert compile_({"rules": [rule(match=match)]}).rules[0].name == "r"
+
+
+ROLE_NEEDS_ATTESTOR = ("match.attestor: required when the rule grants roles, or a same-named subject of another "
+                       "attestor gets them")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"match": {"subject": "ops-alice"}, "roles": ["operator"], "allow": None},
+        {"match": {"subject": "audit-*"}, "roles": ["auditor"]},
+        {"match": {"claims": {"groups": "sre"}}, "roles": ["operator"], "allow": None},
+    ],
+    ids=["operator-by-subject", "auditor-beside-allow", "operator-by-claim"],
+)
+def test_role_rule_must_name_attestor(fields: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        compile_({"rules": [rule(**fields)]})
+    assert str(caught.value) == f"{P}: {ROLE_NEEDS_ATTESTOR}"
+
+
+def test_role_goes_only_to_the_named_attestor() -> None:
+    policy = compile_({"rules": [rule(match={"attestor": "k8s", "subject": "ops"}, roles=["operator"], allow=None)]})
+    assert policy.roles(attestor="k8s", subject="ops", claims={}) == {"operator"}
+    assert policy.roles(attestor="github", subject="ops", claims={}) == frozenset()
+
+
+def test_load_error_from_a_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("rules:\n  - name: ops\n    match: {subject: '?**'}\n    roles: [operator]\n")
+    with pytest.raises(ConfigError) as caught:
+        PolicySource(path=path, inline=None, boundaries=BOUNDARIES, attestors=ATTESTORS)
+    assert str(caught.value).splitlines() == [
+        f"{path}: rules[0] (ops): {ROLE_NEEDS_ATTESTOR}",
+        f"{path}: rules[0] (ops): {subject_any('?**', K8S, REPO)}",
+    ]
 
 
 def test_error_names_file_rule_and_field_as_documented() -> None:

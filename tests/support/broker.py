@@ -53,6 +53,13 @@ POLICY: dict[str, Any] = {
     ]
 }
 
+# Abuse limits stay on (their queries run on every issuance) but far above what any test issues for
+# one subject; tests/security/test_abuse_limits.py sets its own.
+LOAD_TEST_LIMITS: dict[str, Any] = {
+    "limits": {"max_active_grants": 100_000, "issue_rate": 100_000},
+    "unverified_denials_per_window": 10_000,
+}
+
 
 @dataclass
 class Issuers:
@@ -96,6 +103,7 @@ def broker_settings(data_dir: Path, issuers: Issuers, **overrides: Any) -> Setti
         "boundaries": BOUNDARIES,
         "policy": POLICY,
         "worker_interval": 0.2,
+        **LOAD_TEST_LIMITS,
     }
     values.update(overrides)
     return load_settings(None, **values)

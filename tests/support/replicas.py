@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.support.broker import BOUNDARIES, BROKER_ISSUER, POLICY, Issuers
+from tests.support.broker import BOUNDARIES, BROKER_ISSUER, LOAD_TEST_LIMITS, POLICY, Issuers
 
 
 def replica_config(issuers: Issuers, database_url: str, **overrides: Any) -> dict[str, Any]:
@@ -41,6 +41,7 @@ def replica_config(issuers: Issuers, database_url: str, **overrides: Any) -> dic
         "worker_interval": 0.2,
         "db_pool_size": 8,
         "db_max_overflow": 8,
+        **LOAD_TEST_LIMITS,
         **overrides,
     }
 

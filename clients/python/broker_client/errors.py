@@ -133,6 +133,23 @@ class TaskNotFound(NotFound):
     code = "task_not_found"
 
 
+class RateLimited(BrokerError):
+    """An abuse limit refused the grant for now (429); `retry_after` says how many seconds to wait."""
+
+    code = "rate_limited"
+
+    @property
+    def retry_after(self) -> int | None:
+        value = self.body.get("retry_after")
+        return value if isinstance(value, int) else None
+
+
+class TooManyActiveGrants(RateLimited):
+    """The subject holds as many active grants at the boundary as allowed; complete one or wait."""
+
+    code = "too_many_active_grants"
+
+
 class BackendUnavailable(BrokerError):
     """The credential backend (Vault/OpenBao) failed."""
 
