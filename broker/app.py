@@ -99,7 +99,7 @@ def build(settings: Settings) -> Components:
     }
     if vault is not None:
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
-    meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries])
+    meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault)
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
     return Components(service, Worker(jobs, settings.worker_interval), operations, meters)
 
