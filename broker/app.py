@@ -23,6 +23,7 @@ from broker.grants.reconcile import Reconciler
 from broker.grants.workers import Worker
 from broker.identity import Attestors
 from broker.ledger import LedgerStore, make_engine, migrate
+from broker.ledger.deployment import deployment_id
 from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.policy import PolicySource
 from broker.signing import FileKeyRepository, KeyRepository, KeyStore
@@ -59,10 +60,12 @@ def open_keys(settings: Settings, ledger: LedgerStore | None = None) -> KeyStore
     return KeyStore(repo, algorithm=settings.signing_algorithm, max_token_ttl=max_ttl)
 
 
-def build_backends(settings: Settings, keys: KeyStore, vault: VaultClient | None = None) -> dict[str, Backend]:
+def build_backends(
+    settings: Settings, keys: KeyStore, vault: VaultClient | None = None, deployment: str = ""
+) -> dict[str, Backend]:
     backends: dict[str, Backend] = {"jwt": JwtBackend(keys, settings.issuer)}
     if vault is not None:  # one Vault client (one login, one token) serves both Vault backends
-        backends["vault_token"] = VaultTokenBackend(vault)
+        backends["vault_token"] = VaultTokenBackend(vault, deployment)
         backends["vault_secret"] = VaultSecretBackend(vault)
     return backends
 
@@ -83,7 +86,7 @@ def build(settings: Settings) -> Components:
         settings=settings,
         attestors=attestors,
         policy=policy,
-        backends=build_backends(settings, keys, vault),
+        backends=build_backends(settings, keys, vault, deployment_id(ledger.engine, settings.deployment_id)),
         ledger=ledger,
         keys=keys,
     )

@@ -133,3 +133,12 @@ class Revocation(Base):
     actor: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[float] = mapped_column(Float)
     matched: Mapped[int] = mapped_column(Integer)
+
+
+class Setting(Base):
+    """Facts of this deployment shared by every replica on the database, e.g. its `deployment_id`."""
+
+    __tablename__ = "broker_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
