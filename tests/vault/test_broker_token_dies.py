@@ -9,10 +9,8 @@ The broker's Vault clock is injected, so login backoff and renewal move only whe
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +19,7 @@ from broker.backends.plan import BROKER_POLICY
 from broker.backends.vault import VaultClient
 from tests.support.broker import open_client
 from tests.support.openbao import VaultBed
+from tests.vault.approle import approle as _approle
 
 
 class Clock:
@@ -37,26 +36,6 @@ def vault_clock(monkeypatch) -> Clock:
     clock = Clock()
     monkeypatch.setattr(broker.app, "VaultClient", lambda config: VaultClient(config, clock=clock))
     return clock
-
-
-def _approle(bed: VaultBed, folder: Path, **ttls: str) -> tuple[dict, Callable[[], str]]:
-    """A fresh AppRole holding only the planned broker policy; returns its vault config and a secret-id minter."""
-    root, name = bed.openbao.root(), "broker-" + secrets.token_hex(4)
-    if "approle/" not in (root.read("sys/auth").get("data") or {}):
-        root.write("sys/auth/approle", {"type": "approle"})
-    root.write(f"auth/approle/role/{name}", {"token_policies": [BROKER_POLICY], "token_ttl": "60s",
-                                              "token_max_ttl": "10m", **ttls})
-    role_id = root.read(f"auth/approle/role/{name}/role-id")["data"]["role_id"]
-    secret_file = folder / "secret-id"
-
-    def new_secret_id() -> str:
-        secret_file.write_text(root.write(f"auth/approle/role/{name}/secret-id", {})["data"]["secret_id"])
-        return secret_file.read_text()
-
-    new_secret_id()
-    config = {**bed.openbao.vault_config(2.0), "auth_method": "approle", "token": None, "role_id": role_id,
-              "secret_id_file": str(secret_file)}
-    return config, new_secret_id
 
 
 def _broker_token(client) -> str:  # noqa: ANN001
