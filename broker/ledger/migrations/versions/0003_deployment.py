@@ -16,6 +16,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    if sa.inspect(op.get_bind()).has_table('broker_settings'):
+        return  # a ledger made by create_schema() from today's models before it was versioned
     op.create_table('broker_settings',
     sa.Column('name', sa.String(length=64), nullable=False),
     sa.Column('value', sa.String(length=256), nullable=False),
