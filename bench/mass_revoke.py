@@ -8,7 +8,7 @@ Scenarios, each on its own fresh set of active grants in a SQLite (or PostgreSQL
   vault prefix   revoke a frozen vault_token boundary: one `sys/leases/revoke-prefix` call
 The timed part is `Operations.revoke` (the code behind `POST /v1/revocations`): intent committed
 in batches, backend revocation, outcome chained in batches. The check afterwards (introspection,
-or `lookup-self` of every Vault token) is timed apart and must find 0 usable credentials.
+or a root `auth/token/lookup` of every Vault token) is timed apart and must find 0 usable credentials.
 """
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ def run(parts: Components, name: str, selector: Selector, tokens: list[str], che
     return outcome
 
 
-def vault_usable(addr: str) -> Callable[[str], bool]:
-    """`lookup-self` answers 200 only while the token lives; one client per thread, a retry on a broken socket."""
+def vault_usable(addr: str, root_token: str) -> Callable[[str], bool]:
+    """A root `auth/token/lookup` answers 200 only while the token lives (minted tokens have no `default`
+    policy, so no `lookup-self`); one client per thread, a retry on a broken socket."""
     local = threading.local()
 
     def check(token: str) -> bool:
@@ -127,11 +128,12 @@ def vault_usable(addr: str) -> Callable[[str], bool]:
             client = getattr(local, "client", None) or httpx.Client(timeout=10.0)
             local.client = client
             try:
-                answer = client.get(f"{addr}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})
+                answer = client.post(f"{addr}/v1/auth/token/lookup", json={"token": token},
+                                     headers={"X-Vault-Token": root_token})
                 return answer.status_code == 200
             except httpx.HTTPError:
                 local.client = None
-        raise RuntimeError("OpenBao did not answer lookup-self three times")
+        raise RuntimeError("OpenBao did not answer auth/token/lookup three times")
 
     return check
 
@@ -147,7 +149,7 @@ def scenarios(args: argparse.Namespace, directory: Path, vault: OpenBaoServer | 
         jwt_tokens = seed(service, "bench-jwt", "bench:jwt-holder", args.count, args.seed_workers)
         jwt_check = lambda token: bool(service.introspect(token)["active"])  # noqa: E731
         results.append(run(parts, "jwt (boundary)", Selector(boundary="bench-jwt"), jwt_tokens, jwt_check))
-    check = vault_usable(vault.addr) if vault else None
+    check = vault_usable(vault.addr, vault.root_token) if vault else None
     if vault and "subject" in args.only:
         tokens = seed(service, "bench-kv-a", "bench:victim", args.count, args.seed_workers)
         results.append(run(parts, "vault_token (subject, accessors)", Selector(subject="bench:victim"), tokens, check))

@@ -180,8 +180,9 @@ def introspect_inactive(client: httpx.Client, credential: dict[str, Any]) -> boo
 
 
 def vault_lookup_fails(client: httpx.Client, credential: dict[str, Any]) -> bool:
-    """OpenBao refuses the token itself (lookup-self is allowed to every live token)."""
-    url = credential["vault_addr"].rstrip("/") + "/v1/auth/token/lookup-self"
+    """OpenBao refuses the token on its own path: a live `bench-read` token reads `secret/data/bench/*`
+    (404 when empty), a dead one gets 403 (minted tokens have no `default` policy, so no `lookup-self`)."""
+    url = credential["vault_addr"].rstrip("/") + "/v1/secret/data/bench/probe"
     return client.get(url, headers={"X-Vault-Token": credential["token"]}).status_code == 403
 
 

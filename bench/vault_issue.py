@@ -151,8 +151,10 @@ def issuance_phases(client: httpx.Client, broker: str, server: OpenBaoServer, to
 
 
 def token_unusable(client: httpx.Client, server: OpenBaoServer, credential: dict) -> bool:
-    url = f"{server.addr}/v1/auth/token/lookup-self"
-    return client.get(url, headers={"X-Vault-Token": credential["token"]}).status_code == 403
+    """A root lookup of the token fails (minted tokens have no `default` policy, so no `lookup-self`)."""
+    url = f"{server.addr}/v1/auth/token/lookup"
+    answer = client.post(url, json={"token": credential["token"]}, headers={"X-Vault-Token": server.root_token})
+    return answer.status_code == 403
 
 
 def db_unusable(pg_url: str, credential: dict) -> bool:

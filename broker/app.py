@@ -25,6 +25,7 @@ from broker.grants.workers import Worker
 from broker.identity import Attestors
 from broker.identity.dpop import DpopVerifier
 from broker.ledger import LedgerStore, make_engine, migrate
+from broker.ledger.deployment import deployment_id
 from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.ledger.replay import ReplayStore
 from broker.policy import PolicySource
@@ -62,10 +63,12 @@ def open_keys(settings: Settings, ledger: LedgerStore | None = None) -> KeyStore
     return KeyStore(repo, algorithm=settings.signing_algorithm, max_token_ttl=max_ttl)
 
 
-def build_backends(settings: Settings, keys: KeyStore, vault: VaultClient | None = None) -> dict[str, Backend]:
+def build_backends(
+    settings: Settings, keys: KeyStore, vault: VaultClient | None = None, deployment: str = ""
+) -> dict[str, Backend]:
     backends: dict[str, Backend] = {"jwt": JwtBackend(keys, settings.issuer)}
     if vault is not None:  # one Vault client (one login, one token) serves both Vault backends
-        backends["vault_token"] = VaultTokenBackend(vault)
+        backends["vault_token"] = VaultTokenBackend(vault, deployment)
         backends["vault_secret"] = VaultSecretBackend(vault)
     return backends
 
@@ -86,7 +89,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
         settings=settings,
         attestors=attestors,
         policy=policy,
-        backends=build_backends(settings, keys, vault),
+        backends=build_backends(settings, keys, vault, deployment_id(ledger.engine, settings.deployment_id)),
         ledger=ledger,
         keys=keys,
         # one replay check for every worker and replica: the ledger database (a proof is used once)
@@ -106,7 +109,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
     }
     if vault is not None:
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
-    meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries])
+    meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault)
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
     return Components(service, Worker(jobs, settings.worker_interval), operations, meters)
 

@@ -213,6 +213,8 @@ class VaultConfig(Strict):
     client_key: Path | None = None
     tls_verify: bool = True
     timeout: float = Field(default=5.0, gt=0, le=60)
+    # leases carry no metadata: False when another deployment mints from the same engine roles
+    reconcile_unknown_leases: bool = True
 
 
 class Settings(Strict):
@@ -243,6 +245,8 @@ class Settings(Strict):
     worker_interval: float = Field(default=1.0, gt=0)
     reconcile_grace: Duration = 30
     reconcile_interval: Duration = 300
+    # stamped on every minted Vault credential; reconcile touches only its own (broker/ledger/deployment.py)
+    deployment_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     dev_issuer: str | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     unverified_denial_window: Duration = 60

@@ -19,7 +19,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class Metrics:
     """Counters of grant decisions by boundary, the pending-revocation gauge, latencies, Vault errors."""
 
-    def __init__(self, ledger: LedgerStore, boundaries: Collection[str]) -> None:
+    def __init__(self, ledger: LedgerStore, boundaries: Collection[str], vault: Any = None) -> None:
         self._boundaries = frozenset(boundaries)  # a label per requested name would let callers grow memory
         self.registry = CollectorRegistry(auto_describe=True)
         self.outcomes = {
@@ -38,6 +38,17 @@ class Metrics:
         self.issuance_seconds = Histogram("broker_issuance_seconds", "Grant issuance latency (HTTP, successful).",
                                           buckets=LATENCY_BUCKETS, registry=self.registry)
         ledger.subscribe(self.count)
+        if vault is not None:
+            self._watch_vault(vault)
+
+    def _watch_vault(self, vault: Any) -> None:
+        """The broker's own Vault login: 1 while its token works, and why each failure happened."""
+        failures = Counter("broker_vault_auth_failures", "The broker's own Vault login or token failed, by reason.",
+                           ["reason"], registry=self.registry)
+        up = Gauge("broker_vault_auth_ok", "1 while the broker's own Vault token works, 0 while auth fails.",
+                   registry=self.registry)
+        up.set_function(lambda: 0.0 if vault.auth_error else 1.0)
+        vault.listeners.append(lambda reason: failures.labels(reason).inc())
 
     def count(self, events: Sequence[dict[str, Any]]) -> None:
         """Count committed decisions (the ledger feed calls this after each commit)."""

@@ -56,6 +56,7 @@ def _token_boundary(plan: VaultPlan, boundary: BoundaryConfig) -> None:
             "orphan": True,
             "renewable": False,
             "token_explicit_max_ttl": boundary.max_ttl,
+            "token_no_default_policy": True,  # `default` would let every grant write cubbyhole, look itself up…
             "token_type": "service",
         }
         plan.policies.update(cfg.rules)
@@ -76,21 +77,31 @@ def engine_role_path(creds_path: str) -> str | None:
 
 
 def broker_policy(boundaries: list[BoundaryConfig]) -> str:
-    """The least the broker's own token needs: mint through its roles and paths, revoke, list for reconcile."""
-    rules = [("auth/token/revoke-accessor", "update"), ("auth/token/lookup-accessor", "update")]
-    rules += [("sys/leases/renew", "update"), ("sys/leases/revoke", "update"), ("sys/leases/lookup", "update")]
+    """The least the broker's own token needs, path by path of its own boundaries.
+
+    Leases: renew and revoke only under each `vault_secret` path (`sys/leases/{renew,revoke}/<path>/*`,
+    called with the lease id in the URL so the ACL sees it), list for reconcile under each path or
+    token role, prefix revocation per token role. Nothing under `sys/leases/` without a boundary
+    that needs it. Tokens: create through its roles only; revocation and reconcile still go by
+    accessor (Vault gives a token's creator no lease id to revoke it by), see docs/vault.md.
+    """
+    rules: list[tuple[str, str]] = []
     for boundary in boundaries:
         for cfg in boundary.scopes.values():
             if boundary.backend == "vault_token":
-                rules.append((f"auth/token/create/{cfg.token_role}", "update"))
-                # operator revocation of a frozen boundary: one prefix call, then wait for it to drain
                 prefix = f"auth/token/create/{cfg.token_role}"
+                rules.append((prefix, "update"))
+                # operator revocation of a frozen boundary: one prefix call, then wait for it to drain
                 rules += [(f"sys/leases/revoke-prefix/{prefix}", "update sudo"), (f"sys/leases/lookup/{prefix}/", "list sudo")]
             elif boundary.backend == "vault_secret":
                 path = str(cfg.path).strip("/")
-                rules += [(path, "read"), (f"sys/leases/lookup/{path}/", "list sudo")]
+                rules += [(path, "read"), (f"sys/leases/renew/{path}/*", "update"),
+                          (f"sys/leases/revoke/{path}/*", "update"), (f"sys/leases/lookup/{path}/", "list sudo")]
+    if any(b.backend == "vault_secret" for b in boundaries):
+        rules.append(("sys/leases/lookup", "update"))  # a lease's issue time for reconcile; no URL form exists
     if any(b.backend == "vault_token" for b in boundaries):
-        rules.append(("auth/token/accessors", "list sudo"))
+        rules += [("auth/token/revoke-accessor", "update"), ("auth/token/lookup-accessor", "update"),
+                  ("auth/token/accessors", "list sudo")]
     unique = dict.fromkeys(rules)
     return "\n".join(f'path "{p}" {{ capabilities = {_caps(c)} }}' for p, c in unique) + "\n"
 

@@ -2,10 +2,10 @@
 
 TTL: the engine role's own TTL should already be at most the boundary cap (`broker vault plan`
 sets `default_ttl`/`max_ttl` so). When the lease comes back longer than the grant, the broker
-shortens it with `sys/leases/renew` and `increment = grant ttl` (Vault and OpenBao set the new
+shortens it with `sys/leases/renew/<lease id>` and `increment = grant ttl` (Vault and OpenBao set the new
 expiry to now + increment, capped by the role's max). If the engine refuses (a non-renewable
 lease), the lease outlives the grant in Vault only until the reaper: the grant's `expires_at`
-drives `expire_due`, which revokes the lease with `sys/leases/revoke`.
+drives `expire_due`, which revokes the lease with `sys/leases/revoke/<lease id>`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ class VaultSecretBackend:
 
     def __init__(self, vault: VaultClient) -> None:
         self.vault = vault
+        # a lease carries no metadata (no deployment id): whether a lease no grant row accounts for
+        # is ours to revoke is the operator's statement that no other deployment uses these paths
+        self.reconcile_unknown = vault.config.reconcile_unknown_leases
 
     def mint(self, request: MintRequest) -> Minted:
         answer = self.vault.read(secret_path(request.boundary, request.scopes))
@@ -57,10 +60,11 @@ class VaultSecretBackend:
         if not renewable:
             log.info("lease %s lasts %ss > grant %ss; the reaper revokes it at grant expiry", lease_id, duration, ttl)
             return
-        self.vault.write("sys/leases/renew", {"lease_id": lease_id, "increment": ttl})
+        self.vault.write(f"sys/leases/renew/{lease_id}", {"increment": ttl})
 
     def revoke(self, boundary: BoundaryConfig, handle: str) -> None:
-        self.vault.write("sys/leases/revoke", {"lease_id": handle}, gone=GONE)
+        """By the lease id in the URL: the broker's policy allows revocation only under its own paths."""
+        self.vault.write(f"sys/leases/revoke/{handle}", gone=GONE)
 
     def ping(self) -> None:
         self.vault.ping()

@@ -20,12 +20,17 @@ GONE = ("invalid accessor", "no token found")
 
 
 class VaultTokenBackend:
-    """Creates tokens via `auth/token/create/<role>` and revokes them by accessor."""
+    """Creates tokens via `auth/token/create/<role>` and revokes them by accessor.
+
+    Every token carries `deployment` in its metadata: reconcile lists only tokens of this
+    deployment, so two brokers (two ledgers) on one Vault never revoke each other's tokens.
+    """
 
     kind = "vault_token"
 
-    def __init__(self, vault: VaultClient) -> None:
+    def __init__(self, vault: VaultClient, deployment: str = "") -> None:
         self.vault = vault
+        self.deployment = deployment
 
     def mint(self, request: MintRequest) -> Minted:
         role, policies = token_role(request.boundary, request.scopes)
@@ -39,6 +44,7 @@ class VaultTokenBackend:
                 "task": request.task[:128],
                 "subject": request.subject[:256],
                 "boundary": request.boundary.name,
+                "deployment": self.deployment,
             },
         }
         if policies:
@@ -93,13 +99,18 @@ class VaultTokenBackend:
         self.vault.ping()
 
     def live_handles(self, boundaries: Iterable[BoundaryConfig], created_before: float) -> dict[str, list[str]]:
-        """Accessors of tokens carrying our metadata for these boundaries, created before the cut-off."""
+        """Accessors of tokens carrying our metadata (this deployment, these boundaries), created before the cut-off.
+
+        A token without our deployment id (another deployment's, or minted before deployment ids
+        existed) is never listed, so never revoked here; its TTL, capped by the boundary, ends it.
+        """
         names = {b.name for b in boundaries if b.backend == self.kind}
         found: dict[str, list[str]] = {name: [] for name in names}
         for accessor in self.vault.list("auth/token/accessors") if names else []:
             data = self._lookup(accessor)
             meta = data.get("meta") or {}
-            if meta.get("boundary") in names and meta.get("grant_id") and data.get("creation_time", 0) < created_before:
+            ours = meta.get("deployment") == self.deployment and meta.get("boundary") in names and meta.get("grant_id")
+            if ours and data.get("creation_time", 0) < created_before:
                 found[meta["boundary"]].append(accessor)
         return found
 

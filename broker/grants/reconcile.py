@@ -8,6 +8,11 @@ for every handle older than `grace` seconds; a handle that is not the handle of 
 safe beside traffic and beside other replicas: a mint commits or is revoked within milliseconds,
 so a handle older than the grace with no row is an orphan. The first pass runs before the broker
 serves; later passes every `interval` seconds. Active grants past expiry are the reaper's.
+
+Only this deployment's credentials are touched: `vault_token` lists only tokens whose metadata
+carries this deployment's id. Leases have no metadata; a backend whose `reconcile_unknown` is
+False (another deployment shares its engine roles) has revoked only the leases this ledger knows
+and has ended (a revocation Vault lost), never one that no row accounts for.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from broker.backends import Backend
 from broker.config import BoundaryConfig
 from broker.errors import BrokerError
 from broker.fingerprint import fingerprint
-from broker.ledger import ACTIVE, REVOKE_PENDING, Event, LedgerStore
+from broker.ledger import ACTIVE, FINAL_STATUSES, REVOKE_PENDING, Event, LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,8 @@ class Reconciler:
         revoked = 0
         for name, handles in found.items():
             orphans = set(handles) - self._live(name)
+            if not getattr(backend, "reconcile_unknown", True):
+                orphans &= self._ended(name)
             revoked += sum(self._revoke(backend, name, handle) for handle in sorted(orphans))
         return revoked
 
@@ -76,6 +83,9 @@ class Reconciler:
             boundary=boundary, status=REVOKE_PENDING
         )
         return {row.handle for row in rows}
+
+    def _ended(self, boundary: str) -> set[str]:
+        return {row.handle for row in self._ledger.grants(boundary=boundary) if row.status in FINAL_STATUSES}
 
     def _revoke(self, backend: Listing, boundary_name: str, handle: str) -> bool:
         boundary = next(b for b in self._boundaries if b.name == boundary_name)

@@ -189,3 +189,12 @@ class DenialWindow(Base):
     count: Mapped[int] = mapped_column(Integer)
     first_at: Mapped[float] = mapped_column(Float)
     last_at: Mapped[float] = mapped_column(Float)
+
+
+class Setting(Base):
+    """Facts of this deployment shared by every replica on the database, e.g. its `deployment_id`."""
+
+    __tablename__ = "broker_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))

@@ -79,7 +79,8 @@ def test_broker_exec_hands_a_working_vault_token_and_revokes_it(dev_broker) -> N
         cwd=folder, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     bao = str(Path(sys.executable).with_name("bao"))
-    child = f"{bao} token lookup -format=json >/dev/null && echo $VAULT_TOKEN"
+    # the token reads its boundary's secret (no `default` policy, so not `token lookup`)
+    child = f"{bao} read -format=json secret/data/demo/hello >/dev/null && echo $VAULT_TOKEN"
     env = {**os.environ, "BROKER_URL": url, "BROKER_IDENTITY_TOKEN": token}
     done = subprocess.run(
         [str(Path(sys.executable).with_name("broker-exec")), "--boundary", "demo-kv", "--scope", "read", "--",
@@ -88,6 +89,6 @@ def test_broker_exec_hands_a_working_vault_token_and_revokes_it(dev_broker) -> N
     assert done.returncode == 0, done.stderr
     vault_token = done.stdout.strip()
     addr = next(line.split()[1] for line in (folder / "dev.log").read_text().splitlines() if "openbao:" in line)
-    after = subprocess.run([bao, "token", "lookup"], env={**os.environ, "VAULT_ADDR": addr, "VAULT_TOKEN": vault_token},
+    after = subprocess.run([bao, "read", "secret/data/demo/hello"], env={**os.environ, "VAULT_ADDR": addr, "VAULT_TOKEN": vault_token},
                            capture_output=True, text=True, timeout=20, check=False)  # fmt: skip
     assert after.returncode != 0, "the Vault token still works after broker-exec completed its grant"

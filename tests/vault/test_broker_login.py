@@ -15,7 +15,8 @@ from tests.support.openbao import VaultBed
 def approle(vault_bed: VaultBed, tmp_path_factory) -> dict:
     """An AppRole whose tokens hold `credential-broker` only (the plan's least privilege), secret id in a file."""
     root = vault_bed.openbao.root()
-    root.write("sys/auth/approle", {"type": "approle"})
+    if "approle/" not in (root.read("sys/auth").get("data") or {}):
+        root.write("sys/auth/approle", {"type": "approle"})
     root.write("auth/approle/role/broker", {"token_policies": [BROKER_POLICY], "token_ttl": "60s", "token_max_ttl": "10m"})
     role_id = root.read("auth/approle/role/broker/role-id")["data"]["role_id"]
     secret_file = tmp_path_factory.mktemp("approle") / "secret-id"

@@ -63,14 +63,27 @@ def test_vault_plan_prints_policies_token_roles_and_engine_roles(tmp_path):
     plan = yaml.safe_load(result.output)
     assert plan["token_roles"]["kv-payments-read"] == {
         "allowed_policies": ["kv-payments-read"], "orphan": True, "renewable": False,
-        "token_explicit_max_ttl": 900, "token_type": "service",
+        "token_explicit_max_ttl": 900, "token_no_default_policy": True, "token_type": "service",
     }
     assert plan["engine_roles"]["database/roles/orders-read"] == {"db_name": "orders", "default_ttl": 600, "max_ttl": 600}
     assert 'path "secret/data/payments/*"' in plan["policies"]["kv-payments-read"]
     broker = plan["policies"]["credential-broker"]
-    for needed in ("auth/token/create/kv-payments-read", "database/creds/orders-read", "sys/leases/revoke",
+    for needed in ("auth/token/create/kv-payments-read", "database/creds/orders-read",
+                   "sys/leases/revoke/database/creds/orders-read/*", "sys/leases/renew/database/creds/orders-read/*",
                    "auth/token/revoke-accessor", "sys/leases/lookup/database/creds/orders-read/"):
         assert f'path "{needed}"' in broker
+    # no lease path of the whole cluster: revoke and renew only under the boundary's own path
+    assert 'path "sys/leases/revoke"' not in broker and 'path "sys/leases/renew"' not in broker
+
+
+def test_the_plan_grants_no_lease_paths_without_a_vault_secret_boundary():
+    settings = load_settings(None, boundaries=[kv_boundary("payments")], vault=VAULT)
+    from broker.backends.plan import make_plan
+
+    broker = make_plan(settings).policies["credential-broker"]
+    leases = sorted(line.split('"')[1] for line in broker.splitlines() if '"sys/leases/' in line)
+    assert leases == ["sys/leases/lookup/auth/token/create/kv-payments-read/",
+                      "sys/leases/revoke-prefix/auth/token/create/kv-payments-read"]
 
 
 KV = BoundaryConfig(

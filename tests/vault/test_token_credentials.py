@@ -31,9 +31,11 @@ def test_token_is_orphan_non_renewable_with_grant_metadata(vault_broker, issuers
     answer = vault_broker.grant(issuers.worker(), "kv-payments", ["read"], ttl=60, task="meta-task").json()
     data = vault_bed.openbao.root().write("auth/token/lookup-accessor", {"accessor": answer["credential"]["accessor"]})["data"]
     assert (data["orphan"], data["renewable"], data["explicit_max_ttl"]) == (True, False, 60)
-    assert data["meta"] == {"grant_id": answer["grant_id"], "task": "meta-task",
+    deployment = vault_broker.service.backends["vault_token"].deployment
+    assert deployment.startswith("d-")
+    assert data["meta"] == {"grant_id": answer["grant_id"], "task": "meta-task", "deployment": deployment,
                             "subject": "system:serviceaccount:payments:worker", "boundary": "kv-payments"}
-    assert sorted(data["policies"]) == ["default", "kv-payments-read"]
+    assert data["policies"] == ["kv-payments-read"]  # token_no_default_policy: no cubbyhole, no lookup-self
     row = vault_broker.service.ledger.get_grant(answer["grant_id"])
     assert row.handle == answer["credential"]["accessor"] and answer["credential"]["token"] not in repr(row.__dict__)
 
