@@ -101,8 +101,8 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
             service.backends, settings.boundaries, ledger,
             grace=settings.reconcile_grace, interval=settings.reconcile_interval,
         ).run,  # first pass before serving
-        "revocations": service.retry_pending,
-        "reaper": service.expire_due,
+        "revocations": service.outbox.retry_pending,
+        "reaper": service.outbox.expire_due,
         "freezes": ledger.refresh_freezes,
         "policy": policy.maybe_reload,
         "keys": keys.reload,

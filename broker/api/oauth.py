@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import Service, bearer, dpop_key, form_body
 from broker.grants.exchange import exchange, one
+from broker.grants import introspection
 
 router = APIRouter(prefix="/oauth", tags=["oauth"], dependencies=[Depends(form_body)])
 
@@ -46,7 +47,7 @@ async def introspect(request: Request, svc: Service) -> dict:
     identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/introspect")
     token = one(await _form(request), "token")
     jkt = await run_in_threadpool(dpop_key, request, svc, identity, token, True)
-    return await run_in_threadpool(svc.introspect, identity, token, jkt)
+    return await run_in_threadpool(introspection.introspect, svc, identity, token, jkt)
 
 
 @router.post("/revoke")
@@ -54,7 +55,7 @@ async def revoke(request: Request, svc: Service) -> dict:
     identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/revoke")
     token = one(await _form(request), "token")
     jkt = await run_in_threadpool(dpop_key, request, svc, identity, token, True)
-    grant = await run_in_threadpool(svc.grant_of_token, token)
+    grant = await run_in_threadpool(introspection.grant_of_token, svc, token)
     if grant is not None and grant.subject == identity.subject and grant.attestor == identity.attestor:
         await run_in_threadpool(svc.complete, identity, grant.id, jkt)
     return {}  # RFC 7009 §2.2: 200 whether or not the token was valid

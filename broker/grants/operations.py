@@ -22,7 +22,8 @@ from typing import Any, Literal
 from broker.backends import revoke_many
 from broker.errors import BadRequest, BrokerError, NotFound, UnknownBoundary
 from broker.grants.recording import recorded
-from broker.grants.service import GrantService, _backoff
+from broker.grants.outbox import backoff
+from broker.grants.service import GrantService
 from broker.identity import Identity
 from broker.ledger import (
     ACTIVE,
@@ -203,7 +204,7 @@ class Operations:
         if not failed:
             return 0
         attempts = max(g.revoke_attempts for g in grants)
-        retry_at = self.service.clock() + _backoff(attempts, self.service.settings.revoke_retry_max_delay)
+        retry_at = self.service.clock() + backoff(attempts, self.service.settings.revoke_retry_max_delay)
         ids = list(failed)
         return sum(self.ledger.fail_revoke_many({i: failed[i] for i in chunk}, retry_at) for chunk in _chunks(ids, self.batch))
 

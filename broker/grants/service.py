@@ -1,4 +1,4 @@
-"""The use cases: authenticate, issue, complete, revoke, expire, introspect.
+"""The use cases: authenticate, issue, complete (revocation: broker/grants/outbox.py).
 
 Every decision is chained into the ledger before it is answered (promise 4).
 """
@@ -10,22 +10,19 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import secrets
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import jwt
 
 from broker.backends import Backend, Minted, MintRequest
 from broker.config import BoundaryConfig, Settings
 from broker.errors import (
-    BackendUnavailable,
     BadRequest,
     BoundaryFrozen,
     BrokerError,
@@ -44,6 +41,7 @@ from broker.errors import (
 )
 from broker.grants.recording import recorded
 from broker.grants.limits import IssuanceLimits
+from broker.grants.outbox import Outbox, RevokeOutcome
 from broker.identity import Attestors, Identity
 from broker.identity.dpop import DpopVerifier
 from broker.ledger import ACTIVE, REVOKE_PENDING, Committed, Event, Grant, IdemClaim, LedgerStore, Refused, Replayed
@@ -51,7 +49,7 @@ from broker.policy import PolicySource
 from broker.signing import KeyStore
 
 log = logging.getLogger(__name__)
-_recorded = functools.partial(recorded, record=lambda service: service.record_refusal)
+recorded_use_case = functools.partial(recorded, record=lambda service: service.record_refusal)
 DEFAULT_TTL = 300
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 # The one task grammar, on every endpoint that takes a task (body, path, query, form): printable
@@ -93,16 +91,6 @@ class Prepared:
     claim: IdemClaim | None
 
 
-@dataclass(frozen=True)
-class RevokeOutcome:
-    """How many grants a revocation matched, finished and left pending."""
-
-    matched: int
-    revoked: int
-    pending: int
-    grant_ids: list[str] = field(default_factory=list)
-
-
 class GrantService:
     """Ties identity, policy, backends and the ledger into the broker's use cases."""
 
@@ -128,6 +116,7 @@ class GrantService:
         self.boundaries = {b.name: b for b in settings.boundaries}
         self.dpop = dpop or DpopVerifier(clock=clock)
         self.limits = IssuanceLimits(settings, ledger)
+        self.outbox = Outbox(settings, backends, ledger, clock)
 
     # --- identity --------------------------------------------------------------------------
 
@@ -184,7 +173,7 @@ class GrantService:
             return prepared
         return self.conclude(prepared, self.commit(prepared))
 
-    @_recorded("issue")
+    @recorded_use_case("issue")
     def prepare(self, identity: Identity, request: GrantRequest) -> Prepared | Issued:
         """Admit and mint (an earlier live grant of the same Idempotency-Key is answered instead)."""
         boundary, scopes, ttl = self._admit(identity, request)
@@ -222,7 +211,7 @@ class GrantService:
         """Answer from the commit's outcome; fail closed: an unrecorded or refused credential is revoked."""
         return self._conclude(prepared.identity, prepared, committed)
 
-    @_recorded("issue")
+    @recorded_use_case("issue")
     def _conclude(self, identity: Identity, prepared: Prepared, committed: Future) -> Issued:
         grant = prepared.grant
         try:
@@ -364,7 +353,7 @@ class GrantService:
         """A grant the issuing transaction left `revoke_pending` (frozen meanwhile, superseded): revoke it now."""
         grant = self.ledger.get_grant(grant_id)
         if grant is not None and grant.status == REVOKE_PENDING:
-            self.execute_revocation(grant)
+            self.outbox.execute(grant)
 
     def _revoke_unrecorded(self, grant: Grant) -> None:
         boundary = self.boundaries[grant.boundary]
@@ -396,28 +385,28 @@ class GrantService:
 
     # --- read ------------------------------------------------------------------------------
 
-    @_recorded("read")
+    @recorded_use_case("read")
     def get(self, identity: Identity, grant_id: str) -> Grant:
         """The grant, to its owner or an operator; others learn nothing (404)."""
         grant = self.ledger.get_grant(grant_id)
-        if grant is None or not (_owns(identity, grant) or "operator" in self.roles(identity)):
+        if grant is None or not (owns(identity, grant) or "operator" in self.roles(identity)):
             raise NotFound("grant not found")
         return grant
 
     # --- completion and revocation ---------------------------------------------------------
 
-    @_recorded("complete")
+    @recorded_use_case("complete")
     def complete(self, identity: Identity, grant_id: str, proof_jkt: str | None = None) -> Grant:
         """The owner says done: revoke now. Idempotent."""
         grant = self.ledger.get_grant(grant_id)
-        if grant is None or not _owns(identity, grant):
+        if grant is None or not owns(identity, grant):
             self.record_refusal(identity, "complete", grant_id=grant_id)
             raise NotFound("grant not found")
         self.check_holder(identity, grant, proof_jkt, "complete")
-        self.revoke([grant.id], end_status="completed", actor=identity.subject, reason="completed by owner")
+        self.outbox.revoke([grant.id], end_status="completed", actor=identity.subject, reason="completed by owner")
         return self.ledger.get_grant(grant_id) or grant
 
-    @_recorded("complete_task")
+    @recorded_use_case("complete_task")
     def complete_task(self, identity: Identity, task: str, proof_jkt: str | None = None) -> RevokeOutcome:
         """Complete every grant of the caller's task (DPoP-bound ones only with their key's proof)."""
         if not TASK.fullmatch(task):
@@ -430,54 +419,10 @@ class GrantService:
             raise TaskNotFound("task not found")
         for grant in grants:
             self.check_holder(identity, grant, proof_jkt, "complete_task")
-        outcome = self.revoke(
+        outcome = self.outbox.revoke(
             [g.id for g in grants], end_status="completed", actor=identity.subject, reason="task completed"
         )
         return RevokeOutcome(len(grants), outcome.revoked, outcome.pending, [g.id for g in grants])
-
-    def revoke(
-        self,
-        grant_ids: Sequence[str],
-        *,
-        end_status: str,
-        actor: str,
-        reason: str,
-        revocation_id: str | None = None,
-    ) -> RevokeOutcome:
-        """Outbox: commit the intent for every grant, then execute; failures stay `revoke_pending`."""
-        moved = self.ledger.begin_revoke(
-            grant_ids, end_status=end_status, actor=actor, reason=reason, revocation_id=revocation_id
-        )
-        revoked = sum(self.execute_revocation(grant) for grant in moved)
-        return RevokeOutcome(len(moved), revoked, len(moved) - revoked, [g.id for g in moved])
-
-    def execute_revocation(self, grant: Grant) -> bool:
-        """Revoke at the backend; True when done, False when left for the retry worker."""
-        boundary = self.boundaries.get(grant.boundary)
-        backend = self.backends.get(grant.backend)
-        try:
-            if boundary is None or backend is None:
-                raise BackendUnavailable(f"no backend configured for boundary {grant.boundary!r}")
-            backend.revoke(boundary, grant.handle)
-        except BrokerError as exc:
-            delay = _backoff(grant.revoke_attempts, self.settings.revoke_retry_max_delay)
-            self.ledger.fail_revoke(grant.id, error=exc.detail, retry_at=self.clock() + delay)
-            return False
-        self.ledger.finish_revoke(grant.id)
-        return True
-
-    def retry_pending(self, limit: int = 500) -> int:
-        """One pass of the outbox worker: execute due revocations; returns how many succeeded."""
-        claimed = self.ledger.claim_due_revocations(self.clock(), limit, lease=30.0)
-        return sum(self.execute_revocation(grant) for grant in claimed)
-
-    def expire_due(self, limit: int = 1000) -> int:
-        """One pass of the reaper: grants past expiry end as `expired`, their credential revoked."""
-        self.ledger.prune_idempotency_keys(self.clock())
-        ids = self.ledger.expired_active(self.clock(), limit)
-        if not ids:
-            return 0
-        return self.revoke(ids, end_status="expired", actor="broker:reaper", reason="ttl elapsed").matched
 
     def record_invalid_request(self, identity: Identity, action: str, code: str = "validation_error") -> None:
         self.record_refusal(identity, action, code=code)
@@ -497,45 +442,6 @@ class GrantService:
                 detail=detail,
             )
         )
-
-    # --- introspection ---------------------------------------------------------------------
-
-    @_recorded("introspect")
-    def introspect(self, caller: Identity, token: str, proof_jkt: str | None = None) -> dict[str, Any]:
-        """RFC 7662: active only if the signature holds, it has not expired, and the grant is active.
-
-        Claims go only to the token's owner and to callers whose policy role is `resource_server`
-        (RFC 7662 §4); anyone else learns `{"active": false}`, and the refusal is recorded. The holder of
-        a DPoP-bound token introspects it only with a proof by the bound key; a resource server gets
-        `cnf` back and checks the holder's proof itself (RFC 9449 §6.2).
-        """
-        try:
-            claims = self.keys.verify(token, issuer=self.settings.issuer)
-        except (jwt.InvalidTokenError, ValueError):
-            return {"active": False}  # an unverifiable token tells nobody anything
-        grant = self.ledger.get_grant(str(claims.get("jti")))
-        if grant is None:
-            return {"active": False}
-        owner = _owns(caller, grant)
-        if not owner and "resource_server" not in self.roles(caller):
-            self.record_refusal(caller, "POST /oauth/introspect", code="forbidden", grant_id=grant.id)
-            return {"active": False}
-        if grant.status != ACTIVE or claims["exp"] <= self.clock():
-            return {"active": False}
-        if owner:
-            self.check_holder(caller, grant, proof_jkt, "introspect")
-        keep = ("sub", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf")
-        token_type = "DPoP" if grant.cnf_jkt else "Bearer"
-        return {"active": True, "token_type": token_type, **{k: claims[k] for k in keep if k in claims}}
-
-    def grant_of_token(self, token: str) -> Grant | None:
-        """The grant behind a valid, unexpired broker JWT (an expired one is the reaper's)."""
-        try:
-            claims = self.keys.verify(token, issuer=self.settings.issuer)
-        except (jwt.InvalidTokenError, ValueError):
-            return None
-        return self.ledger.get_grant(str(claims.get("jti")))
-
 
 
 REFUSED_AT_COMMIT: dict[str, type[BrokerError]] = {
@@ -568,7 +474,7 @@ def _request_fp(request: GrantRequest) -> str:
     return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
 
 
-def _owns(identity: Identity, grant: Grant) -> bool:
+def owns(identity: Identity, grant: Grant) -> bool:
     return grant.subject == identity.subject and grant.attestor == identity.attestor
 
 
@@ -594,8 +500,3 @@ def _ttl(requested: int | str | None, boundary: BoundaryConfig, cap: int) -> int
     if int(requested) > cap:
         raise TtlExceedsCap(f"ttl {requested}s exceeds the cap of {cap}s")
     return int(requested)
-
-
-def _backoff(attempts: int, max_delay: int) -> float:
-    """Exponential backoff with full jitter, capped."""
-    return random.uniform(0.5, 1.0) * min(max_delay, 2 ** min(attempts, 16))

@@ -106,7 +106,7 @@ def settle(broker: BrokerClient, subject: str) -> None:
     for _ in range(200):
         if not _active(broker, subject):
             return
-        broker.service.retry_pending()
+        broker.service.outbox.retry_pending()
         threading.Event().wait(0.05)
     raise AssertionError(f"grants of {subject} still live: {_active(broker, subject)}")
 
