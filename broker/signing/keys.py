@@ -139,6 +139,7 @@ class KeyStore:
         self._max_ttl = max_token_ttl
         self._clock = clock
         self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
         self._loaded: dict[str, _Prepared] = {}
         self._last_miss_reload = 0.0
         self.reload()
@@ -147,9 +148,16 @@ class KeyStore:
 
     def reload(self) -> None:
         """Read keys from the repository (other replicas may have rotated)."""
-        loaded = {key.kid: _Prepared.load(key) for key in self._repo.load_all()}
-        with self._lock:
-            self._loaded = loaded
+        # One reload at a time: a periodic reload that read the repository before a rotation wrote
+        # to it must not install its stale view after the rotation's own reload.
+        with self._reload_lock:
+            previous = self._loaded
+            loaded = {}
+            for key in self._repo.load_all():
+                kept = previous.get(key.kid)  # an unchanged record keeps its loaded key objects
+                loaded[key.kid] = kept if kept is not None and kept.key == key else _Prepared.load(key)
+            with self._lock:
+                self._loaded = loaded
 
     def rotate(self) -> SigningKey:
         """Add a new active key; the old one stays published until its last token expires."""
