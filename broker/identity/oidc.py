@@ -150,7 +150,7 @@ class VerifiedTokens:
         self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
 
     def get(self, token: str) -> Identity | None:
-        digest = hashlib.sha256(token.encode()).digest()
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         with self._lock:
             entry = self._entries.get(digest)
             if entry is not None:
@@ -165,7 +165,7 @@ class VerifiedTokens:
         return entry.identity
 
     def put(self, token: str, identity: Identity, attestor: _Attestor, key: VerificationKey) -> None:
-        digest = hashlib.sha256(token.encode()).digest()
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         exp = float(identity.claims["exp"])
         with self._lock:
             self._entries[digest] = _Verified(identity, attestor, key, exp)
