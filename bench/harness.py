@@ -1,19 +1,23 @@
-"""The bench harness: a bounded async load generator, and real processes to aim it at.
+"""The bench harness: `wrk` (a C load client, keep-alive) and real processes to aim it at.
 
-`load()` drives one HTTP request shape at a fixed concurrency with httpx over loopback, stopping at
-a request count or a time cap, whichever comes first. `BrokerServer` runs the broker under uvicorn
-in a subprocess from a config file in a temp dir; `openbao` runs `bao server -dev`.
+`wrk_run()` drives one request shape (a Lua script: method, path, headers, body) at a fixed number
+of keep-alive connections for a bounded duration and returns rate, p50, p99 and the CPU the server
+processes spent (user + sys from /proc, parent and children). `BrokerServer` runs the broker under
+uvicorn in a subprocess from a config file in a temp dir; `openbao` runs `bao server -dev`.
+`load()` (httpx, asyncio) remains for bench/replicas.py, which round-robins over several URLs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -28,8 +32,9 @@ from broker.app import open_keys, open_ledger
 from broker.config import load_settings
 from broker.dev_openbao import OpenBaoServer, free_port
 
-LEVELS = (1, 8, 32, 64)
+LEVELS = (1, 16, 32)
 Send = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -46,6 +51,10 @@ class Result:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    p50_ms: float | None = None  # given by wrk (which keeps its own histogram) instead of `latencies`
+    p99_ms: float | None = None
+    cpu_seconds: float | None = None  # user + sys of the server's processes during the run
+    ratio: float | None = None  # rate / the matching OpenBao row's rate
 
     @property
     def rate(self) -> float:
@@ -53,15 +62,142 @@ class Result:
             return self.rate_override
         return (self.requests - self.errors) / self.elapsed if self.elapsed else 0.0
 
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        done = self.requests - self.errors
+        return 1000 * self.cpu_seconds / done if self.cpu_seconds is not None and done > 0 else None
+
     def percentile(self, q: float) -> float | None:
         """Latency percentile in ms (nearest rank), or None when nothing was timed."""
+        given = {0.5: self.p50_ms, 0.99: self.p99_ms}.get(q)
+        if given is not None:
+            return given
         if not self.latencies:
             return None
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-# --- load ------------------------------------------------------------------------------------
+# --- CPU of a process tree --------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every descendant (uvicorn's workers are children of its supervisor)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
+            parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += parents.get(pid, [])
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time these processes have used so far (fields 14 and 15 of /proc/<pid>/stat)."""
+    total = 0
+    for pid in pids:
+        if (fields := _stat(pid)) is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+# --- wrk --------------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    """The `wrk` binary; installed from the Debian package when missing and we are root, else a clear error."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise SystemExit("bench: `wrk` is not installed; install the Debian package `wrk` (apt-get install wrk)")
+    print("bench: installing wrk (apt-get install -y wrk)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True, check=True)
+    return shutil.which("wrk") or "wrk"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One HTTP request as wrk sends it; `{n}` in the body becomes a per-request counter."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+
+
+def _lua(shape: Shape) -> str:
+    quote = _lua_string
+    headers = "\n".join(f"wrk.headers[{quote(k)}] = {quote(v)}" for k, v in shape.headers.items())
+    dynamic = "{n}" in shape.body
+    request = (
+        # a fresh counter per request (e.g. a new task per grant); per wrk thread, prefixed by its id
+        f"local n = 0\nlocal body = {quote(shape.body)}\n"
+        "function setup(thread) thread:set('tid', tostring(math.random(1, 1e9))) end\n"
+        "function request()\n  n = n + 1\n"
+        "  return wrk.format(nil, nil, nil, (body:gsub('{n}', (tid or '0') .. '-' .. n)))\nend\n"
+        if dynamic
+        else f"wrk.body = {quote(shape.body)}\n"
+    )
+    done = (
+        "function done(summary, latency, requests)\n"
+        "  local e = summary.errors\n"
+        "  io.write(string.format('WRKJSON {\"requests\":%d,\"duration_us\":%d,\"status\":%d,"
+        "\"socket\":%d,\"p50_us\":%d,\"p99_us\":%d}\\n', summary.requests, summary.duration, e.status,"
+        " e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99)))\nend\n"
+    )
+    return f"wrk.method = {quote(shape.method)}\n{headers}\n{request}{done}"
+
+
+def _lua_string(value: str) -> str:
+    return json.dumps(value)  # an ASCII JSON string is a valid Lua string literal
+
+
+def wrk_run(scenario: str, shape: Shape, connections: int, seconds: float, *, server_pid: int | None = None) -> Result:
+    """Run wrk (1 thread, `connections` keep-alive connections) for `seconds`; CPU of the server's tree."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_lua(shape))
+    pids = process_tree(server_pid) if server_pid else []
+    before = cpu_seconds(pids)
+    try:
+        out = subprocess.run(
+            [ensure_wrk(), "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", script.name,
+             shape.url], capture_output=True, text=True, timeout=seconds + 60,
+        )  # fmt: skip
+    finally:
+        os.unlink(script.name)
+    spent = cpu_seconds(pids) - before if pids else None
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        return Result(scenario, connections, note=f"wrk failed: {(out.stderr or out.stdout).strip()[-60:]}")
+    data = json.loads(line[len("WRKJSON "):])
+    return Result(
+        scenario, connections, requests=data["requests"], errors=data["status"] + data["socket"],
+        elapsed=data["duration_us"] / 1e6, p50_ms=data["p50_us"] / 1000, p99_ms=data["p99_us"] / 1000,
+        cpu_seconds=spent,
+    )  # fmt: skip
+
+
+def wrk_sweep(scenario: str, shape: Shape, *, seconds: float, server_pid: int | None, levels=LEVELS) -> list[Result]:
+    """A short unmeasured warm-up, then each connection level for `seconds`."""
+    wrk_run("warm-up", shape, 4, 1, server_pid=None)
+    return [wrk_run(scenario, shape, level, seconds, server_pid=server_pid) for level in levels]
+
+
+# --- httpx load (bench/replicas.py) -----------------------------------------------------------
 
 
 async def _drive(client: httpx.AsyncClient, send: Send, result: Result, count: int, deadline: float, ok: set) -> None:
@@ -97,10 +233,6 @@ def load(
     """Run `send` `count` times (or until `time_cap` s) from `concurrency` clients; latency per request."""
     result = Result(scenario, concurrency)
     return asyncio.run(_load(send, result, count=count, time_cap=time_cap, warmup=warmup, ok=set(ok)))
-
-
-def sweep(scenario: str, send: Send, *, count: int, time_cap: float, levels=LEVELS, **kw: Any) -> list[Result]:
-    return [load(scenario, send, level, count=count, time_cap=time_cap, **kw) for level in levels]
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -143,10 +275,10 @@ class BrokerServer:
 
 
 @contextmanager
-def broker_server(directory: Path, config: dict[str, Any], *, workers: int = 2) -> Iterator[BrokerServer]:
-    """Write the config, create keys and schema once (so workers do not race), serve, stop.
+def broker_server(directory: Path, config: dict[str, Any], *, workers: int | None = None) -> Iterator[BrokerServer]:
+    """Write the config, create keys and schema once (so workers do not race), `broker serve`, stop.
 
-    uvicorn's own defaults pick the event loop and HTTP parser, as `broker serve` does.
+    `workers=None` takes `broker serve`'s own default (one per core), as production would.
     """
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
@@ -156,16 +288,24 @@ def broker_server(directory: Path, config: dict[str, Any], *, workers: int = 2) 
     settings = load_settings(path)
     open_keys(settings)
     open_ledger(settings).engine.dispose()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "broker.app:app_from_env", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
-        env={**os.environ, "BROKER_CONFIG": str(path)},
-    )  # fmt: skip
+    command = [str(Path(sys.executable).with_name("broker")), "serve", "--config", str(path), "--port", str(port),
+               "--log-level", "warning", *(["--workers", str(workers)] if workers else [])]  # fmt: skip
+    proc = subprocess.Popen(command)
     try:
         _wait_http(f"http://127.0.0.1:{port}/readyz", proc)
         yield BrokerServer(f"http://127.0.0.1:{port}", proc, path)
     finally:
         _stop(proc)
+
+
+def audit_verify(server: BrokerServer) -> dict[str, Any]:
+    """`broker audit verify` (offline, the CLI an operator runs) of the ledger a broker filled."""
+    out = subprocess.run([str(Path(sys.executable).with_name("broker")), "audit", "verify", "--config",
+                          str(server.config_path)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"ok": False, "checked": 0, "problem": (out.stderr or out.stdout)[-120:]}
 
 
 @contextmanager

@@ -89,10 +89,12 @@ def postgres_pids(url: str) -> list[int]:
 
 
 def round_robin(replicas: list[Replica], token: str) -> Send:
-    sends = [sc.grant_request(r.url, token, sc.JWT_BOUNDARY) for r in replicas]
+    shapes = [sc.grant_request(r.url, token, sc.JWT_BOUNDARY) for r in replicas]
 
     async def send(client, index: int):  # noqa: ANN001, ANN202
-        return await sends[index % len(sends)](client, index)
+        shape = shapes[index % len(shapes)]
+        body = shape.body.replace("{n}", str(index))
+        return await client.request(shape.method, shape.url, headers=shape.headers, content=body)
 
     return send
 

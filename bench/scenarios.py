@@ -12,7 +12,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from bench.harness import Result, Send
+from bench.harness import Result, Shape
 from broker.backends.plan import apply_plan, make_plan
 from broker.backends.vault import VaultClient
 from broker.config import VaultConfig, load_settings
@@ -58,65 +58,39 @@ def jwt_boundary() -> dict[str, Any]:
     return {"name": JWT_BOUNDARY, "backend": "jwt", "scopes": ["read"], "max_ttl": "15m"}
 
 
-# --- broker request shapes ---------------------------------------------------------------------
+# --- request shapes (wrk sends each one over and over; `{n}` is a per-request counter) ----------
 
 
-def grant_request(base: str, token: str, boundary: str, ttl: int = 300) -> Send:
-    """POST /v1/grants for `boundary`, a new task per request."""
-    url, headers = f"{base}/v1/grants", {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-
-    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
-        body = f'{{"task":"bench-{index}","boundary":"{boundary}","scopes":["read"],"ttl":{ttl}}}'
-        return await client.post(url, content=body, headers=headers)
-
-    return send
+def grant_request(base: str, token: str, boundary: str, ttl: int = 300) -> Shape:
+    """POST /v1/grants for `boundary`, a new task per request; the identity token is reused until its exp."""
+    body = f'{{"task":"bench-{{n}}","boundary":"{boundary}","scopes":["read"],"ttl":{ttl}}}'
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return Shape("POST", f"{base}/v1/grants", headers, body)
 
 
-def healthz(base: str) -> Send:
-    """GET /healthz: no identity, no ledger; the HTTP floor of this client and server on this machine."""
-    url = f"{base}/healthz"
-
-    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
-        return await client.get(url)
-
-    return send
+def healthz(base: str) -> Shape:
+    """GET /healthz: no identity, no ledger; the HTTP floor of this server on this machine."""
+    return Shape("GET", f"{base}/healthz")
 
 
-# --- OpenBao request shapes --------------------------------------------------------------------
-
-
-def bao_token_create(bao: OpenBaoServer) -> Send:
+def bao_token_create(bao: OpenBaoServer) -> Shape:
     """OpenBao's own auth/token/create on the same token role the broker uses."""
-    url, headers = f"{bao.addr}/v1/auth/token/create/{TOKEN_ROLE}", _root_headers(bao)
     # the same body the vault_token backend sends, so the ratio is the broker's own overhead
     body = json.dumps({
         "ttl": "300s", "explicit_max_ttl": "300s", "renewable": False, "display_name": "broker-bench",
         "policies": ["bench-read"], "meta": {"grant_id": "g_bench", "task": "bench", "subject": "bench"},
     })  # fmt: skip
-
-    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
-        return await client.post(url, content=body, headers=headers)
-
-    return send
+    return Shape("POST", f"{bao.addr}/v1/auth/token/create/{TOKEN_ROLE}", _root_headers(bao), body)
 
 
-def bao_jwt_login(bao: OpenBaoServer, token: str) -> Send:
-    """OpenBao's auth/jwt/login with the same identity token the broker verifies."""
-    url, body = f"{bao.addr}/v1/auth/jwt/login", json.dumps({"role": "bench", "jwt": token})
-
-    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
-        return await client.post(url, content=body)
-
-    return send
+def bao_jwt_login(bao: OpenBaoServer, token: str) -> Shape:
+    """OpenBao's auth/jwt/login with the same identity token (its jwt auth trusts the issuer's JWKS)."""
+    body = json.dumps({"role": "bench", "jwt": token})
+    return Shape("POST", f"{bao.addr}/v1/auth/jwt/login", {"Content-Type": "application/json"}, body)
 
 
-def bao_db_creds(bao: OpenBaoServer) -> Send:
-    url, headers = f"{bao.addr}/v1/database/creds/{DB_ROLE}", _root_headers(bao)
-
-    async def send(client: httpx.AsyncClient, index: int) -> httpx.Response:
-        return await client.get(url, headers=headers)
-
-    return send
+def bao_db_creds(bao: OpenBaoServer) -> Shape:
+    return Shape("GET", f"{bao.addr}/v1/database/creds/{DB_ROLE}", _root_headers(bao))
 
 
 # --- OpenBao setup (not timed) -----------------------------------------------------------------

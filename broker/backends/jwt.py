@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jwt
+
 from broker.backends.base import Minted, MintRequest
 from broker.config import BoundaryConfig
+from broker.errors import BackendUnavailable
 from broker.fingerprint import fingerprint
 from broker.signing import KeyStore, build_claims
 
@@ -33,7 +36,10 @@ class JwtBackend:
             cnf_jkt=request.cnf_jkt,
         )
         token = self._keys.sign(claims)
-        self._keys.verify(token, issuer=self._issuer, audience=claims["aud"])
+        try:
+            self._keys.check_signed(token, claims)  # never hand out what its own public key does not verify
+        except jwt.InvalidTokenError as exc:
+            raise BackendUnavailable(f"minted JWT failed its self-check: {exc}") from None
         credential = {"type": "jwt", "token": token, "token_type": "DPoP" if request.cnf_jkt else "Bearer"}
         return Minted(credential=credential, handle=request.grant_id, fingerprint=fingerprint(token))
 

@@ -4,16 +4,28 @@ Call path: Attestors.verify → _route (pick the attestor by `iss`) → _Attesto
 check header (typ, alg allow-list, kid) → KeySet.key(kid) → jwt.decode (signature, iss, aud,
 required claims) → _check_claims (audiences; exp/nbf/iat with skew and lifetime, on the injected
 clock only) → presets.attest (subject + derived claims).
+
+Cache (one per broker process): verified identity tokens, so a workload reusing its token until
+it expires (as Kubernetes projected tokens are used) is not re-verified on every request.
+- key: SHA-256 of the whole token; only tokens that passed the full path above are stored, never
+  a refusal; at most `MAX_CACHED_TOKENS` entries, least recently used dropped first.
+- TTL: until the token's own `exp` (no leeway) on the injected clock, and only while the issuer's
+  JWKS (jwks.py's cache, refreshed as it says) still serves the very key object that verified it
+  for that `kid`: a kid that leaves the JWKS, or a JWKS refresh, ends the entry (a refresh re-parses
+  every key, so the next request is verified in full again).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -31,6 +43,7 @@ from broker.identity.jwks import (
     JsonFetcher,
     KeySet,
     RemoteKeySet,
+    VerificationKey,
     build_http_client,
     check_fetch_url,
     discover_jwks_uri,
@@ -44,6 +57,7 @@ _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # Token types that are never identity tokens: the broker's own access tokens (RFC 9068) and DPoP proofs.
 _REFUSED_TYP = frozenset({"at+jwt", "application/at+jwt", "dpop+jwt", "application/dpop+jwt"})
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "sub", "aud"]
+MAX_CACHED_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -78,13 +92,18 @@ class Attestors:
                 other = self._by_issuer[config.issuer].name
                 raise ConfigError(f"attestors {other!r} and {config.name!r} share an issuer")
             self._by_issuer[config.issuer] = _Attestor(config, _key_set(config, self._http, clock), clock)
+        self._verified = VerifiedTokens(MAX_CACHED_TOKENS, clock)
 
     def verify(self, token: str) -> Identity:
         """The identity proven by `token`, or InvalidIdentity (whose detail never contains the token)."""
         fingerprint = fingerprint_of(token) if isinstance(token, str) else "-"
         try:
+            if isinstance(token, str) and len(token) <= MAX_TOKEN_BYTES and (hit := self._verified.get(token)):
+                return hit
             attestor = self._route(token)
-            return attestor.verify(token, fingerprint)
+            identity, key = attestor.verify(token, fingerprint)
+            self._verified.put(token, identity, attestor, key)
+            return identity
         except InvalidIdentity as exc:
             log.debug("identity refused: %s (token %s)", exc.detail, fingerprint)
             exc.context.setdefault("token_fingerprint", fingerprint)
@@ -111,6 +130,48 @@ class Attestors:
         if attestor is None:
             raise InvalidIdentity(f"untrusted issuer {issuer[:200]!r}")
         return attestor
+
+
+@dataclass(frozen=True)
+class _Verified:
+    identity: Identity
+    attestor: _Attestor
+    key: VerificationKey
+    exp: float
+
+
+class VerifiedTokens:
+    """Identity tokens that passed full verification, by SHA-256 of the token (see the module docstring)."""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+        self._max = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+
+    def get(self, token: str) -> Identity | None:
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is not None:
+                self._entries.move_to_end(digest)
+        if entry is None:
+            return None
+        # outside the lock: key_still_served may wait for a JWKS refresh
+        if self._clock() >= entry.exp or not entry.attestor.key_still_served(entry.key):
+            with self._lock:
+                self._entries.pop(digest, None)
+            return None
+        return entry.identity
+
+    def put(self, token: str, identity: Identity, attestor: _Attestor, key: VerificationKey) -> None:
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        exp = float(identity.claims["exp"])
+        with self._lock:
+            self._entries[digest] = _Verified(identity, attestor, key, exp)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
 
 
 def _unverified_issuer(token: str) -> str:
@@ -176,7 +237,8 @@ class _Attestor:
         self._keys = keys
         self._clock = clock
 
-    def verify(self, token: str, fingerprint: str) -> Identity:
+    def verify(self, token: str, fingerprint: str) -> tuple[Identity, VerificationKey]:
+        """The identity, and the key that verified it (the cache keeps it only while the JWKS does)."""
         alg, kid = self._check_header(token)
         key = self._keys.key(kid)
         if not key.fits(alg):
@@ -185,13 +247,21 @@ class _Attestor:
         claims = self._decode(token, key.key)
         self._check_claims(claims)
         subject, derived = presets.attest(self._config, claims)
-        return Identity(
+        identity = Identity(
             subject=subject,
             attestor=self.name,
             claims=MappingProxyType({**claims, **derived}),
             token_fingerprint=fingerprint,
             expires_at=int(claims["exp"]),
         )
+        return identity, key
+
+    def key_still_served(self, key: VerificationKey) -> bool:
+        """True while the JWKS serves this very key object for its kid (no fetch beyond jwks.py's own)."""
+        try:
+            return self._keys.key(key.kid) is key
+        except InvalidIdentity:
+            return False
 
     def _check_header(self, token: str) -> tuple[str, str]:
         # jku, x5u, x5c and jwk are deliberately never read: keys come only from configured places.

@@ -201,3 +201,19 @@ def test_metadata_and_health(broker):
     assert broker.get("/healthz").json() == {"status": "ok"}
     ready = broker.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["ledger"] == "ok"
+
+
+def test_a_jwt_that_fails_its_self_check_is_never_handed_out(broker, issuers):
+    """The prepared signing key is checked against its own public key on every mint."""
+    import dataclasses
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys = broker.service.keys
+    kid = keys.active.kid
+    keys._loaded[kid] = dataclasses.replace(keys._loaded[kid], private=ec.generate_private_key(ec.SECP256R1()))
+    response = broker.grant(issuers.worker(), task="t-selfcheck")
+    assert response.status_code == 503 and response.json()["code"] == "backend_unavailable"
+    assert "token" not in response.text
+    assert broker.events("denied")[-1].detail["code"] == "backend_unavailable"
+    assert not broker.events("issued")

@@ -504,6 +504,70 @@ def test_jwks_file_is_reread_on_change_and_fails_closed_when_gone(fresh, make, t
     assert fresh.fetch_count == 0
 
 
+# --- the cache of verified identity tokens --------------------------------------------------
+
+
+def test_a_reused_token_is_served_from_the_cache(fresh, make) -> None:
+    attestors = make(fresh.attestor_config("oidc", source="jwks_uri"))
+    token = fresh.token()
+    first = attestors.verify(token)
+    assert attestors.verify(token) is first  # the very object: not verified a second time
+    assert attestors.verify(fresh.token()) is not first  # another token is another entry
+
+
+def test_cached_token_stops_working_when_its_kid_leaves_the_jwks(fresh, make) -> None:
+    clock = FakeClock()
+    config = fresh.attestor_config("oidc", source="jwks_uri", jwks_cache_ttl=60, jwks_min_refresh_interval=10)
+    attestors = make(config, clock=clock)
+    token = fresh.token(lifetime=3000)
+    cached = attestors.verify(token)
+    fresh.rotate()  # the token's kid is no longer in the issuer's JWKS
+    clock.advance(30)
+    assert attestors.verify(token) is cached  # the broker has not seen the new JWKS yet (jwks.py's TTL)
+    clock.advance(31)  # the JWKS cache expires; the next lookup fetches the rotated set
+    refused(attestors, token, "no key with kid")
+    assert fresh.fetch_count == 2
+
+
+def test_cached_token_ends_when_the_jwks_serves_another_key_for_its_kid(fresh, make, tmp_path) -> None:
+    path = tmp_path / "jwks.json"
+    _write_jwks(path, fresh.jwks())
+    attestors = make(fresh.attestor_config("oidc", jwks_file=path))
+    token = fresh.token()
+    attestors.verify(token)
+    kid = fresh.kid()
+    impostor = ec.generate_private_key(ec.SECP256R1()).public_key()
+    from jwt.algorithms import ECAlgorithm
+
+    jwk = {**ECAlgorithm.to_jwk(impostor, as_dict=True), "kid": kid, "use": "sig"}
+    _write_jwks(path, {"keys": [jwk]})  # same kid, different key: the cached verification no longer holds
+    refused(attestors, token, "Signature")
+
+
+def test_cached_token_stops_working_at_its_exp(fresh, make) -> None:
+    clock = FakeClock()
+    attestors = make(fresh.attestor_config("oidc", source="jwks_uri", leeway=30), clock=clock)
+    token = fresh.token(lifetime=120, now=clock.now)
+    cached = attestors.verify(token)
+    clock.advance(119)
+    assert attestors.verify(token) is cached
+    clock.advance(1)  # at exp the entry is gone: verified in full again (still inside the leeway)
+    assert attestors.verify(token) is not cached
+    clock.advance(31)
+    refused(attestors, token, "expired")
+
+
+def test_the_cache_is_bounded(fresh, make, monkeypatch) -> None:
+    from broker.identity import oidc
+
+    monkeypatch.setattr(oidc, "MAX_CACHED_TOKENS", 2)
+    attestors = make(fresh.attestor_config("oidc", source="jwks_uri"))
+    tokens = [fresh.token(sub=f"w{i}") for i in range(3)]
+    first, second, third = (attestors.verify(t) for t in tokens)
+    assert attestors.verify(tokens[2]) is third and attestors.verify(tokens[1]) is second
+    assert attestors.verify(tokens[0]) is not first  # the least recently used one was dropped
+
+
 def test_ecdsa_zero_signature_fails_in_cryptography_itself(issuer) -> None:
     """The psychic-signature bug (CVE-2022-21449) lived in the verifier, so test the library directly."""
     from cryptography.exceptions import InvalidSignature

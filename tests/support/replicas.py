@@ -74,7 +74,8 @@ def _start(directory: Path, config: dict[str, Any]) -> Replica:
     log = open(directory / "serve.log", "wb")  # noqa: SIM115 (the process owns it until it exits)
     broker = Path(sys.executable).with_name("broker")
     proc = subprocess.Popen(
-        [str(broker), "serve", "--config", str(path), "--port", str(port), "--log-level", "warning"],
+        # one worker per replica: a replica stands for one pod here (serve's default is one per core)
+        [str(broker), "serve", "--config", str(path), "--port", str(port), "--log-level", "warning", "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "BROKER_CONFIG": str(path)},
     )  # fmt: skip
     log.close()

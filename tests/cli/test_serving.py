@@ -1,0 +1,126 @@
+"""How the broker is served: `broker serve` with one worker per core on uvloop and httptools, the
+workers sharing one SQLite ledger and one hash chain; `broker dev` on the same loop and parser."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import yaml
+from sqlalchemy import create_engine, func, select
+
+from broker.cli import default_workers
+from broker.ledger import AuditEvent
+from tests.support.broker import BOUNDARIES, BROKER_ISSUER, POLICY
+from tests.cli.test_dev_and_config import free_port, wait_healthy
+
+BROKER = str(Path(sys.executable).with_name("broker"))
+FAST_PARTS = ("uvloop/loop", "httptools/parser")  # the compiled modules, as mapped into a process
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
+
+
+def _serving_fast(pid: int) -> bool:
+    maps = _maps(pid)
+    return all(part in maps for part in FAST_PARTS)
+
+
+def _until(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
+    """Wait for a condition of running processes (a worker importing its modules), bounded."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+@contextmanager
+def served(tmp_path: Path, issuers, *extra: str) -> Iterator[tuple[str, subprocess.Popen, Path]]:  # noqa: ANN001
+    config = {
+        "env": "test", "issuer": BROKER_ISSUER, "data_dir": str(tmp_path / "data"), "attestors": issuers.attestors(),
+        "boundaries": BOUNDARIES, "policy": POLICY, "worker_interval": 0.2,
+    }  # fmt: skip
+    path = tmp_path / "broker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    proc = subprocess.Popen([BROKER, "serve", "--config", str(path), "--port", str(port), "--log-level", "warning",
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url, proc, path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_serve_runs_one_worker_per_core_on_uvloop_and_httptools(tmp_path, issuers) -> None:
+    with served(tmp_path, issuers) as (_url, proc, _path):
+        _until(lambda: sum(_serving_fast(pid) for pid in _children(proc.pid)) == default_workers())
+        assert default_workers() == len(os.sched_getaffinity(0))
+
+
+def test_two_workers_keep_one_hash_chain_under_concurrent_load(tmp_path, issuers) -> None:
+    grants, concurrency = 400, 24
+    token = issuers.worker()
+    with served(tmp_path, issuers, "--workers", "2") as (url, proc, path):
+        _until(lambda: sum(_serving_fast(pid) for pid in _children(proc.pid)) == 2)
+
+        def issue(index: int) -> int:
+            body = {"task": f"t-{index % 40}", "boundary": "orders", "scopes": ["read"], "ttl": 60}
+            with httpx.Client(timeout=30) as client:  # a connection per request: the kernel spreads them
+                return client.post(f"{url}/v1/grants", json=body, headers={"Authorization": f"Bearer {token}"}).status_code
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            statuses = list(pool.map(issue, range(grants)))
+        assert statuses == [201] * grants
+        keys = httpx.get(f"{url}/.well-known/jwks.json").json()["keys"]
+        assert len(keys) == 1  # one first key, made before the workers forked
+    verify = subprocess.run([BROKER, "audit", "verify", "--config", str(path)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = json.loads(verify.stdout.strip().splitlines()[-1])
+    engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'broker.db'}")
+    with engine.connect() as conn:
+        issued = conn.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == "issued"))
+        total = conn.scalar(select(func.count()).select_from(AuditEvent))
+    engine.dispose()
+    assert report["ok"] and issued == grants and report["checked"] == total
+
+
+def test_dev_serves_on_uvloop_and_httptools(tmp_path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    proc = subprocess.Popen([BROKER, "dev", "--no-vault", "--port", str(port), "--data-dir", str(tmp_path / ".broker")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        assert _serving_fast(proc.pid)  # one process: the loop and parser are in it once it answers
+    finally:
+        proc.terminate()
+        proc.wait(30)
