@@ -21,6 +21,7 @@ from broker.ledger.freezes import OperatorRecords
 from broker.ledger.group_commit import GroupCommit
 from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Base, ChainHead, Grant
 from broker.ledger.queries import ReadQueries
+from broker.transparency import log as transparency_log  # the one hook: every event is a log leaf
 
 OWNER_LEASE = 10.0  # seconds a replica that starts a revocation owns it before any outbox worker may claim it
 
@@ -113,6 +114,7 @@ class LedgerStore(OperatorRecords, ReadQueries, EventFeed):
             prev_hash = row["hash"]
             rows.append(row)
         session.execute(insert(AuditEvent.__table__), rows)
+        transparency_log.append_leaves(session, rows)
         session.execute(update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=seq, hash=prev_hash))
         session.info.setdefault("feed", []).extend(rows)  # delivered after commit (broker/ledger/feed.py)
 
