@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -26,6 +27,10 @@ from broker.ledger import LedgerStore, make_engine, migrate
 from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.policy import PolicySource
 from broker.signing import FileKeyRepository, KeyRepository, KeyStore
+from broker.transparency.checkpoints import Checkpointer
+from broker.transparency.keys import DatabaseLogKeys, FileLogKeys, LogKeyRepository, load_or_create
+from broker.transparency.log import LogReader
+from broker.transparency.service import TransparencyLog
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,7 @@ class Components:
     worker: Worker
     operations: Operations
     metrics: metrics.Metrics
+    log: TransparencyLog
 
 
 def open_ledger(settings: Settings) -> LedgerStore:
@@ -59,6 +65,17 @@ def open_keys(settings: Settings, ledger: LedgerStore | None = None) -> KeyStore
     return KeyStore(repo, algorithm=settings.signing_algorithm, max_token_ttl=max_ttl)
 
 
+def open_log(settings: Settings, ledger: LedgerStore) -> TransparencyLog:
+    """The transparency log over the ledger; its key is stored like the signing keys, made on first start."""
+    repo: LogKeyRepository = FileLogKeys(settings.data_dir / "log_key")
+    if settings.key_repository == "database":
+        repo = DatabaseLogKeys(ledger.engine, read_kek(settings.key_encryption_key, settings.key_encryption_key_file))
+    signer = partial(load_or_create, repo, settings.log_name)  # re-read on each signing: another replica may rotate
+    signer()
+    checkpointer = Checkpointer(ledger.engine, signer, interval=settings.log_checkpoint_interval)
+    return TransparencyLog(settings.log_name, LogReader(ledger.engine), checkpointer, repo)
+
+
 def build_backends(settings: Settings, keys: KeyStore, vault: VaultClient | None = None) -> dict[str, Backend]:
     backends: dict[str, Backend] = {"jwt": JwtBackend(keys, settings.issuer)}
     if vault is not None:  # one Vault client (one login, one token) serves both Vault backends
@@ -71,6 +88,7 @@ def build(settings: Settings) -> Components:
     """Build every component from settings; nothing here runs at import time."""
     ledger = open_ledger(settings)
     keys = open_keys(settings, ledger)
+    transparency = open_log(settings, ledger)
     vault = VaultClient(settings.vault) if settings.vault else None
     policy = PolicySource(
         path=settings.policy_file,
@@ -96,12 +114,13 @@ def build(settings: Settings) -> Components:
         "reaper": service.expire_due,
         "policy": policy.maybe_reload,
         "keys": keys.reload,
+        "log_checkpoint": transparency.checkpointer.maybe_sign,
     }
     if vault is not None:
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
     meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries])
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
-    return Components(service, Worker(jobs, settings.worker_interval), operations, meters)
+    return Components(service, Worker(jobs, settings.worker_interval), operations, meters, transparency)
 
 
 def create_app(settings: Settings, components: Components | None = None) -> FastAPI:

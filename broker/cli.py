@@ -21,6 +21,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 db_app = typer.Typer(help="The ledger database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+log_app = typer.Typer(help="The transparency log.", no_args_is_help=True)
+app.add_typer(log_app, name="log")
 vault_app = typer.Typer(help="The Vault/OpenBao objects a config needs.", no_args_is_help=True)
 app.add_typer(vault_app, name="vault")
 
@@ -81,8 +83,10 @@ def dev(
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # uvicorn re-raises SIGTERM; unwind to stop OpenBao
     try:
         server, settings = _dev_vault_settings(data_dir, port, postgres_url if vault else None, vault)
-        typer.echo(_dev_banner(settings, dev_token(settings.data_dir, "dev:demo-workload")))
-        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=75)
+        dev_app = create_app(settings)
+        log_key = dev_app.state.components.log.verifier().key_string()
+        typer.echo(_dev_banner(settings, dev_token(settings.data_dir, "dev:demo-workload"), log_key))
+        uvicorn.run(dev_app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=75)
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -109,11 +113,12 @@ def _dev_vault_settings(data_dir: Path, port: int, postgres_url: str | None, vau
     return server, settings
 
 
-def _dev_banner(settings: Settings, token: str) -> str:
+def _dev_banner(settings: Settings, token: str, log_key: str) -> str:
     url = settings.issuer
     return f"""
   DEV MODE: local development identity issuer, demo config. Never use in production.
   broker:   {url}     data: {settings.data_dir}
+  log key:  {log_key}
   Try it (another terminal):
     export ID_TOKEN=$(broker dev-token --subject dev:demo-workload --data-dir {settings.data_dir})
     curl -s -X POST {url}/v1/grants -H "Authorization: Bearer $ID_TOKEN" \\
@@ -159,6 +164,23 @@ def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     for key in store.keys():
         state = "active" if key.kid == active else f"retired at {int(key.retired_at or 0)}"
         typer.echo(f"{key.kid}\t{key.alg}\t{state}")
+
+
+@log_app.command("key")
+def log_key(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Make a new active log key first.")] = False,
+) -> None:
+    """Print the log's verifier key (C2SP signed-note), the `--log-key` of auditors and witnesses."""
+    from broker.app import open_ledger, open_log
+    from broker.transparency.keys import rotate as rotate_key
+
+    settings = _settings(config, data_dir)
+    transparency = open_log(settings, open_ledger(settings))
+    if rotate:
+        rotate_key(transparency.keys, transparency.origin)
+    typer.echo(transparency.verifier().key_string())
 
 
 @db_app.command("upgrade")

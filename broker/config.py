@@ -196,6 +196,8 @@ class Settings(Strict):
     reconcile_grace: Duration = 30
     reconcile_interval: Duration = 300
     dev_issuer: str | None = None
+    log_origin: str | None = None
+    log_checkpoint_interval: float = Field(default=1.0, gt=0)
     fault_injection: set[Literal["crash_after_mint", "fail_ledger_after_mint"]] = Field(default_factory=set)
 
     @model_validator(mode="after")
@@ -233,6 +235,11 @@ class Settings(Strict):
         if self.signing_keys != "auto":
             return self.signing_keys
         return "file" if self.database.startswith("sqlite") else "database"
+
+    @property
+    def log_name(self) -> str:
+        """The transparency log's origin line (and its key's name): a schema-less URL."""
+        return self.log_origin or self.issuer.split("://", 1)[-1].rstrip("/") + "/log"
 
     def boundary(self, name: str) -> BoundaryConfig | None:
         return next((b for b in self.boundaries if b.name == name), None)
