@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from broker import metrics
 from broker.api import errors, grants, health, oauth, operators, wellknown
+from broker.api import log as log_routes
 from broker.api.limits import BodyLimit
 from broker.backends import Backend, JwtBackend
 from broker.backends.vault import VaultClient
@@ -139,7 +140,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     app.state.service = parts.service
     app.state.components = parts
     app.state.operations = parts.operations
-    for module in (grants, operators, oauth, wellknown, health):
+    for module in (grants, log_routes, operators, oauth, wellknown, health):
         app.include_router(module.router)
     metrics.install(app, parts.metrics)
     errors.install(app)

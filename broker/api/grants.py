@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from broker.api.deps import Caller, ProofKey, Service, json_body
+from broker.api.deps import Caller, Log, ProofKey, Service, json_body
 from broker.api.schemas import GrantIn, GrantOut, IssuedOut, TaskCompletedOut, when
 from broker.grants import GrantRequest
 
@@ -21,12 +21,15 @@ GRANT_BODY = {"requestBody": {"required": True, "content": {"application/json": 
 @router.post(
     "/grants", status_code=201, response_model=IssuedOut, dependencies=[Depends(json_body)], openapi_extra=GRANT_BODY
 )
-def create_grant(payload: Annotated[Any, Body()], identity: Caller, svc: Service, jkt: ProofKey) -> IssuedOut:
+def create_grant(
+    payload: Annotated[Any, Body()], identity: Caller, svc: Service, jkt: ProofKey, log: Log
+) -> IssuedOut:
     body = _grant_in(payload, identity, svc)
     request = GrantRequest(task=body.task, boundary=body.boundary, scopes=tuple(body.scopes), ttl=body.ttl, cnf_jkt=jkt)
     issued = svc.issue(identity, request)
     credential = {**issued.credential, "expires_at": when(issued.credential["expires_at"]).isoformat()}
-    return IssuedOut(**GrantOut.of(issued.grant).model_dump(), credential=credential)
+    log_index = log.reader.index_of_issued(issued.grant.id)
+    return IssuedOut(**GrantOut.of(issued.grant).model_dump(), credential=credential, log_index=log_index)
 
 
 @router.get("/grants/{grant_id}", response_model=GrantOut)

@@ -118,7 +118,8 @@ def test_broker_log_key_prints_the_verifier_of_the_served_checkpoints(tmp_path, 
     settings = broker_settings(tmp_path, issuers)
     with open_client(settings) as client:
         client.grant(issuers.worker(), task="t1", ttl=60)
-        signed = client.components.log.checkpointer.maybe_sign()
+        client.components.log.checkpointer.maybe_sign(force=True)
+        signed = client.components.log.checkpoint()
     env = {"BROKER_ISSUER": "http://broker.test", "BROKER_ENV": "test"}
     done = CliRunner().invoke(cli, ["log", "key", "--data-dir", str(tmp_path)], env=env)
     assert done.exit_code == 0, done.output
