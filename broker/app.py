@@ -18,7 +18,8 @@ from broker.backends import Backend, JwtBackend
 from broker.backends.vault import VaultClient
 from broker.backends.vault_secret import VaultSecretBackend
 from broker.backends.vault_token import VaultTokenBackend
-from broker.config import Settings
+from broker.config import Settings, WitnessConfig
+from broker.errors import ConfigError
 from broker.grants import GrantService
 from broker.grants.operations import Operations
 from broker.grants.reconcile import Reconciler
@@ -28,9 +29,12 @@ from broker.ledger import LedgerStore, make_engine, migrate
 from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.policy import PolicySource
 from broker.signing import FileKeyRepository, KeyRepository, KeyStore
+from broker.transparency.checkpoint import CosignatureVerifier
 from broker.transparency.checkpoints import Checkpointer
 from broker.transparency.keys import DatabaseLogKeys, FileLogKeys, LogKeyRepository, load_or_create
 from broker.transparency.log import LogReader
+from broker.transparency.note import NoteError
+from broker.transparency.push import WitnessPusher, WitnessTarget
 from broker.transparency.service import TransparencyLog
 
 log = logging.getLogger(__name__)
@@ -74,7 +78,16 @@ def open_log(settings: Settings, ledger: LedgerStore) -> TransparencyLog:
     signer = partial(load_or_create, repo, settings.log_name)  # re-read on each signing: another replica may rotate
     signer()
     checkpointer = Checkpointer(ledger.engine, signer, interval=settings.log_checkpoint_interval)
-    return TransparencyLog(settings.log_name, LogReader(ledger.engine), checkpointer, repo)
+    reader = LogReader(ledger.engine)
+    pusher = WitnessPusher(ledger.engine, reader, checkpointer, [_witness(w) for w in settings.log_witnesses])
+    return TransparencyLog(settings.log_name, reader, checkpointer, repo, pusher)
+
+
+def _witness(config: WitnessConfig) -> WitnessTarget:
+    try:
+        return WitnessTarget(config.url, CosignatureVerifier.parse(config.key))
+    except NoteError as exc:
+        raise ConfigError(f"log_witnesses: {config.url}: key: {exc}") from None
 
 
 def build_backends(settings: Settings, keys: KeyStore, vault: VaultClient | None = None) -> dict[str, Backend]:
@@ -116,10 +129,12 @@ def build(settings: Settings) -> Components:
         "policy": policy.maybe_reload,
         "keys": keys.reload,
         "log_checkpoint": transparency.checkpointer.maybe_sign,
+        "log_witnesses": transparency.witnesses.run,
     }
     if vault is not None:
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
     meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries])
+    transparency.witnesses.on_reject = lambda name, status: meters.witness_rejections.labels(name, str(status)).inc()
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
     return Components(service, Worker(jobs, settings.worker_interval), operations, meters, transparency)
 

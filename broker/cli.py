@@ -23,6 +23,9 @@ db_app = typer.Typer(help="The ledger database schema (Alembic migrations).", no
 app.add_typer(db_app, name="db")
 log_app = typer.Typer(help="The transparency log.", no_args_is_help=True)
 app.add_typer(log_app, name="log")
+witness_app = typer.Typer(help="A tlog-witness for the transparency log (its own process, key and state).",
+                          no_args_is_help=True)
+app.add_typer(witness_app, name="witness")
 vault_app = typer.Typer(help="The Vault/OpenBao objects a config needs.", no_args_is_help=True)
 app.add_typer(vault_app, name="vault")
 
@@ -181,6 +184,25 @@ def log_key(
     if rotate:
         rotate_key(transparency.keys, transparency.origin)
     typer.echo(transparency.verifier().key_string())
+
+
+@witness_app.command("serve")
+def witness_serve(
+    log_key: Annotated[str, typer.Option("--log-key", help="The log's verifier key (`broker log key`).")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The witness's key and state.")],
+    port: Annotated[int, typer.Option(help="Port.")] = 8090,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    name: Annotated[str, typer.Option(help="The witness's key name, e.g. witness.example/w1.")] = "broker-witness",
+) -> None:
+    """Cosign the log's checkpoints that extend the last one seen (C2SP tlog-witness add-checkpoint)."""
+    from broker.transparency import witness
+    from broker.transparency.note import NoteError
+
+    try:
+        witness.serve(port, data_dir, log_key, name, host)
+    except NoteError as exc:
+        typer.echo(f"error: --log-key: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @db_app.command("upgrade")

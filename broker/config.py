@@ -104,6 +104,13 @@ class ScopeConfig(Strict):
         return self
 
 
+class WitnessConfig(Strict):
+    """A C2SP tlog-witness the broker pushes its checkpoints to."""
+
+    url: str = Field(pattern=r"^https?://")  # its submission prefix; add-checkpoint is appended
+    key: str = Field(min_length=1)  # its cosignature verifier key, name+keyid+base64(0x04 ‖ public key)
+
+
 class BoundaryConfig(Strict):
     """One trust boundary: one backend, a closed set of scopes, a TTL cap."""
 
@@ -198,6 +205,7 @@ class Settings(Strict):
     dev_issuer: str | None = None
     log_origin: str | None = None
     log_checkpoint_interval: float = Field(default=1.0, gt=0)
+    log_witnesses: list[WitnessConfig] = Field(default_factory=list)
     fault_injection: set[Literal["crash_after_mint", "fail_ledger_after_mint"]] = Field(default_factory=set)
 
     @model_validator(mode="after")

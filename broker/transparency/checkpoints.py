@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.errors import LedgerUnavailable
 from broker.ledger.models import LogCheckpoint, LogHead
+from broker.transparency.log import LogReader
 from broker.transparency import tree
 from broker.transparency.checkpoint import Checkpoint, sign_checkpoint
 from broker.transparency.note import Signature, Signer
@@ -45,6 +47,7 @@ class Checkpointer:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._read = sessionmaker(engine.execution_options(sqlite_deferred=True))
         self._signer, self._interval, self._clock = signer, interval, clock
+        self._reader = LogReader(engine)
         self._postgres = engine.dialect.name == "postgresql"
 
     def maybe_sign(self, force: bool = False) -> Signed | None:
@@ -62,13 +65,25 @@ class Checkpointer:
                 return None
             if not force and last is not None and now - last.created_at < self._interval:
                 return None
-            signer = self._signer()
             root = tree.root_from_frontier([bytes.fromhex(h) for h in head.frontier])
+            if last is not None and not self._extends(last, head.size, root):
+                return None
+            signer = self._signer()
             note = sign_checkpoint(Checkpoint(signer.name, head.size, root), signer)
             session.execute(insert(LogCheckpoint.__table__).values(
                 size=head.size, root=root.hex(), created_at=now, note=note, cosignatures={}))  # fmt: skip
         log.info("log checkpoint signed", extra={"size": head.size, "root": root.hex()})
         return Signed(head.size, root, note, {})
+
+    def _extends(self, last: LogCheckpoint, size: int, root: bytes) -> bool:
+        """Never sign a history that does not extend our own last checkpoint (a cut or rewritten log)."""
+        try:
+            proof = self._reader.consistency(last.size, size) if last.size <= size else []
+            tree.verify_consistency(last.size, size, bytes.fromhex(last.root), root, proof)
+        except (tree.ProofError, LedgerUnavailable) as exc:
+            log.error("refusing to sign checkpoint %d: the log does not extend checkpoint %d (%s)", size, last.size, exc)
+            return False
+        return True
 
     def latest(self) -> Signed | None:
         with self._read() as session, session.begin():

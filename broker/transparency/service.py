@@ -10,6 +10,7 @@ from broker.transparency.checkpoints import Checkpointer, Signed
 from broker.transparency.keys import LogKeyRepository, load_or_create
 from broker.transparency.log import LogReader
 from broker.transparency.note import Verifier
+from broker.transparency.push import WitnessPusher
 
 
 @dataclass
@@ -20,6 +21,7 @@ class TransparencyLog:
     reader: LogReader
     checkpointer: Checkpointer
     keys: LogKeyRepository
+    witnesses: WitnessPusher
 
     def verifier(self) -> Verifier:
         return load_or_create(self.keys, self.origin).verifier
