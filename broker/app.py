@@ -72,15 +72,20 @@ def open_keys(settings: Settings, ledger: LedgerStore | None = None) -> KeyStore
 
 def open_log(settings: Settings, ledger: LedgerStore) -> TransparencyLog:
     """The transparency log over the ledger; its key is stored like the signing keys, made on first start."""
-    repo: LogKeyRepository = FileLogKeys(settings.data_dir / "log_key")
-    if settings.key_repository == "database":
-        repo = DatabaseLogKeys(ledger.engine, read_kek(settings.key_encryption_key, settings.key_encryption_key_file))
+    repo = log_keys(settings, ledger)
     signer = partial(load_or_create, repo, settings.log_name)  # re-read on each signing: another replica may rotate
     signer()
     checkpointer = Checkpointer(ledger.engine, signer, interval=settings.log_checkpoint_interval)
     reader = LogReader(ledger.engine)
     pusher = WitnessPusher(ledger.engine, reader, checkpointer, [_witness(w) for w in settings.log_witnesses])
     return TransparencyLog(settings.log_name, reader, checkpointer, repo, pusher)
+
+
+def log_keys(settings: Settings, ledger: LedgerStore) -> LogKeyRepository:
+    """Where the log key lives: beside the signing keys (a 0600 file, or sealed rows shared by replicas)."""
+    if settings.key_repository == "database":
+        return DatabaseLogKeys(ledger.engine, read_kek(settings.key_encryption_key, settings.key_encryption_key_file))
+    return FileLogKeys(settings.data_dir / "log_key")
 
 
 def _witness(config: WitnessConfig) -> WitnessTarget:

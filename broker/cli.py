@@ -176,14 +176,18 @@ def log_key(
     rotate: Annotated[bool, typer.Option("--rotate", help="Make a new active log key first.")] = False,
 ) -> None:
     """Print the log's verifier key (C2SP signed-note), the `--log-key` of auditors and witnesses."""
-    from broker.app import open_ledger, open_log
+    from broker.app import open_ledger
+    from broker.transparency.keys import load_or_create
     from broker.transparency.keys import rotate as rotate_key
 
+    from broker.app import log_keys
+
     settings = _settings(config, data_dir)
-    transparency = open_log(settings, open_ledger(settings))
+    keys = log_keys(settings, open_ledger(settings))
     if rotate:
-        rotate_key(transparency.keys, transparency.origin)
-    typer.echo(transparency.verifier().key_string())
+        rotate_key(keys, settings.log_name)
+    active = keys.active()  # the key the log signs with, whatever this config's origin says
+    typer.echo((active or load_or_create(keys, settings.log_name)).verifier.key_string())
 
 
 @witness_app.command("serve")
@@ -203,6 +207,17 @@ def witness_serve(
     except NoteError as exc:
         typer.echo(f"error: --log-key: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@witness_app.command("key")
+def witness_key(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The witness's key and state.")],
+    name: Annotated[str, typer.Option(help="The witness's key name.")] = "broker-witness",
+) -> None:
+    """Print the witness's cosignature verifier key (the broker's `log_witnesses[].key`, auditors' `--witness-key`)."""
+    from broker.transparency.witness import Cosigner, load_seed
+
+    typer.echo(Cosigner(name, load_seed(data_dir / "witness_key")).verifier.key_string())
 
 
 @db_app.command("upgrade")

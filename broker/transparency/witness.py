@@ -43,7 +43,7 @@ class Witness:
 
     def __init__(self, data_dir: Path, log_key: Verifier, name: str, clock: Callable[[], float] = time.time) -> None:
         self.data_dir, self.log_key, self._clock = data_dir, log_key, clock
-        self.cosigner = Cosigner(name, _seed(data_dir / "witness_key"))
+        self.cosigner = Cosigner(name, load_seed(data_dir / "witness_key"))
         self._state_path = data_dir / "state.json"
         self._lock = threading.Lock()
 
@@ -118,7 +118,7 @@ def _parse_request(body: str) -> tuple[int, list[bytes], str]:
     return int(size), proof, note
 
 
-def _seed(path: Path) -> bytes:
+def load_seed(path: Path) -> bytes:
     """The witness's private key seed, made on first start, readable by the owner only."""
     if path.exists():
         return base64.b64decode(path.read_text().strip())
