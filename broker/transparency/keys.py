@@ -16,7 +16,7 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import sessionmaker
 
 from broker.ledger.keyring import NONCE_BYTES, kek_id
@@ -25,12 +25,15 @@ from broker.signing import SigningKeyError
 from broker.transparency.note import NoteError, Signer
 
 
+_KEY_LOCK = 0x746B6579  # "tkey": replicas creating the first log key take turns
+
+
 class LogKeyRepository(Protocol):
     """Where the log key lives."""
 
     def active(self) -> Signer | None: ...
 
-    def add(self, signer: Signer, now: float) -> None: ...
+    def add(self, signer: Signer, now: float, *, first: bool = False) -> None: ...
 
 
 class FileLogKeys:
@@ -47,7 +50,9 @@ class FileLogKeys:
         except NoteError as exc:
             raise SigningKeyError(f"{self.path}: not a log key: {exc}") from None
 
-    def add(self, signer: Signer, now: float) -> None:
+    def add(self, signer: Signer, now: float, *, first: bool = False) -> None:
+        if first and self.path.exists():
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -62,6 +67,7 @@ class DatabaseLogKeys:
     def __init__(self, engine: Engine, kek: bytes) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._aead, self._kek_id = AESGCM(kek), kek_id(kek)
+        self._postgres = engine.dialect.name == "postgresql"
 
     def active(self) -> Signer | None:
         with self._sessions() as session:
@@ -69,11 +75,16 @@ class DatabaseLogKeys:
             row = session.scalars(query.limit(1)).first()
         return self._open(row) if row else None
 
-    def add(self, signer: Signer, now: float) -> None:
+    def add(self, signer: Signer, now: float, *, first: bool = False) -> None:
+        """Retire the active key and add `signer`; with `first`, only if there is no key yet (replicas race at start)."""
         kid = f"{signer.name}+{signer.key_id.hex()}"
         nonce = os.urandom(NONCE_BYTES)
         sealed = nonce + self._aead.encrypt(nonce, signer.key_string().encode(), _aad(kid))
         with self._sessions() as session, session.begin():
+            if self._postgres:  # SQLite: the write transaction (BEGIN IMMEDIATE) already serialises
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _KEY_LOCK})
+            if first and session.scalar(select(LogKeyRow.kid).where(LogKeyRow.retired_at.is_(None)).limit(1)):
+                return
             session.execute(update(LogKeyRow).where(LogKeyRow.retired_at.is_(None)).values(retired_at=now))
             session.add(LogKeyRow(kid=kid, created_at=now, retired_at=None, kek_id=self._kek_id,
                                   sealed=base64.b64encode(sealed).decode()))  # fmt: skip
@@ -93,7 +104,7 @@ def load_or_create(repo: LogKeyRepository, origin: str, clock: Callable[[], floa
     """The active log key, made on first start; its name is the log's origin."""
     signer = repo.active()
     if signer is None:
-        repo.add(Signer.generate(origin), clock())
+        repo.add(Signer.generate(origin), clock(), first=True)
         signer = repo.active()
     if signer is None or signer.name != origin:
         raise SigningKeyError(f"the log key is named {signer.name if signer else None!r}, the log origin is {origin!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -75,8 +76,14 @@ def test_replicas_write_one_checkpoint_sequence(engine) -> None:
     store, stop = LedgerStore(engine), threading.Event()
 
     def write() -> None:
-        for n in range(60):
-            store.record(Event(kind="denied", subject=f"w{n}"))
+        for round_ in range(1, 7):  # six rounds, each waiting until some replica signed it: a real sequence
+            for n in range(10):
+                store.record(Event(kind="denied", subject=f"w{round_}-{n}"))
+            signed, deadline = threading.Event(), time.monotonic() + 30
+            while not signed.wait(0.005) and time.monotonic() < deadline:
+                latest = replicas[0].latest()
+                if latest and latest.size >= round_ * 10:
+                    signed.set()
         stop.set()
 
     def sign(points: Checkpointer) -> None:
@@ -94,7 +101,7 @@ def test_replicas_write_one_checkpoint_sequence(engine) -> None:
     reader = LogReader(engine)
     with engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT size, root, created_at FROM log_checkpoints ORDER BY size").all()
-    assert rows[-1][0] == 60 and len(rows) >= 2
+    assert rows[-1][0] == 60 and len(rows) >= 6
     for (size1, root1, t1), (size2, root2, t2) in zip(rows, rows[1:]):
         assert t2 - t1 >= 0.01 - 1e-9  # at most one per interval, whichever replica signed
         proof = reader.consistency(size1, size2)
