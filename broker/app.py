@@ -7,17 +7,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from fastapi import FastAPI
 
 from broker import metrics
 from broker.api import errors, grants, health, oauth, operators, wellknown
+from broker.api import log as log_routes
 from broker.api.limits import BodyLimit
 from broker.backends import Backend, JwtBackend
 from broker.backends.vault import VaultClient
 from broker.backends.vault_secret import VaultSecretBackend
 from broker.backends.vault_token import VaultTokenBackend
-from broker.config import Settings
+from broker.config import Settings, WitnessConfig
+from broker.errors import ConfigError
 from broker.grants import GrantService
 from broker.grants.operations import Operations
 from broker.grants.reconcile import Reconciler
@@ -30,6 +33,13 @@ from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.ledger.replay import ReplayStore
 from broker.policy import PolicySource
 from broker.signing import FileKeyRepository, KeyRepository, KeyStore
+from broker.transparency.checkpoint import CosignatureVerifier
+from broker.transparency.checkpoints import Checkpointer
+from broker.transparency.keys import DatabaseLogKeys, FileLogKeys, LogKeyRepository, load_or_create
+from broker.transparency.log import LogReader
+from broker.transparency.note import NoteError
+from broker.transparency.push import WitnessPusher, WitnessTarget
+from broker.transparency.service import TransparencyLog
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,7 @@ class Components:
     worker: Worker
     operations: Operations
     metrics: metrics.Metrics
+    log: TransparencyLog
 
 
 def open_ledger(settings: Settings) -> LedgerStore:
@@ -63,6 +74,31 @@ def open_keys(settings: Settings, ledger: LedgerStore | None = None) -> KeyStore
     return KeyStore(repo, algorithm=settings.signing_algorithm, max_token_ttl=max_ttl)
 
 
+def open_log(settings: Settings, ledger: LedgerStore) -> TransparencyLog:
+    """The transparency log over the ledger; its key is stored like the signing keys, made on first start."""
+    repo = log_keys(settings, ledger)
+    signer = partial(load_or_create, repo, settings.log_name)  # re-read on each signing: another replica may rotate
+    signer()
+    checkpointer = Checkpointer(ledger.engine, signer, interval=settings.log_checkpoint_interval)
+    reader = LogReader(ledger.engine)
+    pusher = WitnessPusher(ledger.engine, reader, checkpointer, [_witness(w) for w in settings.log_witnesses])
+    return TransparencyLog(settings.log_name, reader, checkpointer, repo, pusher)
+
+
+def log_keys(settings: Settings, ledger: LedgerStore) -> LogKeyRepository:
+    """Where the log key lives: beside the signing keys (a 0600 file, or sealed rows shared by replicas)."""
+    if settings.key_repository == "database":
+        return DatabaseLogKeys(ledger.engine, read_kek(settings.key_encryption_key, settings.key_encryption_key_file))
+    return FileLogKeys(settings.data_dir / "log_key")
+
+
+def _witness(config: WitnessConfig) -> WitnessTarget:
+    try:
+        return WitnessTarget(config.url, CosignatureVerifier.parse(config.key))
+    except NoteError as exc:
+        raise ConfigError(f"log_witnesses: {config.url}: key: {exc}") from None
+
+
 def build_backends(
     settings: Settings, keys: KeyStore, vault: VaultClient | None = None, deployment: str = ""
 ) -> dict[str, Backend]:
@@ -77,6 +113,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
     """Build every component from settings; nothing here runs at import time. `clock`: tests inject theirs."""
     ledger = open_ledger(settings)
     keys = open_keys(settings, ledger)
+    transparency = open_log(settings, ledger)
     vault = VaultClient(settings.vault) if settings.vault else None
     policy = PolicySource(
         path=settings.policy_file,
@@ -106,12 +143,15 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
         "freezes": ledger.refresh_freezes,
         "policy": policy.maybe_reload,
         "keys": keys.reload,
+        "log_checkpoint": transparency.checkpointer.maybe_sign,
+        "log_witnesses": transparency.witnesses.run,
     }
     if vault is not None:
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
     meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault)
+    transparency.witnesses.on_reject = lambda name, status: meters.witness_rejections.labels(name, str(status)).inc()
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
-    return Components(service, Worker(jobs, settings.worker_interval), operations, meters)
+    return Components(service, Worker(jobs, settings.worker_interval), operations, meters, transparency)
 
 
 def create_app(settings: Settings, components: Components | None = None) -> FastAPI:
@@ -130,7 +170,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     app.state.service = parts.service
     app.state.components = parts
     app.state.operations = parts.operations
-    for module in (grants, operators, oauth, wellknown, health):
+    for module in (grants, log_routes, operators, oauth, wellknown, health):
         app.include_router(module.router)
     metrics.install(app, parts.metrics)
     errors.install(app)

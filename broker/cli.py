@@ -21,6 +21,11 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 db_app = typer.Typer(help="The ledger database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+log_app = typer.Typer(help="The transparency log.", no_args_is_help=True)
+app.add_typer(log_app, name="log")
+witness_app = typer.Typer(help="A tlog-witness for the transparency log (its own process, key and state).",
+                          no_args_is_help=True)
+app.add_typer(witness_app, name="witness")
 vault_app = typer.Typer(help="The Vault/OpenBao objects a config needs.", no_args_is_help=True)
 app.add_typer(vault_app, name="vault")
 
@@ -110,9 +115,10 @@ def dev(
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # uvicorn re-raises SIGTERM; unwind to stop OpenBao
     try:
         server, settings = _dev_vault_settings(data_dir, port, postgres_url if vault else None, vault)
-        typer.echo(_dev_banner(settings, dev_token(settings.data_dir, "dev:demo-workload")))
-        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=75,
-                    **SERVER_SPEED)  # fmt: skip
+        dev_app = create_app(settings)
+        log_key = dev_app.state.components.log.verifier().key_string()
+        typer.echo(_dev_banner(settings, dev_token(settings.data_dir, "dev:demo-workload"), log_key))
+        uvicorn.run(dev_app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=75, **SERVER_SPEED)
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -140,11 +146,12 @@ def _dev_vault_settings(data_dir: Path, port: int, postgres_url: str | None, vau
     return server, settings
 
 
-def _dev_banner(settings: Settings, token: str) -> str:
+def _dev_banner(settings: Settings, token: str, log_key: str) -> str:
     url = settings.issuer
     return f"""
   DEV MODE: local development identity issuer, demo config. Never use in production.
   broker:   {url}     data: {settings.data_dir}
+  log key:  {log_key}
   Try it (another terminal):
     export ID_TOKEN=$(broker dev-token --subject dev:demo-workload --data-dir {settings.data_dir})
     curl -s -X POST {url}/v1/grants -H "Authorization: Bearer $ID_TOKEN" \\
@@ -190,6 +197,57 @@ def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     for key in store.keys():
         state = "active" if key.kid == active else f"retired at {int(key.retired_at or 0)}"
         typer.echo(f"{key.kid}\t{key.alg}\t{state}")
+
+
+@log_app.command("key")
+def log_key(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Make a new active log key first.")] = False,
+) -> None:
+    """Print the log's verifier key (C2SP signed-note), the `--log-key` of auditors and witnesses."""
+    from broker.app import open_ledger
+    from broker.transparency.keys import load_or_create
+    from broker.transparency.keys import rotate as rotate_key
+
+    from broker.app import log_keys
+
+    settings = _settings(config, data_dir)
+    keys = log_keys(settings, open_ledger(settings))
+    if rotate:
+        rotate_key(keys, settings.log_name)
+    active = keys.active()  # the key the log signs with, whatever this config's origin says
+    typer.echo((active or load_or_create(keys, settings.log_name)).verifier.key_string())
+
+
+@witness_app.command("serve")
+def witness_serve(
+    log_key: Annotated[str, typer.Option("--log-key", help="The log's verifier key (`broker log key`).")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The witness's key and state.")],
+    port: Annotated[int, typer.Option(help="Port.")] = 8090,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    name: Annotated[str, typer.Option(help="The witness's key name, e.g. witness.example/w1.")] = "broker-witness",
+) -> None:
+    """Cosign the log's checkpoints that extend the last one seen (C2SP tlog-witness add-checkpoint)."""
+    from broker.transparency import witness
+    from broker.transparency.note import NoteError
+
+    try:
+        witness.serve(port, data_dir, log_key, name, host)
+    except NoteError as exc:
+        typer.echo(f"error: --log-key: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@witness_app.command("key")
+def witness_key(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The witness's key and state.")],
+    name: Annotated[str, typer.Option(help="The witness's key name.")] = "broker-witness",
+) -> None:
+    """Print the witness's cosignature verifier key (the broker's `log_witnesses[].key`, auditors' `--witness-key`)."""
+    from broker.transparency.witness import Cosigner, load_seed
+
+    typer.echo(Cosigner(name, load_seed(data_dir / "witness_key")).verifier.key_string())
 
 
 @db_app.command("upgrade")

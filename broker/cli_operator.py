@@ -395,9 +395,22 @@ def audit_verify(
     url: UrlOpt = DEFAULT_URL,
     token_file: TokenFileOpt = None,
     token_command: TokenCmdOpt = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Offline: prove the ledger extends this signed checkpoint (file or URL).")] = None,  # noqa: E501
+    log_key: Annotated[Optional[str], typer.Option("--log-key", help="The log's verifier key (`broker log key`).")] = None,
+    witness_key: Annotated[Optional[list[str]], typer.Option("--witness-key", help="Require this witness's cosignature (repeatable).")] = None,  # noqa: E501
 ) -> None:
-    """Walk the hash chain (the database, an export file, or the broker's API); exit 1 naming the first bad row."""
+    """Walk the hash chain (the database, an export file, or the broker's API); exit 1 naming the first bad row.
+
+    With --checkpoint: offline and read-only, rebuild the Merkle tree and prove the ledger extends it;
+    exit 0 verified, 5 tampered, 1 cannot read, 2 usage.
+    """
     from broker.ledger import verify_export
+
+    if checkpoint is not None:
+        from broker.cli import _settings
+        from broker.cli_log import verify_against_checkpoint
+
+        return verify_against_checkpoint(_settings(config, data_dir, database_url), checkpoint, log_key, witness_key or [])
 
     if file is not None:
         result, gaps = verify_export(json.loads(line) for line in file.read_text().splitlines() if line.strip())

@@ -147,6 +147,13 @@ class LimitsConfig(Strict):
         return defaults.model_copy(update={name: getattr(self, name) for name in self.model_fields_set})
 
 
+class WitnessConfig(Strict):
+    """A C2SP tlog-witness the broker pushes its checkpoints to."""
+
+    url: str = Field(pattern=r"^https?://")  # its submission prefix; add-checkpoint is appended
+    key: str = Field(min_length=1)  # its cosignature verifier key, name+keyid+base64(0x04 ‖ public key)
+
+
 class BoundaryConfig(Strict):
     """One trust boundary: one backend, a closed set of scopes, a TTL cap."""
 
@@ -248,6 +255,9 @@ class Settings(Strict):
     # stamped on every minted Vault credential; reconcile touches only its own (broker/ledger/deployment.py)
     deployment_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     dev_issuer: str | None = None
+    log_origin: str | None = None
+    log_checkpoint_interval: float = Field(default=1.0, gt=0)
+    log_witnesses: list[WitnessConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     unverified_denial_window: Duration = 60
     unverified_denials_per_window: int = Field(default=20, gt=0)
@@ -292,6 +302,11 @@ class Settings(Strict):
         if self.signing_keys != "auto":
             return self.signing_keys
         return "file" if self.database.startswith("sqlite") else "database"
+
+    @property
+    def log_name(self) -> str:
+        """The transparency log's origin line (and its key's name): a schema-less URL."""
+        return self.log_origin or self.issuer.split("://", 1)[-1].rstrip("/") + "/log"
 
     def boundary(self, name: str) -> BoundaryConfig | None:
         return next((b for b in self.boundaries if b.name == name), None)

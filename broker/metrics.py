@@ -30,6 +30,8 @@ class Metrics:
                               registry=self.registry)
         self.vault_errors = Counter("broker_vault_errors", "Vault/OpenBao calls that failed, by operation.",
                                     ["operation"], registry=self.registry)
+        self.witness_rejections = Counter("broker_log_witness_rejections", "Checkpoints a witness refused (409/422).",
+                                          ["witness", "status"], registry=self.registry)
         self.pending = Gauge("broker_revocations_pending", "Grants waiting in the revocation outbox.",
                              registry=self.registry)
         self.pending.set_function(ledger.pending_total)

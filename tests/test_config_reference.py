@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import AttestorConfig, BoundaryConfig, ScopeConfig, Settings, VaultConfig
+from broker.config import AttestorConfig, BoundaryConfig, ScopeConfig, Settings, VaultConfig, WitnessConfig
 
 DOC = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
-MODELS = [Settings, AttestorConfig, BoundaryConfig, ScopeConfig, VaultConfig]
+MODELS = [Settings, AttestorConfig, BoundaryConfig, ScopeConfig, VaultConfig, WitnessConfig]
 
 
 @pytest.mark.parametrize("model", MODELS, ids=[m.__name__ for m in MODELS])

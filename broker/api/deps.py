@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from broker.errors import Forbidden, InvalidDpop
 from broker.grants import GrantService
 from broker.identity import Identity
+from broker.transparency.service import TransparencyLog
 
 
 # trivial dependencies are `async def` so they run on the event loop: FastAPI sends every sync
@@ -21,6 +22,13 @@ async def service(request: Request) -> GrantService:
 
 
 Service = Annotated[GrantService, Depends(service)]
+
+
+async def transparency(request: Request) -> TransparencyLog:
+    return request.app.state.components.log
+
+
+Log = Annotated[TransparencyLog, Depends(transparency)]
 
 
 def bearer(request: Request) -> str | None:

@@ -68,7 +68,7 @@ def _prepare(request: Request, payload: Any, svc: GrantService) -> Prepared | Is
 
 def _issued_out(issued: Issued) -> IssuedOut:
     credential = {**issued.credential, "expires_at": when(issued.credential["expires_at"]).isoformat()}
-    return IssuedOut(**GrantOut.of(issued.grant).model_dump(), credential=credential)
+    return IssuedOut(**GrantOut.of(issued.grant).model_dump(), credential=credential, log_index=issued.log_index)
 
 
 def _grant_in(payload: Any, identity, svc) -> GrantIn:  # noqa: ANN001

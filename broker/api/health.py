@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from broker.api.deps import Service
+from broker.api.deps import Log, Service
 from broker.errors import BrokerError
 
 router = APIRouter(tags=["health"])
@@ -17,7 +17,7 @@ def healthz() -> dict:
 
 
 @router.get("/readyz")
-def readyz(svc: Service) -> JSONResponse:
+def readyz(svc: Service, log: Log) -> JSONResponse:
     checks = {}
     for name, check in svc.readiness_checks().items():
         try:
@@ -26,4 +26,7 @@ def readyz(svc: Service) -> JSONResponse:
         except (BrokerError, Exception) as exc:  # readiness reports, it never raises
             checks[name] = getattr(exc, "code", "failed")
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    if log.witnesses.witnesses:  # a refusing witness is an alarm to see, not a reason to stop issuing
+        body["log_witnesses"] = log.witnesses.status()
+    return JSONResponse(body, status_code=200 if ready else 503)

@@ -67,6 +67,7 @@ class IssuedOut(GrantOut):
     """`POST /v1/grants` answer: the grant plus the credential, shown this once."""
 
     credential: dict[str, Any]
+    log_index: int | None = None  # the `issued` event's leaf in the transparency log (see its receipt)
 
 
 class TaskCompletedOut(BaseModel):

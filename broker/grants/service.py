@@ -77,6 +77,7 @@ class Issued:
 
     grant: Grant
     credential: dict[str, Any]
+    log_index: int | None = None  # the `issued` event's leaf in the transparency log
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,8 @@ class GrantService:
             raise REFUSED_AT_COMMIT[outcome.code](outcome.detail)
         if outcome is not None and outcome.superseded:
             self._revoke_refused(outcome.superseded)
-        return Issued(grant=grant, credential={**prepared.minted.credential, "expires_at": grant.expires_at})
+        credential = {**prepared.minted.credential, "expires_at": grant.expires_at}
+        return Issued(grant=grant, credential=credential, log_index=outcome.log_index if outcome else None)
 
     def quick_to_conclude(self, committed: Future) -> bool:
         """True when `conclude` calls no backend (the common case), so it may run on the event loop."""
@@ -347,7 +349,8 @@ class GrantService:
                            scopes=tuple(grant.scope_list), ttl=max(1, int(grant.expires_at - grant.issued_at)),
                            issued_at=grant.issued_at, expires_at=grant.expires_at, cnf_jkt=grant.cnf_jkt)  # fmt: skip
         minted = self.backends[grant.backend].mint(mint)
-        return Issued(grant=grant, credential={**minted.credential, "expires_at": grant.expires_at})
+        credential = {**minted.credential, "expires_at": grant.expires_at}
+        return Issued(grant=grant, credential=credential, log_index=self.ledger.issued_index(grant.id))
 
     def _revoke_refused(self, grant_id: str) -> None:
         """A grant the issuing transaction left `revoke_pending` (frozen meanwhile, superseded): revoke it now."""

@@ -43,11 +43,12 @@ class Write:
     idem: IdemClaim | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Committed:
     """The grant is live and its `issued` event chained."""
 
     superseded: str | None = None  # the earlier grant of the same key, now `revoke_pending`
+    log_index: int | None = None  # the `issued` event's leaf in the transparency log (seq - 1)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class IssueBatch:
     supersede: list[str] = field(default_factory=list)
     bound: dict[str, KeyState] = field(default_factory=dict)
     frozen_seen: set[tuple[str, str]] = field(default_factory=set)
+    placed: list[tuple[Committed, int]] = field(default_factory=list)  # each commit and its event's position
 
     def decide(self, write: Write) -> Outcome:
         if write.grant is None:
@@ -109,9 +111,16 @@ class IssueBatch:
             if not isinstance(outcome, Committed):
                 return outcome
             superseded = outcome.superseded
+        committed = Committed(superseded=superseded)
+        self.placed.append((committed, len(self.events)))
         self.grants.append(write.grant)
         self.events += write.events
-        return Committed(superseded=superseded)
+        return committed
+
+    def number(self, rows: list[dict[str, Any]]) -> None:
+        """Once chained: each committed grant learns its `issued` event's log index."""
+        for committed, position in self.placed:
+            committed.log_index = rows[position]["seq"] - 1
 
     def apply(self, session: Session) -> None:
         if self.supersede:

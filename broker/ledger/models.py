@@ -1,4 +1,4 @@
-"""SQLAlchemy tables of the ledger: grants, the hash-chained audit events, and the chain head."""
+"""SQLAlchemy tables of the ledger: grants, the hash-chained audit events, the chain head, and the transparency log."""
 
 from __future__ import annotations
 
@@ -198,3 +198,60 @@ class Setting(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
+
+
+class LogHead(Base):
+    """The transparency log's size and right frontier (hex hashes, largest subtree first); one row."""
+
+    __tablename__ = "log_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    frontier: Mapped[list[str]] = mapped_column(JSON)
+
+
+class LogNode(Base):
+    """A complete subtree of the log: leaves [idx·2^level, (idx+1)·2^level) hash to `hash` (hex)."""
+
+    __tablename__ = "log_nodes"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class LogCheckpoint(Base):
+    """One signed checkpoint; sizes only grow, one row per size, so replicas cannot fork the sequence."""
+
+    __tablename__ = "log_checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    note: Mapped[str] = mapped_column(Text)
+    cosignatures: Mapped[dict[str, str]] = mapped_column(JSON, default_factory=dict)  # witness name → line
+
+
+class LogKeyRow(Base):
+    """The log's Ed25519 signer key, sealed with AES-GCM under the KEK like the signing keys."""
+
+    __tablename__ = "log_keys"
+
+    kid: Mapped[str] = mapped_column(String(300), primary_key=True)  # name+hex key id
+    created_at: Mapped[float] = mapped_column(Float)
+    retired_at: Mapped[float | None] = mapped_column(Float)
+    kek_id: Mapped[str] = mapped_column(String(32))
+    sealed: Mapped[str] = mapped_column(Text)
+
+
+class LogWitness(Base):
+    """Push state of one configured witness: the size it last cosigned, and its last refusal."""
+
+    __tablename__ = "log_witnesses"
+
+    url: Mapped[str] = mapped_column(String(512), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(256), default=None)

@@ -32,6 +32,7 @@ from broker.ledger.models import (
 )
 from broker.ledger.queries import ReadQueries
 from broker.ledger.writer import LedgerWriter
+from broker.transparency import log as transparency_log  # the one hook: every event is a log leaf
 
 
 
@@ -97,13 +98,15 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         seq, prev_hash = session.execute(query.with_for_update() if self._lock_head else query).one()
         return seq, prev_hash
 
-    def _append(self, session: Session, events: Sequence[Event], head: tuple[int, str] | None = None) -> None:
+    def _append(
+        self, session: Session, events: Sequence[Event], head: tuple[int, str] | None = None
+    ) -> list[dict[str, Any]]:
         """Chain events onto the head inside the caller's transaction (the head row is the lock).
 
-        Core statements, not ORM units of work: this runs on every request.
+        Core statements, not ORM units of work: this runs on every request. Returns the chained rows.
         """
         if not events:
-            return
+            return []
         seq, prev_hash = head or self._lock(session)
         rows, now = [], self._clock()
         for item in events:
@@ -112,8 +115,10 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
             prev_hash = row["hash"]
             rows.append(row)
         session.execute(insert(AuditEvent.__table__), rows)
+        transparency_log.append_leaves(session, rows)
         session.execute(update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=seq, hash=prev_hash))
         session.info.setdefault("feed", []).extend(rows)  # delivered after commit (broker/ledger/feed.py)
+        return rows
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -143,7 +148,7 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
             batch = IssueBatch(self._clock(), self._frozen_among(session, writes), self._keys_among(session, writes))
             outcomes = [batch.decide(write) for write in writes]
             batch.apply(session)
-            self._append(session, batch.events, head=head)
+            batch.number(self._append(session, batch.events, head=head))
         self._note_freezes(batch.frozen_seen)
         return outcomes
 
@@ -261,6 +266,13 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
             for grant in rows:
                 grant.next_attempt_at = now + lease
             return rows
+
+    def issued_index(self, grant_id: str) -> int | None:
+        """The log index (seq - 1) of a grant's `issued` event."""
+        with self._tx(readonly=True) as session:
+            query = select(AuditEvent.seq).where(AuditEvent.grant_id == grant_id, AuditEvent.kind == "issued")
+            seq = session.scalar(query.order_by(AuditEvent.seq).limit(1))
+            return seq - 1 if seq is not None else None
 
     def idempotent_grant(self, key_hash: str) -> tuple[str, Grant] | None:
         """The request fingerprint and grant an idempotency key is bound to, if any."""

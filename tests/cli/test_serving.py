@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, func, select
 
 from broker.cli import default_workers
 from broker.ledger import AuditEvent
-from tests.support.broker import BOUNDARIES, BROKER_ISSUER, POLICY
+from tests.support.broker import BOUNDARIES, BROKER_ISSUER, LOAD_TEST_LIMITS, POLICY
 from tests.cli.test_dev_and_config import free_port, wait_healthy
 
 BROKER = str(Path(sys.executable).with_name("broker"))
@@ -63,7 +63,7 @@ def _until(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
 def served(tmp_path: Path, issuers, *extra: str) -> Iterator[tuple[str, subprocess.Popen, Path]]:  # noqa: ANN001
     config = {
         "env": "test", "issuer": BROKER_ISSUER, "data_dir": str(tmp_path / "data"), "attestors": issuers.attestors(),
-        "boundaries": BOUNDARIES, "policy": POLICY, "worker_interval": 0.2,
+        "boundaries": BOUNDARIES, "policy": POLICY, "worker_interval": 0.2, **LOAD_TEST_LIMITS,
     }  # fmt: skip
     path = tmp_path / "broker.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -41,12 +41,14 @@ def test_every_command_of_the_operator_guide_runs(tmp_path):
         )  # fmt: skip
     finally:
         _stop_leftover(data / "dev.pid")
+        _stop_leftover(data / "witness.pid")
     out = done.stdout
     assert done.returncode == 0, f"stdout:\n{out}\nstderr:\n{done.stderr}\nlog:\n{_log(data)}"
     assert "leaked token lookup: 403" in out
     assert '"code":"subject_frozen"' in out
     assert out.count('"ok": true') >= 3  # the export file, the live chain, the offline chain
     assert "unfrozen: subject dev:demo-workload" in out
+    assert '"witnesses": ["broker-witness"]' in out  # the backup verified against the witness's checkpoint
     assert "4 grants" in out  # the blast radius: three jwt grants and one vault token
 
 

@@ -22,6 +22,7 @@ from broker_client.identity import (
     kubernetes,
     spiffe_jwt_svid,
 )
+from broker_client.receipt import Receipt, verify_receipt
 from broker_client.verify import Verifier, verify
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "DpopKey",
     "GitHubActions",
     "Grant",
+    "Receipt",
     "IdentitySource",
     "StaticToken",
     "Task",
@@ -47,4 +49,5 @@ __all__ = [
     "requires",
     "spiffe_jwt_svid",
     "verify",
+    "verify_receipt",
 ]

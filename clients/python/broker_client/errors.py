@@ -186,5 +186,9 @@ def from_problem(status: int, body: Any) -> BrokerError:
     return cls(status, str(body.get("title", "")), body.get("detail"), body, code=code)
 
 
+class ReceiptInvalid(BrokerClientError):
+    """A grant receipt does not verify offline against the log's key (or lacks required cosignatures)."""
+
+
 class InvalidToken(BrokerClientError):
     """`verify`: a broker token (or its DPoP proof) failed an offline or introspection check."""

@@ -1,0 +1,97 @@
+"""The ledger as a Merkle tree: the append hook the ledger calls, and reads of roots, proofs and entries.
+
+Leaf i is the canonical bytes (broker.ledger.chain.canonical) of the audit event with seq i + 1.
+The tree is stored as its complete subtrees (`log_nodes`) and its right frontier (`log_head`);
+an append costs one read, one insert and one update, whatever the size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, tuple_, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.errors import LedgerUnavailable
+from broker.ledger.chain import canonical
+from broker.ledger.models import AuditEvent, LogHead, LogNode
+from broker.transparency import tree
+
+
+def append_leaves(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Add freshly chained events as leaves, inside the appending transaction (the chain head lock is held).
+
+    Fails closed when the log and the ledger are out of step: the event is then not written either.
+    """
+    head = session.execute(select(LogHead.size, LogHead.frontier).where(LogHead.id == 1)).one_or_none()
+    size, frontier = (head.size, [bytes.fromhex(h) for h in head.frontier]) if head else (0, [])
+    if rows[0]["seq"] != size + 1:
+        raise LedgerUnavailable(f"log out of step: log has {size} leaves, next event is seq {rows[0]['seq']}")
+    frontier, new_size, nodes = tree.append(frontier, size, (tree.leaf_hash(canonical(r)) for r in rows))
+    session.execute(insert(LogNode.__table__), [{"level": lv, "idx": ix, "hash": h.hex()} for lv, ix, h in nodes])
+    values = {"size": new_size, "frontier": [h.hex() for h in frontier]}
+    if head is None:
+        session.execute(insert(LogHead.__table__).values(id=1, **values))
+    else:
+        session.execute(update(LogHead.__table__).where(LogHead.id == 1).values(**values))
+
+
+class LogReader:
+    """Read-only view of the stored tree: size, roots, proofs and leaves."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._sessions = sessionmaker(engine.execution_options(sqlite_deferred=True))
+
+    def head(self) -> tuple[int, bytes]:
+        """The current size and root."""
+        with self._sessions() as session, session.begin():
+            row = session.execute(select(LogHead.size, LogHead.frontier).where(LogHead.id == 1)).one_or_none()
+        if row is None:
+            return 0, tree.EMPTY_ROOT
+        return row.size, tree.root_from_frontier([bytes.fromhex(h) for h in row.frontier])
+
+    def root(self, size: int) -> bytes:
+        self._check_size(size)
+        return tree.hashes_for([(0, size)], self._fetch)[0] if size else tree.EMPTY_ROOT
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        self._check_size(size)
+        return tree.hashes_for(tree.inclusion_ranges(index, size), self._fetch)
+
+    def consistency(self, first: int, second: int) -> list[bytes]:
+        self._check_size(second)
+        return tree.hashes_for(tree.consistency_ranges(first, second), self._fetch)
+
+    def entries(self, start: int, end: int) -> list[tuple[dict[str, Any], bytes]]:
+        """Leaves [start, end) as (event, canonical bytes)."""
+        with self._sessions() as session, session.begin():
+            query = select(AuditEvent).where(AuditEvent.seq > start, AuditEvent.seq <= end).order_by(AuditEvent.seq)
+            rows = [_body(e) for e in session.scalars(query)]
+        return [(row, canonical(row)) for row in rows]
+
+    def index_of_issued(self, grant_id: str) -> int | None:
+        """The log index of a grant's `issued` event."""
+        with self._sessions() as session, session.begin():
+            query = select(AuditEvent.seq).where(AuditEvent.grant_id == grant_id, AuditEvent.kind == "issued")
+            seq = session.scalar(query.order_by(AuditEvent.seq).limit(1))
+        return seq - 1 if seq is not None else None
+
+    def _check_size(self, size: int) -> None:
+        current, _ = self.head()
+        if not 0 <= size <= current:
+            raise tree.ProofError(f"the log has {current} leaves, not {size}")
+
+    def _fetch(self, keys: set[tree.NodeKey]) -> dict[tree.NodeKey, bytes]:
+        if not keys:
+            return {}
+        with self._sessions() as session, session.begin():
+            query = select(LogNode.level, LogNode.idx, LogNode.hash).where(tuple_(LogNode.level, LogNode.idx).in_(keys))
+            found = {(r.level, r.idx): bytes.fromhex(r.hash) for r in session.execute(query)}
+        if len(found) != len(keys):
+            raise LedgerUnavailable("log nodes missing: the stored tree is damaged")
+        return found
+
+
+def _body(event: AuditEvent) -> dict[str, Any]:
+    return {c: getattr(event, c) for c in ("seq", "id", "ts", "kind", "subject", "boundary", "task", "grant_id", "actor", "detail")}
