@@ -1,4 +1,4 @@
-"""The `broker` command: serve, dev, dev-token, keys, audit."""
+"""`broker serve` (production), `broker dev` and `broker dev-token` (development only)."""
 
 from __future__ import annotations
 
@@ -6,39 +6,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from broker import cli_operator
-from broker.config import Settings, load_settings
+from broker.cli.options import ConfigOpt, settings_or_exit
+from broker.config import Settings
 from broker.errors import BrokerError, ConfigError
 
-app = typer.Typer(help="Short-lived credential broker.", no_args_is_help=True, pretty_exceptions_enable=False)
-keys_app = typer.Typer(help="Signing keys.", no_args_is_help=True)
-audit_app = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-app.add_typer(audit_app, name="audit")
-db_app = typer.Typer(help="The ledger database schema (Alembic migrations).", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-vault_app = typer.Typer(help="The Vault/OpenBao objects a config needs.", no_args_is_help=True)
-app.add_typer(vault_app, name="vault")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (or BROKER_CONFIG).")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Data directory (keys, SQLite ledger).")]
-DbOpt = Annotated[Optional[str], typer.Option("--database-url", help="SQLAlchemy URL of the ledger.")]
-
-
-def _settings(config: Path | None, data_dir: Path | None = None, database_url: str | None = None) -> Settings:
-    overrides = {k: v for k, v in {"data_dir": data_dir, "database_url": database_url}.items() if v is not None}
-    try:
-        return load_settings(config, **overrides)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-@app.command()
 def serve(
     config: ConfigOpt = None,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
@@ -50,7 +26,7 @@ def serve(
     """Run the broker with a config file (production)."""
     import uvicorn
 
-    settings = _settings(config)  # validate before forking workers: errors name file and field
+    settings = settings_or_exit(config)  # validate before forking workers: errors name file and field
     if settings.config:
         os.environ["BROKER_CONFIG"] = str(settings.config)
     uvicorn.run(
@@ -62,7 +38,6 @@ def serve(
     )
 
 
-@app.command()
 def dev(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Where dev keys and the ledger live.")] = Path(".broker"),
@@ -122,7 +97,6 @@ def _dev_banner(settings: Settings, token: str) -> str:
 """
 
 
-@app.command("dev-token")
 def dev_token_cmd(
     subject: Annotated[str, typer.Option(help="Subject, e.g. dev:demo-workload or dev:operator.")],
     data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".broker"),
@@ -141,72 +115,7 @@ def dev_token_cmd(
         raise typer.Exit(2) from None
 
 
-@keys_app.command("rotate")
-def keys_rotate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Add a new active signing key; old keys stay in the JWKS until their tokens expire."""
-    from broker.app import open_keys
-
-    key = open_keys(_settings(config, data_dir)).rotate()
-    typer.echo(f"active key: {key.kid} ({key.alg})")
-
-
-@keys_app.command("list")
-def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """List signing keys and their state."""
-    from broker.app import open_keys
-
-    store = open_keys(_settings(config, data_dir))
-    active = store.active.kid
-    for key in store.keys():
-        state = "active" if key.kid == active else f"retired at {int(key.retired_at or 0)}"
-        typer.echo(f"{key.kid}\t{key.alg}\t{state}")
-
-
-@db_app.command("upgrade")
-def db_upgrade(config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
-    """Migrate the ledger schema to the newest revision (safe while other replicas run or start)."""
-    from broker.ledger import make_engine, migrate
-
-    settings = _settings(config, data_dir, database_url)
-    if settings.database.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    revision = migrate.upgrade(make_engine(settings.database, pool=settings.db_pool))
-    typer.echo(f"schema at revision {revision} (head {migrate.head()})")
-
-
-@vault_app.command("plan")
-def vault_plan(config: ConfigOpt = None) -> None:
-    """Print the policies, token roles and engine roles the config's boundaries need (YAML)."""
-    from broker.backends.plan import make_plan
-
-    typer.echo(make_plan(_settings(config)).render(), nl=False)
-
-
-@vault_app.command("apply")
-def vault_apply(config: ConfigOpt = None) -> None:
-    """Write the plan to the config's Vault (a dev or test server: it needs a token allowed to write policies)."""
-    from broker.backends.plan import apply_plan, make_plan
-    from broker.backends.vault import VaultClient
-
-    settings = _settings(config)
-    if settings.vault is None:
-        typer.echo("error: the config has no `vault:` section", err=True)
-        raise typer.Exit(2)
-    try:
-        written = apply_plan(make_plan(settings), VaultClient(settings.vault))
-    except BrokerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo("\n".join(written))
-
-
-# `audit verify` (offline, file or API), `audit tail/export`, `grants`, `revoke`, `freeze`, `report`
-cli_operator.register(app, audit_app)
-
-
-def main() -> None:
-    try:
-        app()
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(dev)
+    app.command("dev-token")(dev_token_cmd)
