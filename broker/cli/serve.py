@@ -103,9 +103,10 @@ def dev_token_cmd(
     lifetime: Annotated[int, typer.Option(help="Seconds.")] = 3600,
 ) -> None:
     """Print an identity token from the dev issuer (dev mode only)."""
+    from broker.config import production_by_env
     from broker.dev import dev_token
 
-    if os.environ.get("BROKER_ENV", "").lower() == "production":
+    if production_by_env():
         typer.echo("error: dev tokens are refused when BROKER_ENV=production", err=True)
         raise typer.Exit(2)
     try:
