@@ -394,7 +394,26 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, overrides.get("config") or _env_config())) from None
+    if settings.env == "production":
+        _refuse_unknown_env()
     return _resolve_paths(settings)
+
+
+# read by the CLI and the SDK (`broker_client`), not settings of the broker
+CLIENT_ENV = frozenset({"BROKER_URL", "BROKER_IDENTITY_TOKEN", "BROKER_IDENTITY_FILE", "BROKER_IDENTITY_COMMAND",
+                        "BROKER_SPIFFE_JWT_FILE"})  # fmt: skip
+
+
+def _refuse_unknown_env() -> None:
+    """A misspelt `BROKER_DATABSE_URL` must not silently fall back to a default in production."""
+    known = {f"BROKER_{name.upper()}" for name in Settings.model_fields} | CLIENT_ENV
+    sections = [f"BROKER_{name.upper()}_" for name, field in Settings.model_fields.items() if _is_section(field)]
+    unknown = sorted(n for n in os.environ if n.startswith("BROKER_") and n not in known
+                     and not n.startswith(tuple(sections)))  # fmt: skip
+    if unknown:
+        hints = [f"{n} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(n, known, 1)) else n
+                 for n in unknown]  # fmt: skip
+        raise ConfigError(f"unknown environment variables in production: {', '.join(hints)}")
 
 
 def production_by_env() -> bool:

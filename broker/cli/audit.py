@@ -15,7 +15,7 @@ from broker.cli.options import (
     BoundaryOpt, ConfigOpt, DataDirOpt, DbOpt, GlobOpt, KindOpt, SinceOpt, SubjectOpt, TaskOpt, UntilOpt,
     offline_ledger, remote,
 )  # fmt: skip
-from broker.cli.output import errors, inert, params, say
+from broker.cli.output import TAMPERED, errors, inert, params, say
 from broker.cli.remote import Remote
 
 group = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
@@ -106,7 +106,7 @@ def audit_verify(
     data_dir: DataDirOpt = None,
     database_url: DbOpt = None,
 ) -> None:
-    """Walk the hash chain (the database, an export file, or the broker's API); exit 1 naming the first bad row."""
+    """Walk the hash chain (the database, an export file, or the broker's API); exit 5 naming the first bad row."""
     from broker.ledger import verify_export
 
     if file is not None:
@@ -120,7 +120,7 @@ def audit_verify(
     if not report["ok"]:
         bad = (inert(report["first_bad_seq"]), ": ", inert(report["problem"]))
         say("TAMPERED: first bad row seq=", *bad, console_=errors)
-        raise typer.Exit(1)
+        raise typer.Exit(TAMPERED)
 
 
 def register(app: typer.Typer) -> None:

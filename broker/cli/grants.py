@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Optional
 
+from enum import Enum
+
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from broker.cli.options import BoundaryOpt, GlobOpt, JsonOpt, SinceOpt, SubjectOpt, TaskOpt, UntilOpt, remote
+from broker.cli.options import (
+    BoundaryOpt, GlobOpt, JsonOpt, OutputOpt, SinceOpt, SubjectOpt, TaskOpt, UntilOpt, as_json, remote,
+)  # fmt: skip
 from broker.cli.output import console, inert, params, say
 from broker.cli.remote import Remote
+from broker.ledger import FINAL_STATUSES
 
+GrantStatus = Enum("GrantStatus", {name: name for name in ("active", "revoke_pending", *FINAL_STATUSES)}, type=str)
 group = typer.Typer(help="The live inventory of grants.", no_args_is_help=True)
 
 
@@ -20,7 +26,7 @@ group = typer.Typer(help="The live inventory of grants.", no_args_is_help=True)
 @remote
 def grants_ls(
     broker: Remote,
-    status: Annotated[Optional[str], typer.Option(help="active, revoke_pending, completed, revoked, expired.")] = None,
+    status: Annotated[Optional[GrantStatus], typer.Option(help="Grant status.")] = None,
     subject: SubjectOpt = None,
     subject_glob: GlobOpt = None,
     boundary: BoundaryOpt = None,
@@ -30,10 +36,11 @@ def grants_ls(
     limit: Annotated[int, typer.Option(help="Rows per page (1-1000).")] = 50,
     cursor: Annotated[Optional[str], typer.Option(help="Continue from a previous page.")] = None,
     all_pages: Annotated[bool, typer.Option("--all", help="Follow every page.")] = False,
-    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+    json_flag: JsonOpt = False,
 ) -> None:
     """Who holds what, where, until when."""
-    query = params(status=status, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task,
+    query = params(status=status.value if status else None, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task,
                    since=since, until=until, limit=limit)  # fmt: skip
     rows, next_cursor = [], cursor
     while True:
@@ -42,7 +49,7 @@ def grants_ls(
         next_cursor = page["next_cursor"]
         if not (all_pages and next_cursor):
             break
-    if as_json:
+    if as_json(output, json_flag):
         typer.echo(json.dumps({"items": rows, "next_cursor": next_cursor}))
         return
     console.print(_grants_table(rows))

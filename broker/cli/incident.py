@@ -11,7 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from broker.cli.options import BoundaryOpt, GlobOpt, JsonOpt, ReasonOpt, SubjectOpt, TaskOpt, remote
+from broker.cli.options import (
+    BoundaryOpt, GlobOpt, JsonOpt, OutputOpt, ReasonOpt, SubjectOpt, TaskOpt, as_json, remote,
+)  # fmt: skip
 from broker.cli.output import console, errors, inert, params, say
 from broker.cli.remote import Remote
 
@@ -31,7 +33,8 @@ def revoke(
     freeze: Annotated[bool, typer.Option("--freeze", help="Also freeze the subject or boundary.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the backends.")] = 120.0,
-    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+    json_flag: JsonOpt = False,
 ) -> None:
     """Revoke every active grant a selector matches; exit 1 if any revocation stays pending."""
     selector = params(subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, grant_id=grant_id) | (
@@ -46,8 +49,8 @@ def revoke(
     if not yes and not typer.confirm(f"Revoke {matched} active grants ({what}){' and freeze' if freeze else ''}?"):
         raise typer.Exit(1)
     status = broker.call("POST", "/v1/revocations", json={**body, "wait": False})
-    status = _follow(broker, status, timeout, quiet=as_json)
-    if as_json:
+    status = _follow(broker, status, timeout, quiet=as_json(output, json_flag))
+    if as_json(output, json_flag):
         typer.echo(json.dumps(status))
     else:
         console.print(_revocation_table(status))
@@ -103,10 +106,10 @@ def _freeze_call(broker: Remote, path: str, done: str, unchanged: str, **values:
 
 
 @remote
-def freezes(broker: Remote, as_json: JsonOpt = False) -> None:
+def freezes(broker: Remote, output: OutputOpt = None, json_flag: JsonOpt = False) -> None:
     """List frozen subjects and boundaries."""
     items = broker.call("GET", "/v1/freezes")["items"]
-    if as_json:
+    if as_json(output, json_flag):
         typer.echo(json.dumps(items))
         return
     table = Table(title=f"{len(items)} freezes", title_justify="left")

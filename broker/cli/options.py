@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+from enum import Enum
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -25,7 +26,13 @@ DbOpt = Annotated[Optional[str], typer.Option("--database-url", help="SQLAlchemy
 UrlOpt = Annotated[str, typer.Option("--url", envvar="BROKER_URL", help="Broker base URL.")]
 TokenFileOpt = Annotated[Optional[Path], typer.Option("--token-file", help="File holding the operator identity token.")]
 TokenCmdOpt = Annotated[Optional[str], typer.Option("--token-command", help="Command printing the identity token.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+class Output(str, Enum):
+    json = "json"
+    table = "table"
+
+
+OutputOpt = Annotated[Optional[Output], typer.Option("--output", "-o", help="json or table.")]
+JsonOpt = Annotated[bool, typer.Option("--json", hidden=True, help="Same as --output json.")]
 SubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact subject (taken literally).")]
 GlobOpt = Annotated[Optional[str], typer.Option("--subject-glob", help="Subject pattern like 'repo:acme/*' (policy glob).")]
 BoundaryOpt = Annotated[Optional[str], typer.Option("--boundary", help="Boundary name.")]
@@ -48,12 +55,21 @@ def settings_or_exit(config: Path | None, data_dir: Path | None = None, database
 
 
 def offline_ledger(config: Path | None, data_dir: Path | None, database_url: str | None):  # noqa: ANN201
-    """The ledger of a local broker, when any offline option is given; else None (use the API)."""
+    """The ledger of a local broker, read-only, when any offline option is given; else None (use the API)."""
     if config is None and data_dir is None and database_url is None:
         return None
-    from broker.app import open_ledger
+    from broker.app import open_ledger_read_only
 
-    return open_ledger(settings_or_exit(config, data_dir, database_url))
+    try:
+        return open_ledger_read_only(settings_or_exit(config, data_dir, database_url))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def as_json(output: Output | None, json_flag: bool, default: Output = Output.table) -> bool:
+    """--output wins; the older --json flag still means JSON."""
+    return (output or (Output.json if json_flag else default)) is Output.json
 
 
 _REMOTE_OPTIONS = [

@@ -10,6 +10,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+# exit codes of every `broker` command (listed in `broker --help` and docs/operator-guide.md)
+OK, FAILED, USAGE, UNREACHABLE, NOT_AUTHORISED, TAMPERED = 0, 1, 2, 3, 4, 5
+EXIT_CODES = ("Exit codes: 0 ok, 1 failed, 2 usage (bad option or value, config error), 3 broker unreachable, "
+              "4 not authorised, 5 tampered (audit verify).")  # fmt: skip
 console = Console()
 errors = Console(stderr=True)
 # control, format (bidi overrides, zero-width) and line/paragraph separators: shown as escapes
@@ -35,15 +39,15 @@ def _escaped(ch: str) -> str:
 def say(*parts: object, console_: Console | None = None) -> None:
     """One line of fixed text and inert values (str parts are ours; others go through `inert`)."""
     line = Text.assemble(*(part if isinstance(part, str | Text) else inert(part) for part in parts))
-    (console_ or console).print(line, highlight=False)
+    (console_ or console).print(line, highlight=False, soft_wrap=True)  # an id or path is never broken
 
 
 def emit_json(value: Any) -> None:
     typer.echo(json.dumps(value))
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    errors.print(Text("error: ", style="red") + inert(message), highlight=False)
+def fail(message: str, code: int = USAGE) -> NoReturn:
+    errors.print(Text("error: ", style="red") + inert(message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from broker.cli.output import fail
+from broker.cli.output import FAILED, NOT_AUTHORISED, UNREACHABLE, USAGE, fail
 
 if TYPE_CHECKING:
     import httpx
@@ -37,24 +37,43 @@ class Remote:
         try:
             answer = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            fail(f"cannot reach the broker at {self.url}: {type(exc).__name__}")
+            fail(f"cannot reach the broker at {self.url}: {type(exc).__name__}", UNREACHABLE)
         if answer.status_code >= 400:
             body = _json_or_empty(answer)
-            fail(f"{answer.status_code} {body.get('code', 'error')}: {body.get('detail') or body.get('title', '')}")
+            fail(f"{answer.status_code} {body.get('code', 'error')}: {body.get('detail') or body.get('title', '')}",
+                 exit_code(answer.status_code))  # fmt: skip
         return answer.json()
 
     def lines(self, path: str, params: dict[str, Any]) -> Iterator[str]:
+        import httpx
+
+        try:
+            yield from self._lines(path, params)
+        except httpx.TransportError as exc:
+            fail(f"cannot reach the broker at {self.url}: {type(exc).__name__}", UNREACHABLE)
+
+    def _lines(self, path: str, params: dict[str, Any]) -> Iterator[str]:
         with self.http.stream("GET", path, params=params, headers={"Accept": "application/x-ndjson"}) as answer:
             if answer.status_code >= 400:
                 answer.read()
-                fail(f"{answer.status_code} {_json_or_empty(answer).get('code', 'error')}")
+                fail(f"{answer.status_code} {_json_or_empty(answer).get('code', 'error')}", exit_code(answer.status_code))
             yield from answer.iter_lines()
+
+
+def exit_code(status: int) -> int:
+    """401/403: not authorised; 400/422: the values given were refused (usage); anything else failed."""
+    if status in (401, 403):
+        return NOT_AUTHORISED
+    return USAGE if status in (400, 422) else FAILED
 
 
 def identity_token(token_file: Path | None, token_command: str | None, env_token: str) -> str:
     """The operator's identity token: the file, the command's output, or BROKER_IDENTITY_TOKEN."""
     if token_file is not None:
-        return token_file.read_text().strip()
+        try:
+            return token_file.read_text().strip()
+        except OSError as exc:
+            fail(f"--token-file {token_file}: {exc.strerror}")
     if token_command:
         done = subprocess.run(shlex.split(token_command), capture_output=True, text=True, timeout=30, check=False)
         if done.returncode != 0:

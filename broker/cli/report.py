@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from broker.cli.options import (
-    ConfigOpt, DataDirOpt, DbOpt, GlobOpt, JsonOpt, SubjectOpt, UntilOpt, offline_ledger, remote,
+    ConfigOpt, DataDirOpt, DbOpt, GlobOpt, JsonOpt, OutputOpt, as_json, SubjectOpt, UntilOpt, offline_ledger, remote,
 )  # fmt: skip
 from broker.cli.output import console, inert, params, say
 from broker.cli.remote import Remote
@@ -27,7 +27,8 @@ def report_blast_radius(
     subject_glob: GlobOpt = None,
     since: Annotated[str, typer.Option("--since", help="ISO 8601, epoch seconds, or ago: 24h.")] = "24h",
     until: UntilOpt = None,
-    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+    json_flag: JsonOpt = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DbOpt = None,
@@ -45,7 +46,7 @@ def report_blast_radius(
     else:
         query = params(subject=subject, subject_glob=subject_glob, since=since, until=until)
         report = broker.call("GET", "/v1/reports/blast-radius", params=query)
-    if as_json:
+    if as_json(output, json_flag):
         typer.echo(json.dumps(report))
         return
     _print_report(report)

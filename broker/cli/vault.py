@@ -13,9 +13,17 @@ group = typer.Typer(help="The Vault/OpenBao objects a config needs.", no_args_is
 @group.command("plan")
 def vault_plan(config: ConfigOpt = None) -> None:
     """Print the policies, token roles and engine roles the config's boundaries need (YAML)."""
+    from broker.app import open_policy
     from broker.backends.plan import make_plan
 
-    typer.echo(make_plan(settings_or_exit(config)).render(), nl=False)
+    settings = settings_or_exit(config)
+    try:
+        if settings.policy_file or settings.policy:
+            open_policy(settings)  # a plan for a policy that cannot load would mislead
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(make_plan(settings).render(), nl=False)
 
 
 @group.command("apply")
