@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker import metrics
 from broker.api import errors, grants, health, oauth, operators, wellknown
@@ -64,6 +65,30 @@ def open_ledger(settings: Settings) -> LedgerStore:
     return LedgerStore(engine)
 
 
+def open_ledger_read_only(settings: Settings) -> LedgerStore:
+    """The ledger for offline readers: it must exist at the schema head; opened read-only, never migrated."""
+    engine = make_engine(settings.database, sqlite_synchronous=settings.sqlite_synchronous, pool=settings.db_pool,
+                         read_only=True)  # fmt: skip
+    try:
+        with engine.connect() as connection:
+            revision = migrate.current(connection)
+    except SQLAlchemyError:
+        revision = None  # no such file or database, or not ours
+    if revision is None:
+        raise ConfigError(f"no broker ledger at {settings.database}: check --data-dir / --database-url")
+    return LedgerStore(engine)
+
+
+def open_policy(settings: Settings) -> PolicySource:
+    """The policy of the settings, compiled against their boundaries and attestors (ConfigError when broken)."""
+    return PolicySource(
+        path=settings.policy_file,
+        inline=settings.policy,
+        boundaries={b.name: b for b in settings.boundaries},
+        attestors={a.name for a in settings.attestors},
+    )
+
+
 def open_keys(settings: Settings, ledger: LedgerStore | None = None) -> KeyStore:
     """Signing keys: a 0600 file per key, or sealed rows in the ledger database shared by replicas."""
     max_ttl = max((b.max_ttl for b in settings.boundaries), default=3600)
@@ -115,12 +140,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
     keys = open_keys(settings, ledger)
     transparency = open_log(settings, ledger)
     vault = VaultClient(settings.vault) if settings.vault else None
-    policy = PolicySource(
-        path=settings.policy_file,
-        inline=settings.policy,
-        boundaries={b.name: b for b in settings.boundaries},
-        attestors={a.name for a in settings.attestors},
-    )
+    policy = open_policy(settings)
     attestors = Attestors(settings.attestors, broker_issuer=settings.issuer, clock=clock)
     service = GrantService(
         settings=settings,

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from broker.errors import BadRequest, ConfigError
 
@@ -224,8 +227,16 @@ class VaultConfig(Strict):
     reconcile_unknown_leases: bool = True
 
 
-class Settings(Strict):
-    """Everything the broker needs, built once by `load_settings` and passed in."""
+class Settings(BaseSettings):
+    """Everything the broker needs, built once by `load_settings` and passed in.
+
+    Sources, strongest first: the arguments (CLI overrides), `BROKER_<FIELD>` environment variables
+    (`BROKER_<SECTION>_<FIELD>` inside the `vault:` and `limits:` sections), the YAML file `config`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="BROKER_", env_nested_delimiter="_", env_nested_max_split=1, extra="forbid", frozen=True
+    )
 
     env: Literal["production", "development", "test"] = "production"
     config: Path | None = None
@@ -314,6 +325,43 @@ class Settings(Strict):
     def limits_for(self, boundary: BoundaryConfig) -> LimitsConfig:
         return boundary.limits.over(self.limits)
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any, **_: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env = _EnvSource(settings_cls)
+        path = init_settings.init_kwargs.get("config") or env().get("config")
+        return init_settings, env, _YamlSource(settings_cls, Path(path) if path else None)
+
+
+class _EnvSource(EnvSettingsSource):
+    """`BROKER_<FIELD>` for every field; only model sections are split, so `BROKER_POLICY_FILE` stays one field."""
+
+    def explode_env_vars(self, field_name: str, field: FieldInfo, env_vars: Any) -> dict[str, Any]:
+        if not _is_section(field):
+            return {}
+        return super().explode_env_vars(field_name, field, env_vars)
+
+
+def _is_section(field: FieldInfo) -> bool:
+    return any(isinstance(t, type) and issubclass(t, BaseModel) for t in (field.annotation, *get_args(field.annotation)))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The YAML config file, weakest source: its folder anchors relative paths (`_resolve_paths`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        return {**_read_yaml(self.path), "config": self.path}
+
 
 def _refuse_shared_backend_roles(boundaries: list[BoundaryConfig]) -> None:
     """Promise 2: no Vault role, path or policy may serve two boundaries."""
@@ -354,47 +402,43 @@ def _is_dev_jwks(attestor: AttestorConfig) -> bool:
 
 
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
-    """Build Settings from the YAML file (BROKER_CONFIG or `config`), env vars and overrides."""
-    env_only = _env_settings()
-    path = Path(config) if config else env_only.get("config")
-    data: dict[str, Any] = {}
-    if path:
-        data = _read_yaml(Path(path))
-        data["config"] = Path(path)
-    data.update({k: v for k, v in env_only.items() if k != "config" and not k.startswith("vault_")})
-    vault_env = {k.removeprefix("vault_"): v for k, v in env_only.items() if k.startswith("vault_")}
-    if vault_env:  # BROKER_VAULT_ADDR / BROKER_VAULT_TOKEN complete the YAML `vault:` section
-        data["vault"] = {**(data.get("vault") or {}), **vault_env}
-    data.update(overrides)
+    """Build Settings from the YAML file (`config` or BROKER_CONFIG), env vars and overrides."""
+    if config:
+        overrides["config"] = Path(config)
     try:
-        settings = Settings.model_validate(data)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, overrides.get("config") or _env_config())) from None
+    if settings.env == "production":
+        _refuse_unknown_env()
     return _resolve_paths(settings)
 
 
-def _env_settings() -> dict[str, Any]:
-    class _EnvOnly(BaseSettings):
-        model_config = SettingsConfigDict(env_prefix="BROKER_", extra="ignore")
-        env: str | None = None
-        config: Path | None = None
-        issuer: str | None = None
-        data_dir: Path | None = None
-        database_url: str | None = None
-        sqlite_synchronous: str | None = None
-        signing_algorithm: str | None = None
-        policy_file: Path | None = None
-        db_pool_size: int | None = None
-        db_max_overflow: int | None = None
-        db_pool_timeout: float | None = None
-        db_pool_recycle: int | None = None
-        signing_keys: str | None = None
-        key_encryption_key: str | None = None
-        key_encryption_key_file: Path | None = None
-        vault_addr: str | None = None
-        vault_token: str | None = None
+# read by the CLI and the SDK (`broker_client`), not settings of the broker
+CLIENT_ENV = frozenset({"BROKER_URL", "BROKER_IDENTITY_TOKEN", "BROKER_IDENTITY_FILE", "BROKER_IDENTITY_COMMAND",
+                        "BROKER_SPIFFE_JWT_FILE"})  # fmt: skip
 
-    return _EnvOnly().model_dump(exclude_none=True)
+
+def _refuse_unknown_env() -> None:
+    """A misspelt `BROKER_DATABSE_URL` must not silently fall back to a default in production."""
+    known = {f"BROKER_{name.upper()}" for name in Settings.model_fields} | CLIENT_ENV
+    sections = [f"BROKER_{name.upper()}_" for name, field in Settings.model_fields.items() if _is_section(field)]
+    unknown = sorted(n for n in os.environ if n.startswith("BROKER_") and n not in known
+                     and not n.startswith(tuple(sections)))  # fmt: skip
+    if unknown:
+        hints = [f"{n} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(n, known, 1)) else n
+                 for n in unknown]  # fmt: skip
+        raise ConfigError(f"unknown environment variables in production: {', '.join(hints)}")
+
+
+def production_by_env() -> bool:
+    """BROKER_ENV says production: dev mode and dev tokens refuse to run, whatever their own config says."""
+    return str(_EnvSource(Settings)().get("env", "")).lower() == "production"
+
+
+def _env_config() -> Path | None:
+    value = os.environ.get("BROKER_CONFIG")
+    return Path(value) if value else None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

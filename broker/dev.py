@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from broker.config import DEV_ISSUER, DEV_KID, Settings, load_settings
+from broker.config import DEV_ISSUER, DEV_KID, Settings, load_settings, production_by_env
 from broker.errors import ConfigError
 
 DEV_AUDIENCE = "broker-dev"
@@ -204,7 +204,7 @@ def dev_config(data_dir: Path, port: int, vault: dict[str, Any] | None = None,
 
 def dev_settings(data_dir: Path, port: int, **vault_parts: Any) -> Settings:
     """Settings for `broker dev`; refused when BROKER_ENV=production."""
-    if os.environ.get("BROKER_ENV", "").lower() == "production":
+    if production_by_env():
         raise ConfigError("broker dev is refused when BROKER_ENV=production")
     private_dir(data_dir)
     return load_settings(None, **dev_config(data_dir.resolve(), port, **vault_parts))

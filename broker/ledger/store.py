@@ -36,13 +36,19 @@ from broker.transparency import log as transparency_log  # the one hook: every e
 
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, Any] | None = None) -> Engine:
+def make_engine(
+    url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, Any] | None = None, read_only: bool = False
+) -> Engine:
     """The one place an engine is built: SQLite gets WAL, a busy timeout and immediate transactions.
 
     `pool` (pool_size, max_overflow, pool_timeout, pool_recycle) applies to server databases.
+    `read_only`: for offline readers; the database must exist and is never written (nor created).
     """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, **{"pool_size": 10, "max_overflow": 10, **(pool or {})})
+        args = {"connect_args": {"options": "-c default_transaction_read_only=on"}} if read_only else {}
+        return create_engine(url, pool_pre_ping=True, **{"pool_size": 10, "max_overflow": 10, **(pool or {})}, **args)
+    if read_only:
+        url = f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -59,7 +65,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, A
         # IMMEDIATE takes the write lock up front, so a read-then-append never fails to upgrade;
         # reads stay deferred so WAL lets them run beside a writer
         deferred = conn.get_execution_options().get("sqlite_deferred")
-        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if deferred or read_only else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -18,7 +18,7 @@ import httpx
 import yaml
 from sqlalchemy import create_engine, func, select
 
-from broker.cli import default_workers
+from broker.cli.serve import default_workers
 from broker.ledger import AuditEvent
 from tests.support.broker import BOUNDARIES, BROKER_ISSUER, LOAD_TEST_LIMITS, POLICY
 from tests.cli.test_dev_and_config import free_port, wait_healthy

@@ -115,7 +115,7 @@ def test_audit_export_verify_and_tamper(cli, live, held, tmp_path):
     rows[3]["actor"] = "someone-else"
     export.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tampered = cli("audit", "verify", "--file", str(export))
-    assert tampered.exit_code == 1 and f"first bad row seq={rows[3]['seq']}" in tampered.output
+    assert tampered.exit_code == 5 and f"first bad row seq={rows[3]['seq']}" in tampered.output
     assert json.loads(cli("audit", "verify").output)["ok"] is True  # through the API
 
 
@@ -155,4 +155,4 @@ def test_token_from_file_or_command_and_refusals(cli, live, issuers, tmp_path):
     missing = cli("grants", "ls", BROKER_IDENTITY_TOKEN="")
     assert missing.exit_code == 2 and "no identity token" in missing.output
     worker = cli("revoke", "--all", "--reason", "x", "--yes", BROKER_IDENTITY_TOKEN=issuers.worker("worker"))
-    assert worker.exit_code == 2 and "403 forbidden" in worker.output
+    assert worker.exit_code == 4 and "403 forbidden" in worker.output

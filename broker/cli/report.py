@@ -1,0 +1,74 @@
+"""`broker report blast-radius`: what a subject reached, from the API or offline."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from broker.cli.options import (
+    ConfigOpt, DataDirOpt, DbOpt, GlobOpt, JsonOpt, OutputOpt, as_json, SubjectOpt, UntilOpt, offline_ledger, remote,
+)  # fmt: skip
+from broker.cli.output import console, inert, params, say
+from broker.cli.remote import Remote
+
+group = typer.Typer(help="Incident reports.", no_args_is_help=True)
+
+
+@group.command("blast-radius")
+@remote
+def report_blast_radius(
+    broker: Remote,
+    subject: SubjectOpt = None,
+    subject_glob: GlobOpt = None,
+    since: Annotated[str, typer.Option("--since", help="ISO 8601, epoch seconds, or ago: 24h.")] = "24h",
+    until: UntilOpt = None,
+    output: OutputOpt = None,
+    json_flag: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """What a subject reached in a window: boundaries, scopes, live and revoked grants."""
+    ledger = offline_ledger(config, data_dir, database_url)
+    if ledger is not None:
+        from broker.config import instant
+        from broker.grants.operations import blast_radius
+        from broker.ledger import Filter
+
+        now = time.time()
+        who = Filter(subject=subject, subject_glob=subject_glob)
+        report = blast_radius(ledger, who, instant(since, now) or 0.0, instant(until, now) or now, now)
+    else:
+        query = params(subject=subject, subject_glob=subject_glob, since=since, until=until)
+        report = broker.call("GET", "/v1/reports/blast-radius", params=query)
+    if as_json(output, json_flag):
+        typer.echo(json.dumps(report))
+        return
+    _print_report(report)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    totals = report["totals"]
+    counts = ", ".join(f"{totals[k]} {k}" for k in ("grants", "live", "revoked", "pending", "denied"))
+    say(Text(inert(report["subject"]).plain, style="bold"), " from ", inert(report["since"][:19]), " to ",
+         inert(report["until"][:19]), ": ", inert(counts))  # fmt: skip
+    table = Table(title_justify="left")
+    for column in ("boundary", "scopes", "grants", "live", "revoked", "completed", "expired", "last revoked"):
+        table.add_column(column, overflow="fold")
+    for row in report["boundaries"]:
+        last = max((g["revoked_at"] or "" for g in row["revoked_grants"]), default="")
+        table.add_row(
+            inert(row["boundary"]), inert(" ".join(row["scopes"])),
+            *(inert(row[k]) for k in ("grants", "live", "revoked", "completed", "expired")),
+            inert(last[:19].replace("T", " ")),
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(group, name="report")

@@ -1,0 +1,154 @@
+"""`broker serve` (production), `broker dev` and `broker dev-token` (development only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from broker.cli.options import ConfigOpt, settings_or_exit
+from broker.config import Settings
+from broker.errors import BrokerError, ConfigError
+
+
+# uvicorn's C HTTP parser and event loop (both installed with `uvicorn[standard]`), named rather than
+# left to "auto", so a missing one is an error at start-up instead of a quietly slower broker.
+SERVER_SPEED = {"loop": "uvloop", "http": "httptools"}
+
+
+def default_workers() -> int:
+    """One worker process per core this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    workers: Annotated[
+        Optional[int], typer.Option(help="Worker processes (default: one per core).", show_default=False)
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    keep_alive: Annotated[int, typer.Option(help="Seconds an idle HTTP connection stays open.")] = 75,
+) -> None:
+    """Run the broker with a config file (production)."""
+    import uvicorn
+
+    settings = settings_or_exit(config)  # validate before forking workers: errors name file and field
+    if settings.config:
+        os.environ["BROKER_CONFIG"] = str(settings.config)
+    workers = workers or default_workers()
+    if workers > 1:
+        _prepare_shared_state(settings)
+    uvicorn.run(
+        "broker.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+        log_level=log_level, access_log=False, proxy_headers=False, **SERVER_SPEED,
+        # longer than clients' and load balancers' idle timeouts (httpx: 5 s), so a client never
+        # reuses a connection the server is closing at that instant ("server disconnected")
+        timeout_keep_alive=keep_alive,
+    )
+
+
+def _prepare_shared_state(settings: Settings) -> None:
+    """Schema and first signing key, once, before the workers fork: otherwise each would race to make them
+    (two first keys, each worker signing with one the others have not loaded)."""
+    from broker.app import open_keys, open_ledger
+
+    try:
+        ledger = open_ledger(settings)
+        open_keys(settings, ledger)
+        ledger.engine.dispose()
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def dev(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where dev keys and the ledger live.")] = Path(".broker"),
+    postgres_url: Annotated[str, typer.Option("--postgres-url", help="PostgreSQL of the demo-db boundary.")] = (
+        "postgresql://postgres@127.0.0.1:5432/test"
+    ),
+    vault: Annotated[bool, typer.Option("--vault/--no-vault", help="Start OpenBao (demo-kv, demo-db).")] = True,
+) -> None:
+    """Run the broker on 127.0.0.1 with a demo config, a dev identity issuer and an OpenBao dev server."""
+    import uvicorn
+
+    from broker.app import create_app
+    from broker.dev import dev_token
+
+    server = None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # uvicorn re-raises SIGTERM; unwind to stop OpenBao
+    try:
+        server, settings = _dev_vault_settings(data_dir, port, postgres_url if vault else None, vault)
+        dev_app = create_app(settings)
+        log_key = dev_app.state.components.log.verifier().key_string()
+        typer.echo(_dev_banner(settings, dev_token(settings.data_dir, "dev:demo-workload"), log_key))
+        uvicorn.run(dev_app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=75, **SERVER_SPEED)
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        if server:
+            server.stop()
+
+
+def _dev_vault_settings(data_dir: Path, port: int, postgres_url: str | None, vault: bool):  # noqa: ANN202
+    """Start OpenBao (when wanted), build the dev settings, apply the Vault plan; (server or None, settings)."""
+    from broker.dev import ROOT_TOKEN_FILE, dev_settings, prepare_dev_vault, start_dev_vault
+
+    if not vault:
+        return None, dev_settings(data_dir, port)
+    server, parts = start_dev_vault(data_dir.resolve(), postgres_url)
+    try:
+        settings = dev_settings(data_dir, port, **parts)
+        prepare_dev_vault(settings, postgres_url)
+    except BrokerError:
+        server.stop()
+        raise
+    names = ", ".join(b["name"] for b in parts["extra_boundaries"])
+    token_file = data_dir.resolve() / ROOT_TOKEN_FILE
+    typer.echo(f"  openbao:  {server.addr}  root token in {token_file} (0600, dev only)  boundaries: {names}")
+    return server, settings
+
+
+def _dev_banner(settings: Settings, token: str, log_key: str) -> str:
+    url = settings.issuer
+    return f"""
+  DEV MODE: local development identity issuer, demo config. Never use in production.
+  broker:   {url}     data: {settings.data_dir}
+  log key:  {log_key}
+  Try it (another terminal):
+    export ID_TOKEN=$(broker dev-token --subject dev:demo-workload --data-dir {settings.data_dir})
+    curl -s -X POST {url}/v1/grants -H "Authorization: Bearer $ID_TOKEN" \\
+         -H 'Content-Type: application/json' -d '{{"task":"hello","boundary":"demo","scopes":["read"],"ttl":300}}'
+"""
+
+
+def dev_token_cmd(
+    subject: Annotated[str, typer.Option(help="Subject, e.g. dev:demo-workload or dev:operator.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path(".broker"),
+    lifetime: Annotated[int, typer.Option(help="Seconds.")] = 3600,
+) -> None:
+    """Print an identity token from the dev issuer (dev mode only)."""
+    from broker.config import production_by_env
+    from broker.dev import dev_token
+
+    if production_by_env():
+        typer.echo("error: dev tokens are refused when BROKER_ENV=production", err=True)
+        raise typer.Exit(2)
+    try:
+        typer.echo(dev_token(data_dir.resolve(), subject, lifetime))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(dev)
+    app.command("dev-token")(dev_token_cmd)

@@ -1,0 +1,86 @@
+"""CLI conventions (issue 12): versions, exit codes, usage errors, offline commands that never write, config checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from broker.cli import app
+from broker.ledger import migrate
+
+
+def run(*args: str, **env: str):  # noqa: ANN201
+    return CliRunner().invoke(app, list(args), env={"BROKER_IDENTITY_TOKEN": "", **env})
+
+
+def test_version_flag_and_command():
+    assert run("--version").output.startswith("broker ")
+    shown = json.loads(run("version", "-o", "json").output)
+    assert shown["schema"] == migrate.head() and shown["broker"] and shown["policy"] is None
+
+
+def test_help_lists_the_exit_codes():
+    assert "3 broker unreachable, 4 not authorised, 5 tampered" in " ".join(run("--help").output.split())
+
+
+def test_an_invalid_value_is_a_usage_error():
+    result = run("grants", "ls", "--status", "bogus")
+    assert result.exit_code == 2 and "bogus" in result.output
+
+
+def test_a_missing_token_file_is_a_clear_message(tmp_path):
+    result = run("grants", "ls", "--token-file", str(tmp_path / "nope"))
+    assert result.exit_code == 2 and "--token-file" in result.output and "No such file" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_unreachable_broker_exits_3(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("x")
+    result = run("freezes", "--url", "http://127.0.0.1:1", "--token-file", str(token))
+    assert result.exit_code == 3 and "cannot reach the broker" in result.output
+
+
+@pytest.mark.parametrize("command", [["audit", "verify"], ["audit", "export"], ["report", "blast-radius"]])
+def test_offline_readers_never_create_a_ledger(tmp_path, command):
+    missing = tmp_path / "nonexistent"
+    result = run(*command, "--data-dir", str(missing))
+    assert result.exit_code == 2 and "no broker ledger" in result.output
+    assert not missing.exists()
+
+
+def test_unknown_broker_variables_are_refused_in_production(tmp_path):
+    config = tmp_path / "broker.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path)}))
+    result = run("keys", "list", "--config", str(config), BROKER_DATABSE_URL="postgresql://x")
+    assert result.exit_code == 2 and "BROKER_DATABSE_URL (did you mean BROKER_DATABASE_URL?)" in result.output
+    config.write_text(yaml.safe_dump({"env": "development", "data_dir": str(tmp_path)}))
+    assert run("keys", "list", "--config", str(config), BROKER_DATABSE_URL="x").exit_code == 0
+
+
+def _config_with_policy(tmp_path, policy: str):  # noqa: ANN202
+    (tmp_path / "policy.yaml").write_text(policy)
+    config = tmp_path / "broker.yaml"
+    config.write_text(yaml.safe_dump({"env": "test", "data_dir": str(tmp_path), "policy_file": "policy.yaml",
+                                      "boundaries": [{"name": "db", "backend": "jwt", "scopes": ["read"]}]}))  # fmt: skip
+    return config
+
+
+def test_vault_plan_and_config_validate_fail_on_a_broken_policy(tmp_path):
+    config = _config_with_policy(tmp_path, "rules:\n  - name: r\n    match: {subject: a}\n    allow: [{boundary: nope}]\n")
+    for command in (["vault", "plan"], ["config", "validate"]):
+        result = run(*command, "--config", str(config))
+        assert result.exit_code == 2 and "policy.yaml" in result.output, (command, result.output)
+
+
+def test_config_validate_reports_every_error(tmp_path):
+    config = tmp_path / "broker.yaml"
+    config.write_text("env: test\nmax_body_bytes: -1\nworker_interval: 0\ncolour: red\n")
+    result = run("config", "validate", "--config", str(config))
+    assert result.exit_code == 2
+    assert all(field in result.output for field in ("max_body_bytes", "worker_interval", "colour"))
+    good = _config_with_policy(tmp_path, "rules:\n  - name: r\n    match: {subject: a}\n    allow: [{boundary: db, scopes: [read]}]\n")
+    assert run("config", "validate", "--config", str(good)).output.startswith("ok: ")
