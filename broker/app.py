@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from broker import metrics
-from broker.api import errors, grants, health, oauth, operators, wellknown
+from broker.api import errors, grants, health, oauth, operators, signals, wellknown
 from broker.api.limits import BodyLimit
 from broker.backends import Backend, JwtBackend
 from broker.backends.vault import VaultClient
@@ -30,6 +30,7 @@ from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.ledger.replay import ReplayStore
 from broker.policy import PolicySource
 from broker.signing import FileKeyRepository, KeyRepository, KeyStore
+from broker.signals.transmitter import Transmitter, build_transmitter
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Components:
     worker: Worker
     operations: Operations
     metrics: metrics.Metrics
+    signals: Transmitter | None = None
 
 
 def open_ledger(settings: Settings) -> LedgerStore:
@@ -96,6 +98,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
         dpop=DpopVerifier(clock=clock, seen=ReplayStore(ledger.engine, settings.dpop_replay_capacity).seen),
         clock=clock,
     )
+    transmitter = build_transmitter(settings, ledger, keys, clock)
     jobs = {
         "reconcile": Reconciler(
             service.backends, settings.boundaries, ledger,
@@ -106,12 +109,14 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
         "freezes": ledger.refresh_freezes,
         "policy": policy.maybe_reload,
         "keys": keys.reload,
+        "signals": transmitter.delivery.run_once,  # retries with backoff; commits also wake it at once
     }
     if vault is not None:
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
     meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault)
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
-    return Components(service, Worker(jobs, settings.worker_interval), operations, meters)
+    transmitter.install_metrics(meters.registry)
+    return Components(service, Worker(jobs, settings.worker_interval), operations, meters, transmitter)
 
 
 def create_app(settings: Settings, components: Components | None = None) -> FastAPI:
@@ -124,13 +129,16 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         parts.worker.start()
         yield
         parts.worker.stop()
+        if parts.signals:
+            parts.signals.delivery.close()
         parts.operations.close()
 
     app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = parts.service
     app.state.components = parts
     app.state.operations = parts.operations
-    for module in (grants, operators, oauth, wellknown, health):
+    app.state.signals = parts.signals
+    for module in (grants, operators, oauth, wellknown, health, signals):
         app.include_router(module.router)
     metrics.install(app, parts.metrics)
     errors.install(app)

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from broker import cli_operator
+from broker.signals import cli as signals_cli
 from broker.config import Settings, load_settings
 from broker.errors import BrokerError, ConfigError
 
@@ -202,6 +203,7 @@ def vault_apply(config: ConfigOpt = None) -> None:
 
 # `audit verify` (offline, file or API), `audit tail/export`, `grants`, `revoke`, `freeze`, `report`
 cli_operator.register(app, audit_app)
+app.command("signals")(signals_cli.streams)  # broker/signals/cli.py: per-stream lag and last error
 
 
 def main() -> None:

@@ -155,10 +155,11 @@ class KeyStore:
         with self._lock:
             return sorted((k for k, _ in self._loaded.values()), key=lambda k: k.created_at)
 
-    def sign(self, claims: dict[str, Any]) -> str:
+    def sign(self, claims: dict[str, Any], typ: str = TOKEN_TYPE) -> str:
+        """`typ` tells token kinds apart (RFC 8725 §3.11): `at+jwt` credentials, `secevent+jwt` SETs."""
         key = self.active
         private = self._loaded[key.kid][1]
-        return jwt.encode(claims, private, algorithm=key.alg, headers={"kid": key.kid, "typ": TOKEN_TYPE})
+        return jwt.encode(claims, private, algorithm=key.alg, headers={"kid": key.kid, "typ": typ})
 
     def verify(self, token: str, *, issuer: str, audience: str | None = None) -> dict[str, Any]:
         """Verify a broker-minted JWT; raises jwt.InvalidTokenError."""
