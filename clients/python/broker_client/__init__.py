@@ -22,6 +22,7 @@ from broker_client.identity import (
     kubernetes,
     spiffe_jwt_svid,
 )
+from broker_client.receiver import InvalidSet, SignalMiddleware, SignalReceiver
 from broker_client.verify import Verifier, verify
 
 __all__ = [
@@ -36,6 +37,9 @@ __all__ = [
     "GitHubActions",
     "Grant",
     "IdentitySource",
+    "InvalidSet",
+    "SignalMiddleware",
+    "SignalReceiver",
     "StaticToken",
     "Task",
     "TaskCompleted",
