@@ -125,3 +125,23 @@ def test_verification_round_trip_and_status(broker, issuers) -> None:
     paused = broker.post("/ssf/status", json={"stream_id": stream["stream_id"], "status": "paused"}, headers=auth(receiver))
     assert paused.json()["status"] == "paused"
     assert broker.get("/ssf/status", params={"stream_id": stream["stream_id"]}, headers=auth(receiver)).json()["status"] == "paused"
+
+
+def test_metrics_show_each_streams_lag(broker, issuers) -> None:
+    receiver = issuers.oidc.token(sub="receiver-a")
+    stream = _poll_stream(broker, receiver)
+    grant = broker.grant(issuers.worker()).json()
+    broker.post(f"/v1/grants/{grant['grant_id']}/complete", headers=auth(issuers.worker()))
+    text = broker.get("/metrics").text
+    assert f'broker_signal_stream_pending{{stream="{stream["stream_id"]}"}} 1.0' in text
+
+
+def test_dev_mode_gives_dev_receiver_the_signal_receiver_role() -> None:
+    from broker.config import BoundaryConfig
+    from broker.dev import demo_policy
+    from broker.policy.model import compile_policy
+
+    demo = BoundaryConfig(name="demo", backend="jwt", scopes=["read", "write"], max_ttl=900)
+    policy = compile_policy(demo_policy(["demo"]), source="dev", boundaries=[demo], attestors={"dev"})
+    assert policy.roles(attestor="dev", subject="dev:receiver", claims={}) == frozenset({"signal_receiver"})
+    assert "signal_receiver" not in policy.roles(attestor="dev", subject="dev:demo-workload", claims={})
