@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker import metrics
-from broker.api import errors, grants, health, oauth, operators, wellknown
+from broker.api import errors, grants, health, oauth, operators, signals, wellknown
 from broker.api import log as log_routes
 from broker.api.limits import BodyLimit
 from broker.backends import Backend, JwtBackend
@@ -41,6 +41,7 @@ from broker.transparency.log import LogReader
 from broker.transparency.note import NoteError
 from broker.transparency.push import WitnessPusher, WitnessTarget
 from broker.transparency.service import TransparencyLog
+from broker.signals.transmitter import Transmitter, build_transmitter
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Components:
     operations: Operations
     metrics: metrics.Metrics
     log: TransparencyLog
+    signals: Transmitter | None = None
 
 
 def open_ledger(settings: Settings) -> LedgerStore:
@@ -153,6 +155,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
         dpop=DpopVerifier(clock=clock, seen=ReplayStore(ledger.engine, settings.dpop_replay_capacity).seen),
         clock=clock,
     )
+    transmitter = build_transmitter(settings, ledger, keys, clock)
     jobs = {
         "reconcile": Reconciler(
             service.backends, settings.boundaries, ledger,
@@ -165,13 +168,15 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
         "keys": keys.reload,
         "log_checkpoint": transparency.checkpointer.maybe_sign,
         "log_witnesses": transparency.witnesses.run,
+        "signals": transmitter.delivery.run_once,  # retries with backoff; commits also wake it at once
     }
     if vault is not None:
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
     meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault)
     transparency.witnesses.on_reject = lambda name, status: meters.witness_rejections.labels(name, str(status)).inc()
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
-    return Components(service, Worker(jobs, settings.worker_interval), operations, meters, transparency)
+    transmitter.install_metrics(meters.registry)
+    return Components(service, Worker(jobs, settings.worker_interval), operations, meters, transparency, transmitter)
 
 
 def create_app(settings: Settings, components: Components | None = None) -> FastAPI:
@@ -184,13 +189,16 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         parts.worker.start()
         yield
         parts.worker.stop()
+        if parts.signals:
+            parts.signals.delivery.close()
         parts.operations.close()
 
     app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = parts.service
     app.state.components = parts
     app.state.operations = parts.operations
-    for module in (grants, log_routes, operators, oauth, wellknown, health):
+    app.state.signals = parts.signals
+    for module in (grants, log_routes, operators, oauth, wellknown, health, signals):
         app.include_router(module.router)
     metrics.install(app, parts.metrics)
     errors.install(app)

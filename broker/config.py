@@ -261,6 +261,7 @@ class Settings(BaseSettings):
     dpop_replay_capacity: int = Field(default=500_000, ge=1)
     revoke_retry_max_delay: Duration = 60
     worker_interval: float = Field(default=1.0, gt=0)
+    signal_push_allow_http: bool = False  # Shared Signals push to http:// endpoints (loopback tests, dev)
     reconcile_grace: Duration = 30
     reconcile_interval: Duration = 300
     # stamped on every minted Vault credential; reconcile touches only its own (broker/ledger/deployment.py)

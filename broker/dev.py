@@ -33,6 +33,11 @@ DEMO_POLICY: dict[str, Any] = {
             "match": {"attestor": "dev", "subject": "dev:resource-server"},
             "roles": ["resource_server"],
         },
+        {  # may register Shared Signals streams and hear of every ended grant (docs/signals.md)
+            "name": "dev-signal-receiver",
+            "match": {"attestor": "dev", "subject": "dev:receiver"},
+            "roles": ["signal_receiver"],
+        },
     ]
 }
 
@@ -198,6 +203,7 @@ def dev_config(data_dir: Path, port: int, vault: dict[str, Any] | None = None,
         ],
         "boundaries": boundaries,
         "policy": demo_policy([b["name"] for b in boundaries]),
+        "signal_push_allow_http": True,  # a receiver on loopback (`dev:receiver`) takes pushes over http
         **({"vault": vault} if vault else {}),
     }
 

@@ -255,3 +255,46 @@ class LogWitness(Base):
     next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
     last_status: Mapped[int | None] = mapped_column(Integer, default=None)
     last_error: Mapped[str | None] = mapped_column(String(256), default=None)
+
+
+class SignalStream(Base):
+    """A signal receiver's Shared Signals stream: its audience, boundaries, delivery and delivery state."""
+
+    __tablename__ = "signal_streams"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(512))  # the receiver's subject; only it may see the stream
+    owner_attestor: Mapped[str] = mapped_column(String(64))
+    audience: Mapped[str] = mapped_column(String(512), unique=True)
+    boundaries: Mapped[list[str]] = mapped_column(JSON)
+    events_requested: Mapped[list[str]] = mapped_column(JSON)
+    method: Mapped[str] = mapped_column(String(32))  # urn:ietf:rfc:8935 (push) or urn:ietf:rfc:8936 (poll)
+    endpoint_url: Mapped[str | None] = mapped_column(String(1024))
+    description: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="enabled")
+    status_reason: Mapped[str | None] = mapped_column(String(256), default=None)
+    next_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # consecutive failed pushes
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0)  # one replica pushes a stream at a time
+    last_error: Mapped[str | None] = mapped_column(String(200), default=None)
+    last_sent_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+    __table_args__ = (Index("ix_signal_streams_owner", "owner"),)
+
+
+class SignalOutboxRow(Base):
+    """One SET waiting for its stream, in order (`seq` per stream); written with the event it reports."""
+
+    __tablename__ = "signal_outbox"
+
+    stream_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    jti: Mapped[str] = mapped_column(String(64))
+    claims: Mapped[dict[str, Any]] = mapped_column(JSON)  # the SET's claims; signed when sent
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_signal_outbox_jti", "stream_id", "jti"),)

@@ -81,6 +81,8 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         self._clock = clock
         self._lock_head = engine.dialect.name != "sqlite"
         self._writer = LedgerWriter(self._apply_batch)
+        # called inside each appending transaction with (session, chained rows): e.g. the signals outbox
+        self.append_listeners: list[Callable[[Session, list[dict[str, Any]]], None]] = []
 
     def close(self) -> None:
         self._writer.close()
@@ -124,6 +126,8 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         transparency_log.append_leaves(session, rows)
         session.execute(update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=seq, hash=prev_hash))
         session.info.setdefault("feed", []).extend(rows)  # delivered after commit (broker/ledger/feed.py)
+        for listener in self.append_listeners:  # in the same transaction (signals' outbox)
+            listener(session, rows)
         return rows
 
     # --- writes -----------------------------------------------------------------------------

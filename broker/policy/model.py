@@ -16,7 +16,7 @@ from broker.errors import ConfigError
 from broker.glob import compile_glob, glob_problem
 from broker.policy.engine import Allowance, Policy, Rule, claim_texts
 
-Role = Literal["operator", "auditor", "resource_server"]
+Role = Literal["operator", "auditor", "resource_server", "signal_receiver"]
 _PYDANTIC_MESSAGES = {"extra_forbidden": "unknown key", "missing": "required"}
 # Subjects of unrelated shapes (Kubernetes, GitHub Actions, SPIFFE, OIDC URLs and e-mails, dev, opaque
 # ids). A pattern about one kind of workload matches at most one of them; a pattern that matches two

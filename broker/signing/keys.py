@@ -196,10 +196,16 @@ class KeyStore:
         with self._lock:
             return sorted((p.key for p in self._loaded.values()), key=lambda k: k.created_at)
 
-    def sign(self, claims: dict[str, Any]) -> str:
-        """A compact JWS of `claims` by the active key (what jwt.encode makes, with the key prepared)."""
+    def sign(self, claims: dict[str, Any], typ: str = TOKEN_TYPE) -> str:
+        """A compact JWS of `claims` by the active key (what jwt.encode makes, with the key prepared).
+
+        `typ` tells token kinds apart (RFC 8725 §3.11): `at+jwt` credentials, `secevent+jwt` SETs.
+        """
         prepared = self._active()
-        signing_input = prepared.header + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
+        header = prepared.header if typ == TOKEN_TYPE else _b64(json.dumps(
+            {"alg": prepared.key.alg, "kid": prepared.key.kid, "typ": typ}, separators=(",", ":"), sort_keys=True
+        ).encode())  # fmt: skip
+        signing_input = header + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
         return (signing_input + b"." + _b64(prepared.algorithm.sign(signing_input, prepared.private))).decode()
 
     def check_signed(self, token: str, claims: dict[str, Any]) -> None:

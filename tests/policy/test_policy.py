@@ -221,7 +221,7 @@ LOAD_ERRORS = [
     ("unknown-allow-key", [rule(allow=[{"boundary": "orders-db", "scope": ["read"]}])],
      f"{P}: allow[0].scopes: required\n{P}: allow[0].scope: unknown key"),
     ("missing-name", [{"match": {"subject": "x"}, "allow": []}], "policy.yaml: rules[0]: name: required"),
-    ("bad-role", [rule(roles=["root"])], f"{P}: roles[0]: Input should be 'operator', 'auditor' or 'resource_server'"),
+    ("bad-role", [rule(roles=["root"])], f"{P}: roles[0]: Input should be 'operator', 'auditor', 'resource_server' or 'signal_receiver'"),
     ("bad-claim-value", [rule(match={"claims": {"ns": {"a": 1}}})],
      f"{P}: match.claims: claim 'ns': use a string, number, boolean or a non-empty list of them"),
     ("glob-triple-star", [rule(match={"subject": "repo:***"})],

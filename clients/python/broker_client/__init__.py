@@ -23,6 +23,7 @@ from broker_client.identity import (
     spiffe_jwt_svid,
 )
 from broker_client.receipt import Receipt, verify_receipt
+from broker_client.receiver import InvalidSet, SignalMiddleware, SignalReceiver
 from broker_client.verify import Verifier, verify
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "Grant",
     "Receipt",
     "IdentitySource",
+    "InvalidSet",
+    "SignalMiddleware",
+    "SignalReceiver",
     "StaticToken",
     "Task",
     "TaskCompleted",
