@@ -101,7 +101,8 @@ def peer_chain(ssl_object: ssl.SSLObject) -> list[bytes]:
         return [bytes(der) for der in public() or []]
     private = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)  # 3.10-3.12
     if private is not None:
-        return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in private() or []]  # type: ignore[attr-defined]
+        # (on the server side CPython puts the peer's leaf first: None when it sent no certificate)
+        return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in private() or [] if c is not None]  # type: ignore[attr-defined]
     leaf = ssl_object.getpeercert(binary_form=True)
     return [leaf] if leaf else []
 
@@ -129,7 +130,7 @@ class TlsFactsProtocol(H11Protocol):
             return
         try:
             chain = peer_chain(ssl_object)
-        except (ssl.SSLError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a certificate we cannot read is no certificate, never a dead connection
             log.warning("could not read the client certificate chain: %s", exc)
             chain = []
         tls = {"client_cert_chain": [ssl.DER_cert_to_PEM_cert(der) for der in chain], "client_cert_error": None,
