@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from broker import cli_operator
+from broker import cli_operator, cli_x509
 from broker.config import Settings, load_settings
 from broker.errors import BrokerError, ConfigError
 
@@ -59,6 +59,7 @@ def serve(
         # longer than clients' and load balancers' idle timeouts (httpx: 5 s), so a client never
         # reuses a connection the server is closing at that instant ("server disconnected")
         timeout_keep_alive=keep_alive,
+        **cli_x509.serve_options(settings),  # HTTPS when the config has `tls:`
     )
 
 
@@ -70,6 +71,7 @@ def dev(
         "postgresql://postgres@127.0.0.1:5432/test"
     ),
     vault: Annotated[bool, typer.Option("--vault/--no-vault", help="Start OpenBao (demo-kv, demo-db).")] = True,
+    tls: Annotated[bool, typer.Option("--tls", help="Serve HTTPS; accept dev.local X.509-SVIDs (dev-svid).")] = False,
 ) -> None:
     """Run the broker on 127.0.0.1 with a demo config, a dev identity issuer and an OpenBao dev server."""
     import uvicorn
@@ -80,9 +82,10 @@ def dev(
     server = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # uvicorn re-raises SIGTERM; unwind to stop OpenBao
     try:
-        server, settings = _dev_vault_settings(data_dir, port, postgres_url if vault else None, vault)
+        server, settings = _dev_vault_settings(data_dir, port, postgres_url if vault else None, vault, tls)
         typer.echo(_dev_banner(settings, dev_token(settings.data_dir, "dev:demo-workload")))
-        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=75)
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=75,
+                    **cli_x509.serve_options(settings))  # fmt: skip
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -91,15 +94,15 @@ def dev(
             server.stop()
 
 
-def _dev_vault_settings(data_dir: Path, port: int, postgres_url: str | None, vault: bool):  # noqa: ANN202
+def _dev_vault_settings(data_dir: Path, port: int, postgres_url: str | None, vault: bool, tls: bool = False):  # noqa: ANN202
     """Start OpenBao (when wanted), build the dev settings, apply the Vault plan; (server or None, settings)."""
     from broker.dev import ROOT_TOKEN_FILE, dev_settings, prepare_dev_vault, start_dev_vault
 
     if not vault:
-        return None, dev_settings(data_dir, port)
+        return None, dev_settings(data_dir, port, tls)
     server, parts = start_dev_vault(data_dir.resolve(), postgres_url)
     try:
-        settings = dev_settings(data_dir, port, **parts)
+        settings = dev_settings(data_dir, port, tls, **parts)
         prepare_dev_vault(settings, postgres_url)
     except BrokerError:
         server.stop()
@@ -202,6 +205,7 @@ def vault_apply(config: ConfigOpt = None) -> None:
 
 # `audit verify` (offline, file or API), `audit tail/export`, `grants`, `revoke`, `freeze`, `report`
 cli_operator.register(app, audit_app)
+cli_x509.register(app)  # `dev-svid`
 
 
 def main() -> None:

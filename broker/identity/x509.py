@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 MAX_CHAIN_BYTES = 64 * 1024
 MAX_BUNDLE_BYTES = 1024 * 1024
-MAX_SPIFFE_ID = 2048
+MAXSPIFFE_ID = 2048
 # SPIFFE ID spec §2: scheme and trust domain lowercase; path segments of [A-Za-z0-9._-], never `.` or `..`
-_SPIFFE_ID = re.compile(r"spiffe://([a-z0-9._-]{1,255})((?:/[A-Za-z0-9._-]+)*)")
+SPIFFE_ID = re.compile(r"spiffe://([a-z0-9._-]{1,255})((?:/[A-Za-z0-9._-]+)*)")
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def _spiffe_id(leaf: x509.Certificate) -> tuple[str, str]:
     if len(uris) != 1:
         raise InvalidIdentity(f"certificate has {len(uris)} URI SANs; an X.509-SVID has exactly one")
     uri = uris[0]
-    match = _SPIFFE_ID.fullmatch(uri) if len(uri) <= MAX_SPIFFE_ID else None
+    match = SPIFFE_ID.fullmatch(uri) if len(uri) <= MAXSPIFFE_ID else None
     if match is None or any(seg in (".", "..") for seg in match.group(2).split("/")):
         raise InvalidIdentity("URI SAN is not a SPIFFE ID")
     return uri, match.group(1)

@@ -22,6 +22,7 @@ from broker_client.identity import (
     kubernetes,
     spiffe_jwt_svid,
 )
+from broker_client.svid import ClientCertificate, SvidFiles
 from broker_client.verify import Verifier, verify
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "BrokerClientError",
     "BrokerError",
     "Client",
+    "ClientCertificate",
     "Command",
     "Credential",
     "DpopKey",
@@ -37,6 +39,7 @@ __all__ = [
     "Grant",
     "IdentitySource",
     "StaticToken",
+    "SvidFiles",
     "Task",
     "TaskCompleted",
     "TokenFile",
