@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from broker.config import AttestorConfig, BoundaryConfig, ScopeConfig, Settings, VaultConfig
+from broker.config_x509 import ClientCertHeaderConfig, TlsConfig, X509AttestorConfig
 
 DOC = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
-MODELS = [Settings, AttestorConfig, BoundaryConfig, ScopeConfig, VaultConfig]
+MODELS = [Settings, AttestorConfig, BoundaryConfig, ScopeConfig, VaultConfig, X509AttestorConfig, TlsConfig,
+          ClientCertHeaderConfig]
 
 
 @pytest.mark.parametrize("model", MODELS, ids=[m.__name__ for m in MODELS])
