@@ -28,6 +28,7 @@ from broker.grants.reconcile import Reconciler
 from broker.grants.workers import Worker
 from broker.identity import Attestors
 from broker.identity.dpop import DpopVerifier
+from broker.identity.x509 import SvidAttestors
 from broker.ledger import LedgerStore, make_engine, migrate
 from broker.ledger.deployment import deployment_id
 from broker.ledger.keyring import DatabaseKeyRepository, read_kek
@@ -87,7 +88,7 @@ def open_policy(settings: Settings) -> PolicySource:
         path=settings.policy_file,
         inline=settings.policy,
         boundaries={b.name: b for b in settings.boundaries},
-        attestors={a.name for a in settings.attestors},
+        attestors={a.name for a in settings.attestors} | {a.name for a in settings.x509_attestors},
     )
 
 
@@ -143,7 +144,8 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
     transparency = open_log(settings, ledger)
     vault = VaultClient(settings.vault) if settings.vault else None
     policy = open_policy(settings)
-    attestors = Attestors(settings.attestors, broker_issuer=settings.issuer, clock=clock)
+    certificates = SvidAttestors(settings.x509_attestors, clock=clock) if settings.x509_attestors else None
+    attestors = Attestors(settings.attestors, broker_issuer=settings.issuer, clock=clock, certificates=certificates)
     service = GrantService(
         settings=settings,
         attestors=attestors,

@@ -17,6 +17,13 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from broker.errors import BadRequest, ConfigError
+from broker.config_x509 import (
+    ClientCertHeaderConfig,
+    TlsConfig,
+    X509AttestorConfig,
+    refuse_dev_trust_domain,
+    resolve_bundles,
+)
 
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -255,6 +262,10 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     policy: dict[str, Any] | None = None
     attestors: list[AttestorConfig] = Field(default_factory=list)
+    # X.509-SVIDs over mutual TLS (broker/config_x509.py, broker/identity/x509.py)
+    x509_attestors: list[X509AttestorConfig] = Field(default_factory=list)
+    tls: TlsConfig | None = None
+    client_cert_header: ClientCertHeaderConfig | None = None
     boundaries: list[BoundaryConfig] = Field(default_factory=list)
     vault: VaultConfig | None = None
     max_body_bytes: int = Field(default=65_536, gt=0)
@@ -293,6 +304,10 @@ class Settings(BaseSettings):
             raise ValueError("the development identity issuer is refused when env is production")
         if self.env == "production":
             _refuse_dev_attestors(self.attestors)
+            refuse_dev_trust_domain(self.x509_attestors)
+        names = [a.name for a in self.attestors] + [a.name for a in self.x509_attestors]
+        if len(set(names)) != len(names):
+            raise ValueError("attestor names must be unique across attestors and x509_attestors")
         return self
 
     @property
@@ -479,4 +494,8 @@ def _resolve_paths(settings: Settings) -> Settings:
             att = att.model_copy(update={"jwks_file": base / att.jwks_file})
         attestors.append(att)
     updates["attestors"] = attestors
+    updates["x509_attestors"] = resolve_bundles(settings.x509_attestors, base)
+    if settings.tls:
+        tls = {k: v if v.is_absolute() else base / v for k, v in settings.tls.model_dump().items()}
+        updates["tls"] = settings.tls.model_copy(update=tls)
     return settings.model_copy(update=updates)

@@ -208,12 +208,18 @@ def dev_config(data_dir: Path, port: int, vault: dict[str, Any] | None = None,
     }
 
 
-def dev_settings(data_dir: Path, port: int, **vault_parts: Any) -> Settings:
-    """Settings for `broker dev`; refused when BROKER_ENV=production."""
+def dev_settings(data_dir: Path, port: int, tls: bool = False, **vault_parts: Any) -> Settings:
+    """Settings for `broker dev` (`tls`: HTTPS and dev.local X.509-SVIDs); refused when BROKER_ENV=production."""
     if production_by_env():
         raise ConfigError("broker dev is refused when BROKER_ENV=production")
     private_dir(data_dir)
-    return load_settings(None, **dev_config(data_dir.resolve(), port, **vault_parts))
+    config = dev_config(data_dir.resolve(), port, **vault_parts)
+    if tls:
+        from broker.dev_svid import dev_tls_config, dev_x509_rules
+
+        config |= dev_tls_config(data_dir.resolve()) | {"issuer": f"https://127.0.0.1:{port}"}
+        config["policy"]["rules"] += dev_x509_rules([b["name"] for b in config["boundaries"]])
+    return load_settings(None, **config)
 
 
 def start_dev_vault(data_dir: Path, postgres_url: str | None) -> tuple[Any, dict[str, Any]]:

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from broker.config import AttestorConfig, BoundaryConfig, LimitsConfig, ScopeConfig, Settings, VaultConfig, WitnessConfig
+from broker.config_x509 import ClientCertHeaderConfig, TlsConfig, X509AttestorConfig
 
 DOC = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
 # each model and the heading of the section whose table documents it
 TABLES = {Settings: "Top level", AttestorConfig: "Attestors", BoundaryConfig: "Boundaries",
           ScopeConfig: "Scopes", LimitsConfig: "Abuse limits", VaultConfig: "Vault",
-          WitnessConfig: "Transparency log witnesses"}  # fmt: skip
+          WitnessConfig: "Transparency log witnesses", X509AttestorConfig: "X.509-SVID attestors",
+          TlsConfig: "TLS", ClientCertHeaderConfig: "Client certificate header"}  # fmt: skip
 
 
 def table_fields(doc: str, heading: str) -> set[str]:
@@ -21,7 +23,7 @@ def table_fields(doc: str, heading: str) -> set[str]:
     match = re.search(rf"^#{{2,3}} {re.escape(heading)}\b.*?$(.*?)(?=^#{{2,3}} |\Z)", doc, flags=re.M | re.S)
     assert match, f"no section {heading!r} in docs/configuration.md"
     rows = [line.split("|")[1] for line in match.group(1).splitlines() if line.startswith("| `")]
-    return {name for cell in rows for name in re.findall(r"`([a-z_]+)`", cell)}
+    return {name for cell in rows for name in re.findall(r"`([a-z0-9_]+)`", cell)}
 
 
 @pytest.mark.parametrize("model", TABLES, ids=[m.__name__ for m in TABLES])

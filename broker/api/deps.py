@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from broker.api.tls import tls_facts
 from broker.errors import Forbidden, InvalidDpop
 from broker.grants import GrantService
 from broker.identity import Identity
@@ -38,7 +39,9 @@ def bearer(request: Request) -> str | None:
 
 
 def caller(request: Request, svc: Service) -> Identity:
-    return svc.authenticate(bearer(request), action=f"{request.method} {request.scope['route'].path}")
+    """The bearer identity token's subject; without a token, the client certificate's (X.509-SVID)."""
+    action = f"{request.method} {request.scope['route'].path}"
+    return svc.authenticate(bearer(request), action=action, tls=tls_facts(request))
 
 
 Caller = Annotated[Identity, Depends(caller)]

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import Caller, ProofKey, Service, bearer, dpop_key, json_body
+from broker.api.tls import tls_facts
 from broker.api.schemas import GrantIn, GrantOut, IssuedOut, TaskCompletedOut, when
 from broker.grants import GrantRequest, GrantService, Issued, Prepared
 
@@ -55,13 +56,14 @@ def complete_task(task: str, identity: Caller, svc: Service, jkt: ProofKey) -> T
 
 def _prepare(request: Request, payload: Any, svc: GrantService) -> Prepared | Issued:
     token = bearer(request)
-    identity = svc.authenticate(token, action="POST /v1/grants")
+    identity = svc.authenticate(token, action="POST /v1/grants", tls=tls_facts(request))
     jkt = dpop_key(request, svc, identity, token) if "dpop" in request.headers else None
     body = _grant_in(payload, identity, svc)
     keys = request.headers.getlist("idempotency-key")
     grant_request = GrantRequest(
         task=body.task, boundary=body.boundary, scopes=tuple(body.scopes), ttl=body.ttl, cnf_jkt=jkt,
         idempotency_key=keys[0] if len(keys) == 1 else (None if not keys else ""),  # "" : refused as malformed
+        cnf_x5t=identity.x5t,  # over mutual TLS the grant is bound to the client certificate (RFC 8705)
     )
     return svc.prepare(identity, grant_request)
 

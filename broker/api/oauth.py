@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import Service, bearer, dpop_key, form_body
+from broker.api.tls import tls_facts
 from broker.grants.exchange import exchange, one
 from broker.grants import introspection
 
@@ -44,7 +45,8 @@ async def token_exchange(request: Request, svc: Service) -> dict:
 
 @router.post("/introspect")
 async def introspect(request: Request, svc: Service) -> dict:
-    identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/introspect")
+    identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/introspect",
+                                       tls=tls_facts(request))
     token = one(await _form(request), "token")
     jkt = await run_in_threadpool(dpop_key, request, svc, identity, token, True)
     return await run_in_threadpool(introspection.introspect, svc, identity, token, jkt)
@@ -52,7 +54,8 @@ async def introspect(request: Request, svc: Service) -> dict:
 
 @router.post("/revoke")
 async def revoke(request: Request, svc: Service) -> dict:
-    identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/revoke")
+    identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/revoke",
+                                       tls=tls_facts(request))
     token = one(await _form(request), "token")
     jkt = await run_in_threadpool(dpop_key, request, svc, identity, token, True)
     grant = await run_in_threadpool(introspection.grant_of_token, svc, token)

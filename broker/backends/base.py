@@ -24,6 +24,7 @@ class MintRequest:
     issued_at: float
     expires_at: float
     cnf_jkt: str | None = None
+    cnf_x5t: str | None = None
 
 
 @dataclass(frozen=True)

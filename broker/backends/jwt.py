@@ -34,6 +34,7 @@ class JwtBackend:
             issued_at=request.issued_at,
             expires_at=request.expires_at,
             cnf_jkt=request.cnf_jkt,
+            cnf_x5t=request.cnf_x5t,
         )
         token = self._keys.sign(claims)
         try:

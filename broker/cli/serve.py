@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from broker.cli.options import ConfigOpt, settings_or_exit
+from broker.cli.x509 import serve_options
 from broker.config import Settings
 from broker.errors import BrokerError, ConfigError
 
@@ -46,7 +47,8 @@ def serve(
         _prepare_shared_state(settings)
     uvicorn.run(
         "broker.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, access_log=False, proxy_headers=False, **SERVER_SPEED,
+        log_level=log_level, access_log=False, proxy_headers=False,
+        **{**SERVER_SPEED, **serve_options(settings)},  # HTTPS when the config has `tls:` (its own h11 protocol)
         # longer than clients' and load balancers' idle timeouts (httpx: 5 s), so a client never
         # reuses a connection the server is closing at that instant ("server disconnected")
         timeout_keep_alive=keep_alive,
@@ -74,6 +76,7 @@ def dev(
         "postgresql://postgres@127.0.0.1:5432/test"
     ),
     vault: Annotated[bool, typer.Option("--vault/--no-vault", help="Start OpenBao (demo-kv, demo-db).")] = True,
+    tls: Annotated[bool, typer.Option("--tls", help="Serve HTTPS; accept dev.local X.509-SVIDs (dev-svid).")] = False,
 ) -> None:
     """Run the broker on 127.0.0.1 with a demo config, a dev identity issuer and an OpenBao dev server."""
     import uvicorn
@@ -84,11 +87,12 @@ def dev(
     server = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # uvicorn re-raises SIGTERM; unwind to stop OpenBao
     try:
-        server, settings = _dev_vault_settings(data_dir, port, postgres_url if vault else None, vault)
+        server, settings = _dev_vault_settings(data_dir, port, postgres_url if vault else None, vault, tls)
         dev_app = create_app(settings)
         log_key = dev_app.state.components.log.verifier().key_string()
         typer.echo(_dev_banner(settings, dev_token(settings.data_dir, "dev:demo-workload"), log_key))
-        uvicorn.run(dev_app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=75, **SERVER_SPEED)
+        uvicorn.run(dev_app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=75,
+                    **{**SERVER_SPEED, **serve_options(settings)})  # fmt: skip
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -97,15 +101,15 @@ def dev(
             server.stop()
 
 
-def _dev_vault_settings(data_dir: Path, port: int, postgres_url: str | None, vault: bool):  # noqa: ANN202
+def _dev_vault_settings(data_dir: Path, port: int, postgres_url: str | None, vault: bool, tls: bool = False):  # noqa: ANN202
     """Start OpenBao (when wanted), build the dev settings, apply the Vault plan; (server or None, settings)."""
     from broker.dev import ROOT_TOKEN_FILE, dev_settings, prepare_dev_vault, start_dev_vault
 
     if not vault:
-        return None, dev_settings(data_dir, port)
+        return None, dev_settings(data_dir, port, tls)
     server, parts = start_dev_vault(data_dir.resolve(), postgres_url)
     try:
-        settings = dev_settings(data_dir, port, **parts)
+        settings = dev_settings(data_dir, port, tls, **parts)
         prepare_dev_vault(settings, postgres_url)
     except BrokerError:
         server.stop()

@@ -69,6 +69,7 @@ class GrantRequest:
     ttl: int | Literal["max"] | None = None
     cnf_jkt: str | None = None
     idempotency_key: str | None = None
+    cnf_x5t: str | None = None  # RFC 8705: the client certificate the caller was proven by
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,12 @@ class GrantService:
 
     # --- identity --------------------------------------------------------------------------
 
-    def authenticate(self, token: str | None, *, action: str) -> Identity:
-        """Verify the identity token; a failure is recorded as `denied` before it is raised."""
+    def authenticate(self, token: str | None, *, action: str, tls: Any = None) -> Identity:
+        """Verify the identity token (else the client certificate, `tls`); a failure is recorded, then raised."""
         try:
+            if not token and tls is not None:
+                token = tls.leaf_pem  # what the refusal is fingerprinted by; never stored
+                return self.attestors.verify_certificate(tls)
             if not token:
                 raise InvalidIdentity("no bearer identity token")
             return self.attestors.verify(token)
@@ -159,7 +163,11 @@ class GrantService:
         self.ledger.record(Event(kind="denied", subject=subject, actor=subject, grant_id=grant_id, detail=detail))
 
     def check_holder(self, identity: Identity, grant: Grant, proof_jkt: str | None, action: str) -> None:
-        """A DPoP-bound grant is acted on only with a proof by the key it is bound to."""
+        """A DPoP-bound grant is acted on only with a proof by the key it is bound to; a certificate-bound
+        one (RFC 8705) only by a caller proven by that same certificate."""
+        if grant.cnf_x5t and grant.cnf_x5t != identity.x5t:
+            self.record_refusal(identity, action, code=InvalidIdentity.code, grant_id=grant.id)
+            raise InvalidIdentity("not the client certificate the grant is bound to")
         if grant.cnf_jkt and grant.cnf_jkt != proof_jkt:
             exc = InvalidDpop("no proof by the bound key" if proof_jkt is None else "proof by another key")
             self.refuse_dpop(identity, action, exc, grant_id=grant.id)
@@ -193,6 +201,7 @@ class GrantService:
             issued_at=now,
             expires_at=now + ttl,
             cnf_jkt=request.cnf_jkt,
+            cnf_x5t=request.cnf_x5t,
         )
         minted = self._mint(identity, request, mint)
         if "crash_after_mint" in self.settings.fault_injection:  # env=test only: a crash before the ledger commit
@@ -308,6 +317,7 @@ class GrantService:
             issued_at=mint.issued_at,
             expires_at=mint.expires_at,
             cnf_jkt=mint.cnf_jkt,
+            cnf_x5t=mint.cnf_x5t,
         )
 
     def _idem_claim(self, identity: Identity, request: GrantRequest, boundary: BoundaryConfig) -> IdemClaim | None:
@@ -347,7 +357,8 @@ class GrantService:
         boundary = self.boundaries[grant.boundary]
         mint = MintRequest(grant_id=grant.id, subject=grant.subject, task=grant.task, boundary=boundary,
                            scopes=tuple(grant.scope_list), ttl=max(1, int(grant.expires_at - grant.issued_at)),
-                           issued_at=grant.issued_at, expires_at=grant.expires_at, cnf_jkt=grant.cnf_jkt)  # fmt: skip
+                           issued_at=grant.issued_at, expires_at=grant.expires_at, cnf_jkt=grant.cnf_jkt,
+                           cnf_x5t=grant.cnf_x5t)  # fmt: skip
         minted = self.backends[grant.backend].mint(mint)
         credential = {**minted.credential, "expires_at": grant.expires_at}
         return Issued(grant=grant, credential=credential, log_index=self.ledger.issued_index(grant.id))
@@ -474,6 +485,7 @@ def _key_hash(identity: Identity, key: str) -> str:
 def _request_fp(request: GrantRequest) -> str:
     boundary = request.boundary if isinstance(request.boundary, str) else sorted(set(request.boundary))
     body = [request.task, boundary, sorted(set(request.scopes)), request.ttl, request.cnf_jkt]
+    body += [request.cnf_x5t] if request.cnf_x5t else []  # appended only when set: older hashes still match
     return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -69,6 +69,7 @@ class Identity:
     claims: Mapping[str, Any]
     token_fingerprint: str
     expires_at: int
+    x5t: str | None = None  # `x5t#S256` of the client certificate an X.509-SVID identity was proven by
 
 
 class Attestors:
@@ -81,7 +82,9 @@ class Attestors:
         broker_issuer: str | None = None,
         clock: Callable[[], float] = time.time,
         http: httpx.Client | None = None,
+        certificates: Any = None,
     ) -> None:
+        self._certificates = certificates  # identity.x509.SvidAttestors, when x509_attestors are configured
         self._owns_http = http is None
         self._http = http or build_http_client()
         self._broker_issuer = broker_issuer
@@ -111,6 +114,19 @@ class Attestors:
         except Exception as exc:  # the contract is InvalidIdentity on ANY failure: never fail open or 500
             log.debug("identity refused on unexpected %s (token %s)", type(exc).__name__, fingerprint, exc_info=True)
             raise InvalidIdentity(f"unexpected {type(exc).__name__}", token_fingerprint=fingerprint) from None
+
+    def verify_certificate(self, facts: Any) -> Identity:
+        """The X.509-SVID identity of a client certificate chain (identity.x509.TlsFacts), or InvalidIdentity."""
+        try:
+            if self._certificates is None:
+                raise InvalidIdentity("no x509_svid attestor is configured")
+            return self._certificates.verify(facts)
+        except InvalidIdentity as exc:
+            log.debug("client certificate refused: %s", exc.detail)
+            raise
+        except Exception as exc:  # as for tokens: InvalidIdentity on ANY failure, never a 500
+            log.debug("client certificate refused on unexpected %s", type(exc).__name__, exc_info=True)
+            raise InvalidIdentity(f"unexpected {type(exc).__name__}") from None
 
     def close(self) -> None:
         if self._owns_http:

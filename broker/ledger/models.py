@@ -58,6 +58,7 @@ class Grant(Base):
     revocation_id: Mapped[str | None] = mapped_column(String(64), default=None)
     revoke_attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float | None] = mapped_column(Float, default=None)
+    cnf_x5t: Mapped[str | None] = mapped_column(String(64), default=None)  # RFC 8705 `x5t#S256`
 
     __table_args__ = (
         Index("ix_grants_status_expires", "status", "expires_at"),

@@ -16,6 +16,7 @@ def build_claims(
     issued_at: float,
     expires_at: float,
     cnf_jkt: str | None = None,
+    cnf_x5t: str | None = None,
 ) -> dict[str, Any]:
     """The JWT claims; `exp` equals the grant's expiry so the token never outlives it."""
     claims: dict[str, Any] = {
@@ -31,4 +32,6 @@ def build_claims(
     }
     if cnf_jkt:
         claims["cnf"] = {"jkt": cnf_jkt}
+    if cnf_x5t:  # RFC 8705 §3.1: bound to the client certificate of the mutual-TLS request
+        claims["cnf"] = {**claims.get("cnf", {}), "x5t#S256": cnf_x5t}
     return claims

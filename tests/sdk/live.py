@@ -14,6 +14,7 @@ import uvicorn
 
 from broker.app import Components, build, create_app
 from broker.config import Settings
+from broker.serving import uvicorn_tls
 from tests.support.broker import BOUNDARIES, POLICY, Issuers, broker_settings
 
 # `secure` refuses a grant without a DPoP proof; payments workers may use it
@@ -46,11 +47,12 @@ class LiveBroker:
     @classmethod
     def start(cls, data_dir: Path, issuers: Issuers, **overrides: Any) -> LiveBroker:
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
+        url = f"{'https' if overrides.get('tls') else 'http'}://127.0.0.1:{port}"
         values = {"issuer": url, "boundaries": SDK_BOUNDARIES, "policy": sdk_policy(), **overrides}
         settings = broker_settings(data_dir, issuers, **values)
         components = build(settings)
-        config = uvicorn.Config(create_app(settings, components), host="127.0.0.1", port=port, log_level="warning")
+        config = uvicorn.Config(create_app(settings, components), host="127.0.0.1", port=port, log_level="warning",
+                                **uvicorn_tls(settings))  # fmt: skip
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="live-broker", daemon=True)
         thread.start()

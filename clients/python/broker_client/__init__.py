@@ -24,6 +24,7 @@ from broker_client.identity import (
 )
 from broker_client.receipt import Receipt, verify_receipt
 from broker_client.receiver import InvalidSet, SignalMiddleware, SignalReceiver
+from broker_client.svid import ClientCertificate, SvidFiles
 from broker_client.verify import Verifier, verify
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "BrokerClientError",
     "BrokerError",
     "Client",
+    "ClientCertificate",
     "Command",
     "Credential",
     "DpopKey",
@@ -43,6 +45,7 @@ __all__ = [
     "SignalMiddleware",
     "SignalReceiver",
     "StaticToken",
+    "SvidFiles",
     "Task",
     "TaskCompleted",
     "TokenFile",

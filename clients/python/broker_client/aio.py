@@ -48,6 +48,9 @@ class AsyncClient(ClientBase):
         extra_headers: dict[str, str] | None = None, **body: Any
     ) -> Any:
         url = self.url + path
+        old = self._rotated_http()
+        if old is not None:
+            await old.aclose()
         for attempt in range(self.retry.attempts):
             headers = wire.headers(method, url, self.identity.token(), self.dpop, proof_token) | (extra_headers or {})
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -13,9 +14,16 @@ import httpx
 from broker_client import _wire as wire
 from broker_client.credential import Credential, Grant, TaskCompleted
 from broker_client.dpop import DpopKey, process_key
-from broker_client.errors import BrokerClientError, CompletionFailed, TaskNotFound, TransportError
+from broker_client.errors import (
+    BrokerClientError,
+    CompletionFailed,
+    IdentityUnavailable,
+    TaskNotFound,
+    TransportError,
+)
 from broker_client.identity import IdentitySource, StaticToken, from_env
 from broker_client.signals import install_sigterm_exit
+from broker_client.svid import ClientCertificate, tls_source
 
 log = logging.getLogger("broker_client")
 
@@ -39,13 +47,43 @@ class ClientBase:
         timeout: httpx.Timeout | float = wire.DEFAULT_TIMEOUT,
         retry: wire.Retry = wire.Retry(),
         transport: Any = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        verify: Any = None,
     ) -> None:
+        """`cert`/`key` (or an SvidFiles identity): the client certificate is the identity (mutual TLS);
+        `verify`: the broker's CA file, or False; default the system CAs (SvidFiles: its bundle.pem)."""
         self.url = wire.base_url(url)
+        if cert is not None and identity is None:
+            identity = ClientCertificate(cert, key)
         self.identity, self.dpop = resolve(identity, dpop)
         self.retry = retry
-        self._http = self._http_client(timeout=timeout, transport=transport, follow_redirects=False)
+        self._tls, self._tls_version, self._verify = tls_source(self.identity), None, verify
+        self._http_options = {"timeout": timeout, "transport": transport, "follow_redirects": False}
+        self._http = self._new_http()
 
     _http_client: Any = httpx.Client
+
+    def _new_http(self) -> Any:
+        options: dict[str, Any] = dict(self._http_options)
+        if self._tls is not None:
+            self._tls_version = self._tls.version()
+            options["verify"] = self._tls.ssl_context(self._verify)
+        elif self._verify is not None:
+            options["verify"] = self._verify
+        return self._http_client(**options)
+
+    def _rotated_http(self) -> Any:
+        """A new pool when the certificate files changed (new handshakes present the new SVID), else None."""
+        if self._tls is None or self._tls.version() == self._tls_version:
+            return None
+        old = self._http
+        try:
+            self._http = self._new_http()
+        except IdentityUnavailable:  # files mid-rotation: keep the old certificate until the next call
+            log.debug("client certificate files changing; retrying with the next call")
+            return None
+        return old
 
 
 class Client(ClientBase):
@@ -94,6 +132,9 @@ class Client(ClientBase):
     ) -> Any:
         """One API call with identity and DPoP; retried with backoff only when idempotent."""
         url = self.url + path
+        old = self._rotated_http()
+        if old is not None:
+            old.close()
         for attempt in range(self.retry.attempts):
             headers = wire.headers(method, url, self.identity.token(), self.dpop, proof_token) | (extra_headers or {})
             try:

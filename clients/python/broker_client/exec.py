@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from broker_client.client import Client
+from broker_client.svid import SvidFiles
 from broker_client.credential import Credential
 from broker_client.errors import BrokerClientError, BrokerError, CompletionFailed, TransportError
 
@@ -33,6 +34,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--ttl", default=None, help="seconds or 30s/10m/1h (default: the boundary's)")
     parser.add_argument("--task", default=None, help="task name (default exec-<command>); a suffix makes it unique")
     parser.add_argument("--url", default=None, help="broker address (default BROKER_URL)")
+    parser.add_argument("--svid-dir", type=Path, default=None,
+                        help="X.509-SVID files from spiffe-helper (svid.pem, svid_key.pem, bundle.pem): mutual TLS")
     parser.add_argument("--file", type=Path, default=None, help="write the variables to this new 0600 file instead")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
     args = parser.parse_args(argv)
@@ -81,7 +84,8 @@ def run_child(command: list[str], env: dict[str, str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    with Client(args.url) as client:
+    identity = SvidFiles(args.svid_dir) if args.svid_dir is not None else None
+    with Client(args.url, identity) as client:
         task = client.task(args.task or f"exec-{Path(args.command[0]).name}")
         try:
             with task:

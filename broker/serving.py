@@ -1,0 +1,138 @@
+"""Serving HTTPS with uvicorn: the broker's own certificate, client certificates asked for (never
+required), and each connection's peer chain handed to the app as the ASGI TLS extension.
+
+Why a protocol subclass: uvicorn (h11 and httptools alike) puts nothing of TLS in the ASGI scope and
+an app cannot reach the transport, so the protocol, which owns the transport, wraps the app of its
+connection with the chain read once after the handshake (`scope["extensions"]["tls"]`, as the ASGI
+TLS extension names it; a server that provides the extension itself needs none of this).
+
+The handshake asks with `CERT_OPTIONAL` and every trust bundle as CA, so a client without a
+certificate still reaches bearer-token routes. OpenSSL checks the chain's signatures there, but not its
+dates: the attestor (broker/identity/x509.py) checks dates with the same bounded skew as identity JWTs,
+and checks the chain again against the one bundle of the SPIFFE ID's trust domain, so an expired
+certificate is refused with a recorded `invalid_identity`, not a silent handshake failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from broker.config import Settings
+from broker.errors import ConfigError, InvalidIdentity
+from broker.identity.x509 import TrustBundle
+
+log = logging.getLogger(__name__)
+
+X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL ≥ 1.1.0; not named by Python's ssl module
+
+
+def uvicorn_tls(settings: Settings) -> dict[str, Any]:
+    """uvicorn.run/Config options serving HTTPS per `settings.tls`; {} when TLS is not configured."""
+    if settings.tls is None:
+        return {}
+    server_context(settings)  # fail at start, naming the file, rather than in the first handshake
+    return {"ssl_context_factory": functools.partial(_factory, settings), "http": TlsFactsProtocol}
+
+
+def _factory(settings: Settings, config: Any, default: Any) -> ssl.SSLContext:  # noqa: ARG001
+    return server_context(settings)
+
+
+def server_context(settings: Settings) -> ssl.SSLContext:
+    """The broker's server context: its certificate, TLS ≥ 1.2, client certificates from the bundles asked for."""
+    assert settings.tls is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls.cert_file, settings.tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls: cannot load {settings.tls.cert_file} / {settings.tls.key_file}: {exc}") from None
+    bundles = [
+        TrustBundle(path, f"x509 attestor {a.name} ({domain})")
+        for a in settings.x509_attestors
+        for domain, path in a.trust_domains.items()
+    ]
+    if bundles:
+        _ask_for_client_certificates(context, _Roots(context, bundles))
+    return context
+
+
+def _ask_for_client_certificates(context: ssl.SSLContext, roots: _Roots) -> None:
+    if not roots.refresh():
+        raise ConfigError("tls: no trust bundle of x509_attestors could be read")
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.verify_flags = ssl.VerifyFlags(int(context.verify_flags) | X509_V_FLAG_NO_CHECK_TIME)
+    # called on every ClientHello (with or without SNI): a root added to a bundle file is asked for at
+    # the next handshake; a removed one stays in OpenSSL's store, but the attestor no longer trusts it
+    context.sni_callback = lambda _obj, _name, _ctx: roots.refresh() and None
+
+
+class _Roots:
+    """Adds the bundles' authorities to the server context's store whenever a bundle file changes."""
+
+    def __init__(self, context: ssl.SSLContext, bundles: list[TrustBundle]) -> None:
+        self._context = context
+        self._bundles = bundles
+        self._loaded: set[bytes] = set()
+
+    def refresh(self) -> bool:
+        for bundle in self._bundles:
+            try:
+                pem = bundle.pem()
+            except InvalidIdentity as exc:  # the attestor refuses this trust domain meanwhile
+                log.warning("%s", exc.detail)
+                continue
+            if pem and pem not in self._loaded:
+                self._context.load_verify_locations(cadata=pem.decode())
+                self._loaded.add(pem)
+        return bool(self._loaded)
+
+
+def peer_chain(ssl_object: ssl.SSLObject) -> list[bytes]:
+    """The client's certificates as sent, leaf first (DER); [] when it sent none."""
+    public = getattr(ssl_object, "get_unverified_chain", None)  # Python ≥ 3.13
+    if public is not None:
+        return [bytes(der) for der in public() or []]
+    private = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)  # 3.10-3.12
+    if private is not None:
+        # (on the server side CPython puts the peer's leaf first: None when it sent no certificate)
+        return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in private() or [] if c is not None]  # type: ignore[attr-defined]
+    leaf = ssl_object.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
+
+
+class _WithTls:
+    """The connection's app, with the ASGI TLS extension added to each request's scope."""
+
+    def __init__(self, app: Any, tls: dict[str, Any]) -> None:
+        self._app = app
+        self._tls = tls
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": self._tls}}
+        await self._app(scope, receive, send)
+
+
+class TlsFactsProtocol(H11Protocol):
+    """uvicorn's h11 protocol, handing the peer chain of its TLS connection to the app."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return
+        try:
+            chain = peer_chain(ssl_object)
+        except Exception as exc:  # noqa: BLE001 - a certificate we cannot read is no certificate, never a dead connection
+            log.warning("could not read the client certificate chain: %s", exc)
+            chain = []
+        tls = {"client_cert_chain": [ssl.DER_cert_to_PEM_cert(der) for der in chain], "client_cert_error": None,
+               "server_cert": None, "client_cert_name": None, "tls_version": None, "cipher_suite": None}
+        self.app = _WithTls(self.app, tls)
