@@ -47,6 +47,8 @@ ReasonOpt = Annotated[str, typer.Option("--reason", help="Why: recorded in the l
 SinceOpt = Annotated[Optional[str], typer.Option("--since", help="ISO 8601, epoch seconds, or ago: 15m, 24h.")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="ISO 8601, epoch seconds, or ago.")]
 KindOpt = Annotated[Optional[str], typer.Option("--kind", help="Event kind: issued, denied, revoked, ...")]
+RuleOpt = Annotated[Optional[str], typer.Option("--rule", help="Policy rule id that decided (provenance).")]
+RevisionOpt = Annotated[Optional[str], typer.Option("--policy-revision", help="Policy revision (content hash).")]
 DEFAULT_URL = "http://127.0.0.1:8080"
 # control, format (bidi overrides, zero-width) and line/paragraph separators: shown as escapes
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
@@ -155,6 +157,8 @@ def grants_ls(
     subject_glob: GlobOpt = None,
     boundary: BoundaryOpt = None,
     task: TaskOpt = None,
+    rule: RuleOpt = None,
+    policy_revision: RevisionOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
     limit: Annotated[int, typer.Option(help="Rows per page (1-1000).")] = 50,
@@ -168,7 +172,7 @@ def grants_ls(
     """Who holds what, where, until when."""
     remote = Remote(url, token_file, token_command)
     query = _params(status=status, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task,
-                    since=since, until=until, limit=limit)  # fmt: skip
+                    rule=rule, policy_revision=policy_revision, since=since, until=until, limit=limit)  # fmt: skip
     rows, next_cursor = [], cursor
     while True:
         page = remote.call("GET", "/v1/grants", params={**query, **_params(cursor=next_cursor)})
@@ -208,6 +212,10 @@ def revoke(
     boundary: BoundaryOpt = None,
     task: TaskOpt = None,
     grant_id: Annotated[Optional[str], typer.Option("--grant-id", help="One grant.")] = None,
+    rule: Annotated[Optional[str], typer.Option("--rule", help="Every grant this policy rule allowed.")] = None,
+    policy_revision: Annotated[
+        Optional[str], typer.Option("--policy-revision", help="Every grant this policy revision allowed.")
+    ] = None,
     everything: Annotated[bool, typer.Option("--all", help="Every active grant.")] = False,
     freeze: Annotated[bool, typer.Option("--freeze", help="Also freeze the subject or boundary.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -219,7 +227,8 @@ def revoke(
 ) -> None:
     """Revoke every active grant a selector matches; exit 1 if any revocation stays pending."""
     remote = Remote(url, token_file, token_command)
-    selector = _params(subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, grant_id=grant_id) | (
+    selector = _params(subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, grant_id=grant_id,
+                       rule=rule, policy_revision=policy_revision) | (  # fmt: skip
         {"all": True} if everything else {}
     )
     body = {**selector, "reason": reason, "freeze": freeze}
@@ -317,6 +326,8 @@ def audit_tail(
     subject: SubjectOpt = None,
     subject_glob: GlobOpt = None,
     boundary: BoundaryOpt = None,
+    rule: RuleOpt = None,
+    policy_revision: RevisionOpt = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls with -f.")] = 1.0,
     duration: Annotated[Optional[float], typer.Option("--for", help="Stop following after N seconds.")] = None,
     url: UrlOpt = DEFAULT_URL,
@@ -325,7 +336,8 @@ def audit_tail(
 ) -> None:
     """Print the newest events as JSON Lines; with -f, keep following the ledger."""
     remote = Remote(url, token_file, token_command)
-    where = _params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary)
+    where = _params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary, rule=rule,
+                    policy_revision=policy_revision)  # fmt: skip
     page = remote.call("GET", "/v1/audit", params={**where, "last": lines})
     _print_events(page["items"])
     cursor, stop = page["next_cursor"], time.monotonic() + (duration if duration is not None else float("inf"))
@@ -349,6 +361,8 @@ def audit_export(
     subject_glob: GlobOpt = None,
     boundary: BoundaryOpt = None,
     task: TaskOpt = None,
+    rule: RuleOpt = None,
+    policy_revision: RevisionOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
     config: ConfigOpt = None,
@@ -360,7 +374,7 @@ def audit_export(
 ) -> None:
     """Export events as JSON Lines (each with its hashes), from the API or offline from the ledger."""
     where = _params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, since=since,
-                    until=until)  # fmt: skip
+                    until=until, rule=rule, policy_revision=policy_revision)  # fmt: skip
     ledger = _offline(config, data_dir, database_url)
     rows = _offline_lines(ledger, where) if ledger else Remote(url, token_file, token_command).lines("/v1/audit", where)
     sink = output.open("w") if output else sys.stdout
@@ -465,6 +479,13 @@ def _print_report(report: dict[str, Any]) -> None:
             inert(last[:19].replace("T", " ")),
         )
     console.print(table)
+    by_rule = Table(title_justify="left")
+    for column in ("rule", "boundaries", "scopes", "grants", "live", "revoked"):
+        by_rule.add_column(column, overflow="fold")
+    for row in report.get("rules", []):
+        by_rule.add_row(inert(row["rule"] or "-"), inert(" ".join(row["boundaries"])), inert(" ".join(row["scopes"])),
+                        *(inert(row[k]) for k in ("grants", "live", "revoked")))  # fmt: skip
+    console.print(by_rule)
 
 
 def register(app: typer.Typer, audit_app: typer.Typer) -> None:

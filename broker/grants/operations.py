@@ -134,7 +134,7 @@ class Operations:
     def _check_selector(self, selector: Selector, reason: str, freeze: bool) -> None:
         chosen = [name for name, value in asdict(selector).items() if value not in (None, False)]
         if len(chosen) != 1:
-            raise BadRequest("name exactly one of grant_id, task, subject, subject_glob, boundary, all")
+            raise BadRequest("name exactly one of grant_id, task, subject, subject_glob, boundary, policy_revision, rule, all")
         if selector.subject_glob is not None and (problem := glob_problem(selector.subject_glob)):
             raise BadRequest(f"subject_glob: {problem}")
         if not reason.strip():
@@ -280,6 +280,7 @@ def blast_radius(ledger: LedgerStore, who: Filter, since: float, until: float, n
         raise BadRequest("since must be before until")
     grants = ledger.window_grants(who, since, until)
     boundaries = [_boundary_report(name, rows) for name, rows in _group(grants, lambda g: g.boundary).items()]
+    rules = [_rule_report(rule, rows) for rule, rows in _group(grants, lambda g: g.rule).items()]
     totals = {**_counts(grants), "denied": ledger.denied_count(who, since, until)}
     return {
         "subject": who.subject if who.subject is not None else who.subject_glob,
@@ -289,6 +290,7 @@ def blast_radius(ledger: LedgerStore, who: Filter, since: float, until: float, n
         "generated_at": _iso(now),
         "totals": totals,
         "boundaries": boundaries,
+        "rules": sorted(rules, key=lambda r: (r["rule"] is None, r["rule"] or "")),
     }
 
 
@@ -349,6 +351,18 @@ def _boundary_report(name: str, grants: list[Grant]) -> dict[str, Any]:
         "first_issued_at": _iso(min(g.issued_at for g in grants)),
         "live_grants": [_live(g) for g in grants if g.status == ACTIVE],
         "revoked_grants": [_ended(g) for g in grants if g.status in ("revoked", REVOKE_PENDING)],
+    }
+
+
+def _rule_report(rule: str | None, grants: list[Grant]) -> dict[str, Any]:
+    """What one rule let the subject reach (`rule` None: grants issued before provenance was recorded)."""
+    return {
+        "rule": rule,
+        "policy_revisions": sorted({g.policy_revision for g in grants if g.policy_revision}),
+        "boundaries": sorted({g.boundary for g in grants}),
+        "scopes": sorted({scope for g in grants for scope in g.scope_list}),
+        **_counts(grants),
+        "live_grants": [g.id for g in grants if g.status == ACTIVE],
     }
 
 
