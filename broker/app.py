@@ -21,6 +21,7 @@ from broker.config import Settings
 from broker.grants import GrantService
 from broker.grants.operations import Operations
 from broker.grants.reconcile import Reconciler
+from broker.grants.withdrawal import Withdrawal
 from broker.grants.workers import Worker
 from broker.identity import Attestors
 from broker.identity.dpop import DpopVerifier
@@ -111,6 +112,11 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
     meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault)
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
+    withdrawal = Withdrawal(operations, settings.on_withdraw)
+    service.withdrawal = withdrawal
+    policy.listeners.append(withdrawal.on_reload)
+    jobs["withdrawal"] = withdrawal.run_due  # a reload the ledger refused is applied on a later pass
+    meters.watch_withdrawal(withdrawal)
     return Components(service, Worker(jobs, settings.worker_interval), operations, meters)
 
 

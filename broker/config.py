@@ -236,6 +236,8 @@ class Settings(Strict):
     key_encryption_key_file: Path | None = None
     policy_file: Path | None = None
     policy: dict[str, Any] | None = None
+    # what a policy reload does to live grants it no longer allows (broker/grants/withdrawal.py)
+    on_withdraw: Literal["revoke", "report"] = "revoke"
     attestors: list[AttestorConfig] = Field(default_factory=list)
     boundaries: list[BoundaryConfig] = Field(default_factory=list)
     vault: VaultConfig | None = None

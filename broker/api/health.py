@@ -26,4 +26,7 @@ def readyz(svc: Service) -> JSONResponse:
         except (BrokerError, Exception) as exc:  # readiness reports, it never raises
             checks[name] = getattr(exc, "code", "failed")
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
+    body: dict = {"status": "ready" if ready else "not_ready", "checks": checks}
+    if svc.withdrawal is not None:  # informational: grants the current policy withdrew or only reported
+        body["policy"] = {"revision": svc.policy.current.digest, **svc.withdrawal.status()}
+    return JSONResponse(body, status_code=200 if ready else 503)

@@ -42,6 +42,7 @@ from broker.glob import glob_problem
 log = logging.getLogger(__name__)
 _recorded = functools.partial(recorded, record=lambda ops: ops.service.record_refusal)
 FreezeKind = Literal["subject", "boundary"]
+WITHDRAWER = "broker:policy"  # the actor of withdrawals: the policy reload, not an operator
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Operations:
             kind, value = _freeze_target(selector)
             self.freeze(operator, kind, value, reason, revocation_id=revocation_id)
         ids = self.ledger.active_ids(selector)
-        self._record_request(operator, selector, reason, revocation_id, len(ids), freeze)
+        self._record_request(operator.subject, selector, reason, revocation_id, len(ids), freeze)
         moved = self._begin(ids, operator.subject, reason, revocation_id)
         whole = self._whole_boundaries(selector)
         if wait:
@@ -106,6 +107,18 @@ class Operations:
         else:
             self._background.submit(self._execute, moved, whole, started)
         return self.progress(revocation_id)
+
+    def withdraw(self, rule: str | None, ids: Sequence[str], revision: str) -> str:
+        """Grants a reloaded policy no longer allows: revoked like an operator's revocation, one per rule."""
+        started = time.monotonic()
+        revocation_id = "rv_" + secrets.token_urlsafe(12)
+        reason = f"policy withdrawn: rule {rule or '(unrecorded)'}"
+        # the selector names the rule for the record; the grants are those the new revision refuses
+        selector = Selector(rule=rule)
+        self._record_request(WITHDRAWER, selector, reason, revocation_id, len(ids), False)
+        moved = self._begin(ids, WITHDRAWER, reason, revocation_id)
+        self._background.submit(self._execute, moved, set(), started)  # intent is committed: the outbox has it
+        return revocation_id
 
     def matching(self, selector: Selector) -> int:
         """How many active grants a selector would revoke now (for a confirmation prompt)."""
@@ -145,15 +158,15 @@ class Operations:
             _freeze_target(selector)
 
     def _record_request(
-        self, operator: Identity, selector: Selector, reason: str, revocation_id: str, matched: int, freeze: bool
+        self, actor: str, selector: Selector, reason: str, revocation_id: str, matched: int, freeze: bool
     ) -> None:
         wire = {**_selector_dict(selector), "freeze": freeze}
         row = Revocation(
-            id=revocation_id, selector=wire, reason=reason[:256], actor=operator.subject,
+            id=revocation_id, selector=wire, reason=reason[:256], actor=actor,
             created_at=self.service.clock(), matched=matched,
         )
         detail = {"revocation_id": revocation_id, "selector": wire, "reason": reason[:256], "matched": matched}
-        event = Event(kind="revocation_requested", actor=operator.subject, detail=detail, **_event_scope(selector))
+        event = Event(kind="revocation_requested", actor=actor, detail=detail, **_event_scope(selector))
         self.ledger.add_revocation(row, event)
 
     def _begin(self, ids: Sequence[str], actor: str, reason: str, revocation_id: str) -> list[Grant]:

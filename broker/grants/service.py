@@ -241,7 +241,13 @@ class GrantService:
         if outcome is not None and outcome.superseded:
             self._revoke_refused(outcome.superseded)
         if self.withdrawal is not None and grant.policy_revision != self.policy.current.digest:
-            self.withdrawal.issued_meanwhile(identity, grant)  # the policy was reloaded while this was issued
+            try:  # the policy was reloaded while this was being issued: the new one decides
+                self.withdrawal.issued_meanwhile(identity, grant)
+            except PolicyDenied as exc:
+                self.record_denial(identity, prepared.request, exc, decision=self.policy.current.decide(
+                    attestor=identity.attestor, subject=identity.subject, claims=identity.claims,
+                    boundary=grant.boundary, scopes=frozenset(grant.scope_list)))  # fmt: skip
+                raise
         return Issued(grant=grant, credential={**prepared.minted.credential, "expires_at": grant.expires_at})
 
     def quick_to_conclude(self, committed: Future) -> bool:

@@ -45,11 +45,20 @@ class Rule:
     claims_text: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the claim conditions as written, to compare
 
     def matches(self, attestor: str, subject: str, claims: Mapping[str, Any]) -> bool:
-        if self.attestor is not None and self.attestor != attestor:
-            return False
-        if self.subject is not None and not self.subject.fullmatch(subject):
+        if not self.matches_subject(attestor, subject):
             return False
         return all(_claim_matches(claims.get(key), patterns) for key, patterns in self.claims)
+
+    def matches_subject(self, attestor: str, subject: str) -> bool:
+        """The attestor and subject conditions alone (claims are checked by `matches`)."""
+        if self.attestor is not None and self.attestor != attestor:
+            return False
+        return self.subject is None or bool(self.subject.fullmatch(subject))
+
+    def opens(self, boundary: str, scopes: frozenset[str], lifetime: float) -> bool:
+        """Whether this rule allows these scopes at this boundary for a grant of this lifetime (seconds)."""
+        allowance = self.allows.get(boundary)
+        return allowance is not None and scopes <= allowance.scopes and round(lifetime) <= allowance.max_ttl
 
 
 @dataclass(frozen=True, eq=False)
