@@ -43,6 +43,7 @@ class Rule:
     roles: frozenset[str]
     id: str = ""  # stable: the explicit `id:`, else the name (a renamed rule without an `id:` is a new rule)
     claims_text: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the claim conditions as written, to compare
+    subject_text: str | None = None  # the subject pattern as written
 
     def matches(self, attestor: str, subject: str, claims: Mapping[str, Any]) -> bool:
         if not self.matches_subject(attestor, subject):

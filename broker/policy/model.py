@@ -128,6 +128,7 @@ class _Compiler:
             allows=MappingProxyType(self._allows(where, spec.allow)),
             roles=frozenset(spec.roles),
             id=spec.id or spec.name,
+            subject_text=match.subject,
             claims_text=tuple(sorted((key, tuple(sorted(set(claim_texts(v))))) for key, v in match.claims.items())),
         )
 
