@@ -26,6 +26,10 @@ from broker.policy.engine import Policy, Rule
 policy_app = typer.Typer(help="Test, compare and explain policies before they ship.", no_args_is_help=True)
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Broker config: boundaries, attestors.")]
 OutputOpt = Annotated[Literal["text", "json"], typer.Option("--output", "-o", help="text or json.")]
+CasesOpt = Annotated[Optional[Path], typer.Option("--cases", help="Also list the cases whose decision changes.")]
+AgainstOpt = Annotated[bool, typer.Option("--against-ledger", help="List the live grants the new policy withdraws.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="With --against-ledger: the data directory.")]
+DbOpt = Annotated[Optional[str], typer.Option("--database-url", help="With --against-ledger: the ledger URL.")]
 EXPECT = re.compile(r"^(allow|deny)(?:\(([a-z_]+)\))?$")
 
 
@@ -132,10 +136,10 @@ def policy_diff(
     old_file: Annotated[Path, typer.Argument(help="The policy in force.")],
     new_file: Annotated[Path, typer.Argument(help="The policy about to ship.")],
     config: ConfigOpt = None,
-    cases_file: Annotated[Optional[Path], typer.Option("--cases", help="Also list the cases whose decision changes.")] = None,
-    against_ledger: Annotated[bool, typer.Option("--against-ledger", help="List the live grants the new policy withdraws.")] = False,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="With --against-ledger: the data directory.")] = None,
-    database_url: Annotated[Optional[str], typer.Option("--database-url", help="With --against-ledger: the ledger URL.")] = None,
+    cases_file: CasesOpt = None,
+    against_ledger: AgainstOpt = False,
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
     output: OutputOpt = "text",
 ) -> None:
     """What changes between two policies: rules, the decisions of the cases, the live grants withdrawn; exit 1 if any."""
@@ -211,8 +215,8 @@ def _rule_details(before: Rule, after: Rule) -> list[str]:
         if was is None or now is None:
             details.append(f"{boundary}: {'opened' if was is None else 'closed'}")
             continue
-        details += [f"{boundary}: adds scopes {', '.join(sorted(now.scopes - was.scopes))}"] if now.scopes - was.scopes else []
-        details += [f"{boundary}: removes scopes {', '.join(sorted(was.scopes - now.scopes))}"] if was.scopes - now.scopes else []
+        for verb, scopes in (("adds", now.scopes - was.scopes), ("removes", was.scopes - now.scopes)):
+            details += [f"{boundary}: {verb} scopes {', '.join(sorted(scopes))}"] if scopes else []
         details += [f"{boundary}: max_ttl {was.max_ttl}s -> {now.max_ttl}s"] if was.max_ttl != now.max_ttl else []
     if before.roles != after.roles:
         details.append(f"roles {sorted(before.roles)} -> {sorted(after.roles)}")
@@ -250,7 +254,8 @@ def _diff_text(report: dict[str, Any]) -> str:
         lines.append(f"case {change['case']}: {_verdict(old)} -> {_verdict(new)}")
     if "withdrawn" in report:
         lines.append(f"{len(report['withdrawn'])} live grants would be withdrawn")
-        lines += [f"  {g['grant_id']} {g['subject']} {g['boundary']} (rule {g['rule'] or '-'})" for g in report["withdrawn"]]
+        for grant in report["withdrawn"]:
+            lines.append(f"  {grant['grant_id']} {grant['subject']} {grant['boundary']} (rule {grant['rule'] or '-'})")
     if len(lines) == 1:
         lines.append("no changes")
     return "\n".join(_safe(line) for line in lines)
