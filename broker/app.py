@@ -25,6 +25,7 @@ from broker.errors import ConfigError
 from broker.grants import GrantService
 from broker.grants.operations import Operations
 from broker.grants.reconcile import Reconciler
+from broker.grants.withdrawal import Withdrawal
 from broker.grants.workers import Worker
 from broker.identity import Attestors
 from broker.identity.dpop import DpopVerifier
@@ -177,6 +178,11 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
     meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault)
     transparency.witnesses.on_reject = lambda name, status: meters.witness_rejections.labels(name, str(status)).inc()
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
+    withdrawal = Withdrawal(operations, settings.on_withdraw)
+    service.withdrawal = withdrawal
+    policy.listeners.append(withdrawal.on_reload)
+    jobs["withdrawal"] = withdrawal.run_due  # a reload the ledger refused is applied on a later pass
+    meters.watch_withdrawal(withdrawal)
     transmitter.install_metrics(meters.registry)
     return Components(service, Worker(jobs, settings.worker_interval), operations, meters, transparency, transmitter)
 

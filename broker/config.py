@@ -261,6 +261,8 @@ class Settings(BaseSettings):
     key_encryption_key_file: Path | None = None
     policy_file: Path | None = None
     policy: dict[str, Any] | None = None
+    # what a policy reload does to live grants it no longer allows (broker/grants/withdrawal.py)
+    on_withdraw: Literal["revoke", "report"] = "revoke"
     attestors: list[AttestorConfig] = Field(default_factory=list)
     # X.509-SVIDs over mutual TLS (broker/config_x509.py, broker/identity/x509.py)
     x509_attestors: list[X509AttestorConfig] = Field(default_factory=list)

@@ -52,6 +52,15 @@ class Metrics:
         up.set_function(lambda: 0.0 if vault.auth_error else 1.0)
         vault.listeners.append(lambda reason: failures.labels(reason).inc())
 
+    def watch_withdrawal(self, withdrawal: Any) -> None:
+        """Grants a reloaded policy no longer allows: still live (on_withdraw: report), and how many were acted on."""
+        live = Gauge("broker_policy_withdrawn_grants", "Live grants the current policy no longer allows (report mode).",
+                     registry=self.registry)
+        live.set_function(lambda: len(withdrawal.reported))
+        acted = Counter("broker_policy_withdrawals", "Grants a policy reload withdrew, by action (revoked, reported).",
+                        ["action"], registry=self.registry)
+        withdrawal.listeners.append(lambda action, count: acted.labels(action).inc(count))
+
     def count(self, events: Sequence[dict[str, Any]]) -> None:
         """Count committed decisions (the ledger feed calls this after each commit)."""
         for row in events:

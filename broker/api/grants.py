@@ -31,7 +31,7 @@ async def create_grant(request: Request, payload: Annotated[Any, Body()], svc: S
         return _issued_out(prepared)
     committed = svc.commit(prepared)
     await asyncio.wait([asyncio.wrap_future(committed)])
-    if svc.quick_to_conclude(committed):
+    if svc.quick_to_conclude(prepared, committed):
         return _issued_out(svc.conclude(prepared, committed))
     return _issued_out(await run_in_threadpool(svc.conclude, prepared, committed))
 

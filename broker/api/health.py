@@ -26,7 +26,9 @@ def readyz(svc: Service, log: Log) -> JSONResponse:
         except (BrokerError, Exception) as exc:  # readiness reports, it never raises
             checks[name] = getattr(exc, "code", "failed")
     ready = all(v == "ok" for v in checks.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    body: dict = {"status": "ready" if ready else "not_ready", "checks": checks}
+    if svc.withdrawal is not None:  # informational: grants the current policy withdrew or only reported
+        body["policy"] = {"revision": svc.policy.current.digest, **svc.withdrawal.status()}
     if log.witnesses.witnesses:  # a refusing witness is an alarm to see, not a reason to stop issuing
         body["log_witnesses"] = log.witnesses.status()
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -15,15 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.api.deps import Auditor, Operator, json_body
 from broker.api.schemas import TASK, GrantOut, TaskId, when
-from broker.config import instant
+from broker.config import NAME, instant
 from broker.errors import BadRequest
 from broker.glob import glob_problem
 from broker.grants.operations import Operations, RevocationStatus
-from broker.ledger import Filter, Selector, event_dict
+from broker.ledger import Filter, Grant, Selector, event_dict
 
 router = APIRouter(prefix="/v1", tags=["operators"])
 Reason = Annotated[str, Field(min_length=1, max_length=256, pattern=r"\S")]
 Name = Annotated[str, Field(min_length=1, max_length=512)]
+Revision = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # a policy's SHA-256 content hash
+RuleId = Annotated[str, Field(pattern=NAME)]
 TaskFilter = Annotated[str | None, Query(pattern=TASK)]
 NDJSON = "application/x-ndjson"
 PAGE = 500
@@ -47,13 +49,16 @@ class RevocationIn(BaseModel):
     subject_glob: Name | None = None
     boundary: Name | None = None
     all: bool = False
+    policy_revision: Revision | None = None
+    rule: RuleId | None = None
     reason: Reason
     freeze: bool = False
     wait: bool = True
     dry_run: bool = False
 
     def selector(self) -> Selector:
-        return Selector(self.grant_id, self.task, self.subject, self.boundary, self.all, self.subject_glob)
+        return Selector(self.grant_id, self.task, self.subject, self.boundary, self.all, self.subject_glob,
+                        self.policy_revision, self.rule)  # fmt: skip
 
 
 class RevocationOut(BaseModel):
@@ -146,16 +151,23 @@ def inventory(
     subject_glob: str | None = None,
     boundary: str | None = None,
     task: TaskFilter = None,
+    policy_revision: Annotated[str | None, Query(max_length=64)] = None,
+    rule: Annotated[str | None, Query(max_length=128)] = None,
     since: str | None = None,
     until: str | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     where = Filter(status=status, subject=subject, subject_glob=_glob(subject_glob), boundary=boundary, task=task,
-                   **_window(since, until))  # fmt: skip
+                   policy_revision=policy_revision, rule=rule, **_window(since, until))  # fmt: skip
     rows = ops.inventory(where, after=_grant_cursor(cursor), limit=limit)
     next_cursor = _encode((rows[-1].issued_at, rows[-1].id)) if len(rows) == limit else None
-    return {"items": [GrantOut.of(g).model_dump(mode="json") for g in rows], "next_cursor": next_cursor}
+    return {"items": [_inventory_item(g) for g in rows], "next_cursor": next_cursor}
+
+
+def _inventory_item(grant: Grant) -> dict[str, Any]:
+    # provenance is for operators: a workload's own view of its grant does not describe the policy
+    return {**GrantOut.of(grant).model_dump(mode="json"), "policy_revision": grant.policy_revision, "rule": grant.rule}
 
 
 @router.get("/audit")
@@ -169,6 +181,8 @@ def audit(
     boundary: str | None = None,
     task: TaskFilter = None,
     grant_id: str | None = None,
+    policy_revision: Annotated[str | None, Query(max_length=64)] = None,
+    rule: Annotated[str | None, Query(max_length=128)] = None,
     since: str | None = None,
     until: str | None = None,
     cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # a sequence number; larger overflows SQL integers
@@ -177,7 +191,7 @@ def audit(
     format: Literal["json", "jsonl"] = "json",  # noqa: A002 (the query parameter's public name)
 ) -> Any:
     where = Filter(kind=kind, subject=subject, subject_glob=_glob(subject_glob), boundary=boundary, task=task,
-                   grant_id=grant_id, **_window(since, until))  # fmt: skip
+                   grant_id=grant_id, policy_revision=policy_revision, rule=rule, **_window(since, until))  # fmt: skip
     if format == "jsonl" or NDJSON in request.headers.get("accept", ""):
         return StreamingResponse(_jsonl(ops, where, cursor), media_type=NDJSON)
     if last is not None:  # the newest events, for `broker audit tail`; follow on from the chain's end

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from broker.cli.options import (
-    BoundaryOpt, ConfigOpt, DataDirOpt, DbOpt, GlobOpt, KindOpt, SinceOpt, SubjectOpt, TaskOpt, UntilOpt,
+    BoundaryOpt, ConfigOpt, DataDirOpt, DbOpt, GlobOpt, RevisionOpt, RuleOpt, KindOpt, SinceOpt, SubjectOpt, TaskOpt, UntilOpt,
     offline_ledger, remote, settings_or_exit,
 )  # fmt: skip
 from broker.cli.output import TAMPERED, errors, inert, params, say
@@ -30,12 +30,15 @@ def audit_tail(
     kind: KindOpt = None,
     subject: SubjectOpt = None,
     subject_glob: GlobOpt = None,
+    rule: RuleOpt = None,
+    policy_revision: RevisionOpt = None,
     boundary: BoundaryOpt = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls with -f.")] = 1.0,
     duration: Annotated[Optional[float], typer.Option("--for", help="Stop following after N seconds.")] = None,
 ) -> None:
     """Print the newest events as JSON Lines; with -f, keep following the ledger."""
-    where = params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary)
+    where = params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary, rule=rule,
+                   policy_revision=policy_revision)
     page = broker.call("GET", "/v1/audit", params={**where, "last": lines})
     _print_events(page["items"])
     cursor, stop = page["next_cursor"], time.monotonic() + (duration if duration is not None else float("inf"))
@@ -60,6 +63,8 @@ def audit_export(
     kind: KindOpt = None,
     subject: SubjectOpt = None,
     subject_glob: GlobOpt = None,
+    rule: RuleOpt = None,
+    policy_revision: RevisionOpt = None,
     boundary: BoundaryOpt = None,
     task: TaskOpt = None,
     since: SinceOpt = None,
@@ -69,7 +74,8 @@ def audit_export(
     database_url: DbOpt = None,
 ) -> None:
     """Export events as JSON Lines (each with its hashes), from the API or offline from the ledger."""
-    where = params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, since=since,
+    where = params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, rule=rule,
+                   policy_revision=policy_revision, since=since,
                    until=until)  # fmt: skip
     ledger = offline_ledger(config, data_dir, database_url)
     rows = _offline_lines(ledger, where) if ledger else broker.lines("/v1/audit", where)

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from broker.cli.options import (
-    BoundaryOpt, GlobOpt, JsonOpt, OutputOpt, SinceOpt, SubjectOpt, TaskOpt, UntilOpt, as_json, remote,
+    BoundaryOpt, GlobOpt, RevisionOpt, RuleOpt, JsonOpt, OutputOpt, SinceOpt, SubjectOpt, TaskOpt, UntilOpt, as_json, remote,
 )  # fmt: skip
 from broker.cli.output import console, inert, params, say
 from broker.cli.remote import Remote
@@ -29,6 +29,8 @@ def grants_ls(
     status: Annotated[Optional[GrantStatus], typer.Option(help="Grant status.")] = None,
     subject: SubjectOpt = None,
     subject_glob: GlobOpt = None,
+    rule: RuleOpt = None,
+    policy_revision: RevisionOpt = None,
     boundary: BoundaryOpt = None,
     task: TaskOpt = None,
     since: SinceOpt = None,
@@ -41,6 +43,7 @@ def grants_ls(
 ) -> None:
     """Who holds what, where, until when."""
     query = params(status=status.value if status else None, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task,
+                   rule=rule, policy_revision=policy_revision,
                    since=since, until=until, limit=limit)  # fmt: skip
     rows, next_cursor = [], cursor
     while True:

@@ -29,6 +29,10 @@ def revoke(
     boundary: BoundaryOpt = None,
     task: TaskOpt = None,
     grant_id: Annotated[Optional[str], typer.Option("--grant-id", help="One grant.")] = None,
+    rule: Annotated[Optional[str], typer.Option("--rule", help="Every grant this policy rule allowed.")] = None,
+    policy_revision: Annotated[
+        Optional[str], typer.Option("--policy-revision", help="Every grant this policy revision allowed.")
+    ] = None,
     everything: Annotated[bool, typer.Option("--all", help="Every active grant.")] = False,
     freeze: Annotated[bool, typer.Option("--freeze", help="Also freeze the subject or boundary.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -37,7 +41,8 @@ def revoke(
     json_flag: JsonOpt = False,
 ) -> None:
     """Revoke every active grant a selector matches; exit 1 if any revocation stays pending."""
-    selector = params(subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, grant_id=grant_id) | (
+    selector = params(subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, grant_id=grant_id,
+                      rule=rule, policy_revision=policy_revision) | (
         {"all": True} if everything else {}
     )
     body = {**selector, "reason": reason, "freeze": freeze}

@@ -34,6 +34,8 @@ class Output(str, Enum):
 OutputOpt = Annotated[Optional[Output], typer.Option("--output", "-o", help="json or table.")]
 JsonOpt = Annotated[bool, typer.Option("--json", hidden=True, help="Same as --output json.")]
 SubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact subject (taken literally).")]
+RuleOpt = Annotated[Optional[str], typer.Option("--rule", help="Policy rule id that decided (provenance).")]
+RevisionOpt = Annotated[Optional[str], typer.Option("--policy-revision", help="Policy revision (content hash).")]
 GlobOpt = Annotated[Optional[str], typer.Option("--subject-glob", help="Subject pattern like 'repo:acme/*' (policy glob).")]
 BoundaryOpt = Annotated[Optional[str], typer.Option("--boundary", help="Boundary name.")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task id.")]

@@ -68,6 +68,13 @@ def _print_report(report: dict[str, Any]) -> None:
             inert(last[:19].replace("T", " ")),
         )
     console.print(table)
+    by_rule = Table(title_justify="left")
+    for column in ("rule", "boundaries", "scopes", "grants", "live", "revoked"):
+        by_rule.add_column(column, overflow="fold")
+    for row in report.get("rules", []):
+        by_rule.add_row(inert(row["rule"] or "-"), inert(" ".join(row["boundaries"])), inert(" ".join(row["scopes"])),
+                        *(inert(row[k]) for k in ("grants", "live", "revoked")))  # fmt: skip
+    console.print(by_rule)
 
 
 def register(app: typer.Typer) -> None:

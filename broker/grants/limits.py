@@ -14,6 +14,7 @@ row per bucket, see broker/ledger/limits.py) so a flood of junk cannot grow the 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from broker.config import BoundaryConfig, Settings
 from broker.errors import RateLimited, TooManyActiveGrants
@@ -54,12 +55,15 @@ class IssuanceLimits:
                 retry_after=_seconds_until((load.oldest_recent or now) + limits.issue_window, now),
             )
 
-    def record_unverified(self, code: str, action: str, token: str | None, now: float) -> None:
+    def record_unverified(
+        self, code: str, action: str, token: str | None, now: float, provenance: dict[str, Any] | None = None
+    ) -> None:
         """Record the refusal of a token that did not verify: only the code, our action and a fingerprint."""
         width = self.settings.unverified_denial_window
         window = int(now // width) * width
         token_fp = fingerprint(token) if token else "none"
-        detail = {"code": code, "action": action, "token_fp": token_fp, "window_start": window, "window": width}
+        detail = {"code": code, "action": action, "token_fp": token_fp, "window_start": window, "window": width,
+                  **(provenance or {})}  # fmt: skip
         self.ledger.record_aggregated(
             Event(kind="denied", detail=detail),
             window=window,

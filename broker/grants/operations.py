@@ -43,6 +43,7 @@ from broker.glob import glob_problem
 log = logging.getLogger(__name__)
 _recorded = functools.partial(recorded, record=lambda ops: ops.service.record_refusal)
 FreezeKind = Literal["subject", "boundary"]
+WITHDRAWER = "broker:policy"  # the actor of withdrawals: the policy reload, not an operator
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Operations:
             kind, value = _freeze_target(selector)
             self.freeze(operator, kind, value, reason, revocation_id=revocation_id)
         ids = self.ledger.active_ids(selector)
-        self._record_request(operator, selector, reason, revocation_id, len(ids), freeze)
+        self._record_request(operator.subject, selector, reason, revocation_id, len(ids), freeze)
         moved = self._begin(ids, operator.subject, reason, revocation_id)
         whole = self._whole_boundaries(selector)
         if wait:
@@ -107,6 +108,18 @@ class Operations:
         else:
             self._background.submit(self._execute, moved, whole, started)
         return self.progress(revocation_id)
+
+    def withdraw(self, rule: str | None, ids: Sequence[str], revision: str) -> str:
+        """Grants a reloaded policy no longer allows: revoked like an operator's revocation, one per rule."""
+        started = time.monotonic()
+        revocation_id = "rv_" + secrets.token_urlsafe(12)
+        reason = f"policy withdrawn: rule {rule or '(unrecorded)'}"
+        # the selector names the rule for the record; the grants are those the new revision refuses
+        selector = Selector(rule=rule)
+        self._record_request(WITHDRAWER, selector, reason, revocation_id, len(ids), False)
+        moved = self._begin(ids, WITHDRAWER, reason, revocation_id)
+        self._background.submit(self._execute, moved, set(), started)  # intent is committed: the outbox has it
+        return revocation_id
 
     def matching(self, selector: Selector) -> int:
         """How many active grants a selector would revoke now (for a confirmation prompt)."""
@@ -135,7 +148,7 @@ class Operations:
     def _check_selector(self, selector: Selector, reason: str, freeze: bool) -> None:
         chosen = [name for name, value in asdict(selector).items() if value not in (None, False)]
         if len(chosen) != 1:
-            raise BadRequest("name exactly one of grant_id, task, subject, subject_glob, boundary, all")
+            raise BadRequest("name exactly one of grant_id, task, subject, subject_glob, boundary, policy_revision, rule, all")
         if selector.subject_glob is not None and (problem := glob_problem(selector.subject_glob)):
             raise BadRequest(f"subject_glob: {problem}")
         if not reason.strip():
@@ -146,15 +159,15 @@ class Operations:
             _freeze_target(selector)
 
     def _record_request(
-        self, operator: Identity, selector: Selector, reason: str, revocation_id: str, matched: int, freeze: bool
+        self, actor: str, selector: Selector, reason: str, revocation_id: str, matched: int, freeze: bool
     ) -> None:
         wire = {**_selector_dict(selector), "freeze": freeze}
         row = Revocation(
-            id=revocation_id, selector=wire, reason=reason[:256], actor=operator.subject,
+            id=revocation_id, selector=wire, reason=reason[:256], actor=actor,
             created_at=self.service.clock(), matched=matched,
         )
         detail = {"revocation_id": revocation_id, "selector": wire, "reason": reason[:256], "matched": matched}
-        event = Event(kind="revocation_requested", actor=operator.subject, detail=detail, **_event_scope(selector))
+        event = Event(kind="revocation_requested", actor=actor, detail=detail, **_event_scope(selector))
         self.ledger.add_revocation(row, event)
 
     def _begin(self, ids: Sequence[str], actor: str, reason: str, revocation_id: str) -> list[Grant]:
@@ -281,6 +294,7 @@ def blast_radius(ledger: LedgerStore, who: Filter, since: float, until: float, n
         raise BadRequest("since must be before until")
     grants = ledger.window_grants(who, since, until)
     boundaries = [_boundary_report(name, rows) for name, rows in _group(grants, lambda g: g.boundary).items()]
+    rules = [_rule_report(rule, rows) for rule, rows in _group(grants, lambda g: g.rule).items()]
     totals = {**_counts(grants), "denied": ledger.denied_count(who, since, until)}
     return {
         "subject": who.subject if who.subject is not None else who.subject_glob,
@@ -290,6 +304,7 @@ def blast_radius(ledger: LedgerStore, who: Filter, since: float, until: float, n
         "generated_at": _iso(now),
         "totals": totals,
         "boundaries": boundaries,
+        "rules": sorted(rules, key=lambda r: (r["rule"] is None, r["rule"] or "")),
     }
 
 
@@ -350,6 +365,18 @@ def _boundary_report(name: str, grants: list[Grant]) -> dict[str, Any]:
         "first_issued_at": _iso(min(g.issued_at for g in grants)),
         "live_grants": [_live(g) for g in grants if g.status == ACTIVE],
         "revoked_grants": [_ended(g) for g in grants if g.status in ("revoked", REVOKE_PENDING)],
+    }
+
+
+def _rule_report(rule: str | None, grants: list[Grant]) -> dict[str, Any]:
+    """What one rule let the subject reach (`rule` None: grants issued before provenance was recorded)."""
+    return {
+        "rule": rule,
+        "policy_revisions": sorted({g.policy_revision for g in grants if g.policy_revision}),
+        "boundaries": sorted({g.boundary for g in grants}),
+        "scopes": sorted({scope for g in grants for scope in g.scope_list}),
+        **_counts(grants),
+        "live_grants": [g.id for g in grants if g.status == ACTIVE],
     }
 
 

@@ -45,7 +45,7 @@ from broker.grants.outbox import Outbox, RevokeOutcome
 from broker.identity import Attestors, Identity
 from broker.identity.dpop import DpopVerifier
 from broker.ledger import ACTIVE, REVOKE_PENDING, Committed, Event, Grant, IdemClaim, LedgerStore, Refused, Replayed
-from broker.policy import PolicySource
+from broker.policy import Decision, PolicySource
 from broker.signing import KeyStore
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class GrantService:
         self.dpop = dpop or DpopVerifier(clock=clock)
         self.limits = IssuanceLimits(settings, ledger)
         self.outbox = Outbox(settings, backends, ledger, clock)
+        self.withdrawal: Any = None  # broker/grants/withdrawal.py, wired by the app: grants a reload took away
 
     # --- identity --------------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ class GrantService:
             return self.attestors.verify(token)
         except InvalidIdentity as exc:
             # nothing of an unverified token is stored (its issuer text is the attacker's): code + fingerprint
-            self.limits.record_unverified(exc.code, action, token, self.clock())
+            self.limits.record_unverified(exc.code, action, token, self.clock(), self.provenance())
             raise
 
     def readiness_checks(self) -> dict[str, Callable[[], object]]:
@@ -159,7 +160,7 @@ class GrantService:
     def refuse_dpop(self, identity: Identity | None, action: str, exc: InvalidDpop, grant_id: str | None = None) -> None:
         """Record a DPoP refusal as `denied` before it is answered."""
         subject = identity.subject if identity else None
-        detail = {"code": exc.code, "action": action, "reason": exc.detail[:200]}
+        detail = {"code": exc.code, "action": action, "reason": exc.detail[:200], **self.provenance()}
         self.ledger.record(Event(kind="denied", subject=subject, actor=subject, grant_id=grant_id, detail=detail))
 
     def check_holder(self, identity: Identity, grant: Grant, proof_jkt: str | None, action: str) -> None:
@@ -185,7 +186,7 @@ class GrantService:
     @recorded_use_case("issue")
     def prepare(self, identity: Identity, request: GrantRequest) -> Prepared | Issued:
         """Admit and mint (an earlier live grant of the same Idempotency-Key is answered instead)."""
-        boundary, scopes, ttl = self._admit(identity, request)
+        boundary, scopes, ttl, decision = self._admit(identity, request)
         claim = self._idem_claim(identity, request, boundary)
         replay = self._replay_before_mint(identity, request, claim)
         if replay is not None:
@@ -203,10 +204,10 @@ class GrantService:
             cnf_jkt=request.cnf_jkt,
             cnf_x5t=request.cnf_x5t,
         )
-        minted = self._mint(identity, request, mint)
+        minted = self._mint(identity, request, mint, decision)
         if "crash_after_mint" in self.settings.fault_injection:  # env=test only: a crash before the ledger commit
             os.kill(os.getpid(), signal.SIGKILL)
-        grant = self._grant_row(identity, mint, minted)
+        grant = self._grant_row(identity, mint, minted, decision)
         return Prepared(identity, request, grant, minted, _issued_event(grant, minted, identity), claim)
 
     def commit(self, prepared: Prepared) -> Future:
@@ -238,18 +239,27 @@ class GrantService:
             raise REFUSED_AT_COMMIT[outcome.code](outcome.detail)
         if outcome is not None and outcome.superseded:
             self._revoke_refused(outcome.superseded)
+        if self.withdrawal is not None and grant.policy_revision != self.policy.current.digest:
+            try:  # the policy was reloaded while this was being issued: the new one decides
+                self.withdrawal.issued_meanwhile(identity, grant)
+            except PolicyDenied as exc:
+                self.record_denial(identity, prepared.request, exc, decision=self.policy.current.decide(
+                    attestor=identity.attestor, subject=identity.subject, claims=identity.claims,
+                    boundary=grant.boundary, scopes=frozenset(grant.scope_list)))  # fmt: skip
+                raise
         credential = {**prepared.minted.credential, "expires_at": grant.expires_at}
         return Issued(grant=grant, credential=credential, log_index=outcome.log_index if outcome else None)
 
-    def quick_to_conclude(self, committed: Future) -> bool:
+    def quick_to_conclude(self, prepared: Prepared, committed: Future) -> bool:
         """True when `conclude` calls no backend (the common case), so it may run on the event loop."""
-        if committed.exception() is not None:
+        if committed.exception() is not None or prepared.grant.policy_revision != self.policy.current.digest:
             return False
         outcome = committed.result()
         return isinstance(outcome, Committed) and outcome.superseded is None
 
-    def _admit(self, identity: Identity, request: GrantRequest) -> tuple[BoundaryConfig, tuple[str, ...], int]:
-        """Every refusal before minting, each recorded as `denied` with its stable code."""
+    def _admit(self, identity: Identity, request: GrantRequest) -> tuple[BoundaryConfig, tuple[str, ...], int, Decision]:
+        """Every refusal before minting, each recorded as `denied` with its stable code and provenance."""
+        decision: Decision | None = None
         try:
             if not TASK.fullmatch(request.task):
                 raise BadRequest(BAD_TASK)
@@ -260,11 +270,14 @@ class GrantService:
             if boundary.require_dpop and not request.cnf_jkt:
                 raise InvalidDpop(f"boundary {boundary.name!r} requires a DPoP proof")
             self._check_not_frozen(identity, boundary)
-            cap = self._policy_cap(identity, boundary, scopes)
+            decision = self._decide(identity, boundary, scopes)
+            if not decision.allowed:
+                raise PolicyDenied(decision.reason)
+            cap = min(decision.max_ttl or boundary.max_ttl, boundary.max_ttl)
             self.limits.check(identity, boundary, self.clock())
-            return boundary, scopes, _ttl(request.ttl, boundary, cap)
+            return boundary, scopes, _ttl(request.ttl, boundary, cap), decision
         except BrokerError as exc:
-            self.record_denial(identity, request, exc)
+            self.record_denial(identity, request, exc, decision=decision)
             raise
 
     def _one_boundary(self, requested: str | list[str]) -> BoundaryConfig:
@@ -284,7 +297,7 @@ class GrantService:
         if frozen == "boundary":
             raise BoundaryFrozen(f"boundary {boundary.name!r} is frozen")
 
-    def _policy_cap(self, identity: Identity, boundary: BoundaryConfig, scopes: tuple[str, ...]) -> int:
+    def _decide(self, identity: Identity, boundary: BoundaryConfig, scopes: tuple[str, ...]) -> Decision:
         decision = self.policy.current.decide(
             attestor=identity.attestor,
             subject=identity.subject,
@@ -292,18 +305,16 @@ class GrantService:
             boundary=boundary.name,
             scopes=frozenset(scopes),
         )
-        if not decision.allowed:
-            raise PolicyDenied(decision.reason)
-        return min(decision.max_ttl or boundary.max_ttl, boundary.max_ttl)
+        return decision
 
-    def _mint(self, identity: Identity, request: GrantRequest, mint: MintRequest) -> Minted:
+    def _mint(self, identity: Identity, request: GrantRequest, mint: MintRequest, decision: Decision) -> Minted:
         try:
             return self.backends[mint.boundary.backend].mint(mint)
         except BrokerError as exc:  # BackendUnavailable, or scopes a backend cannot serve in one credential
-            self.record_denial(identity, request, exc)
+            self.record_denial(identity, request, exc, decision=decision)
             raise
 
-    def _grant_row(self, identity: Identity, mint: MintRequest, minted: Minted) -> Grant:
+    def _grant_row(self, identity: Identity, mint: MintRequest, minted: Minted, decision: Decision) -> Grant:
         return Grant(
             id=mint.grant_id,
             subject=identity.subject,
@@ -318,6 +329,8 @@ class GrantService:
             expires_at=mint.expires_at,
             cnf_jkt=mint.cnf_jkt,
             cnf_x5t=mint.cnf_x5t,
+            policy_revision=decision.revision,
+            rule=decision.rule,
         )
 
     def _idem_claim(self, identity: Identity, request: GrantRequest, boundary: BoundaryConfig) -> IdemClaim | None:
@@ -377,8 +390,15 @@ class GrantService:
             # reconcile at start-up finds it by its metadata and revokes it then
             log.error("minted credential for grant %s not recorded and not revoked", grant.id)
 
-    def record_denial(self, identity: Identity, request: GrantRequest, exc: BrokerError, action: str = "issue") -> None:
-        """A refused grant request, as `denied` with its stable code (bounded fields, no token)."""
+    def record_denial(
+        self,
+        identity: Identity,
+        request: GrantRequest,
+        exc: BrokerError,
+        action: str = "issue",
+        decision: Decision | None = None,
+    ) -> None:
+        """A refused grant request, as `denied` with its stable code and provenance (bounded fields, no token)."""
         boundary = request.boundary if isinstance(request.boundary, str) else ",".join(request.boundary)
         self.ledger.record(
             Event(
@@ -393,9 +413,16 @@ class GrantService:
                     "reason": exc.detail[:200],
                     "scopes": list(request.scopes)[:32],
                     "identity_fp": identity.token_fingerprint,
+                    **self.provenance(decision),
                 },
             )
         )
+
+    def provenance(self, decision: Decision | None = None) -> dict[str, str | None]:
+        """Which policy revision decided, and which rule (None: no rule allowed it, or it was refused before policy)."""
+        if decision is not None:
+            return {"policy_revision": decision.revision, "rule": decision.rule}
+        return {"policy_revision": self.policy.current.digest, "rule": None}
 
     # --- read ------------------------------------------------------------------------------
 
@@ -446,6 +473,7 @@ class GrantService:
         detail = {"code": code, "action": action, **({"error": where["error"]} if "error" in where else {})}
         if identity is not None:
             detail["identity_fp"] = identity.token_fingerprint
+        detail.update(self.provenance())
         self.ledger.record(
             Event(
                 kind="denied",
@@ -472,6 +500,8 @@ def _issued_event(grant: Grant, minted: Minted, identity: Identity) -> Event:
         "fingerprint": minted.fingerprint,
         "identity_fp": identity.token_fingerprint,
         "attestor": identity.attestor,
+        "policy_revision": grant.policy_revision,
+        "rule": grant.rule,
     }
     return Event(kind="issued", subject=grant.subject, boundary=grant.boundary, task=grant.task,
                  grant_id=grant.id, actor=grant.subject, detail=detail)  # fmt: skip

@@ -59,6 +59,9 @@ class Grant(Base):
     revoke_attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float | None] = mapped_column(Float, default=None)
     cnf_x5t: Mapped[str | None] = mapped_column(String(64), default=None)  # RFC 8705 `x5t#S256`
+    # provenance: the policy revision (content hash) and the id of the rule that allowed the grant
+    policy_revision: Mapped[str | None] = mapped_column(String(64), default=None)
+    rule: Mapped[str | None] = mapped_column(String(128), default=None)
 
     __table_args__ = (
         Index("ix_grants_status_expires", "status", "expires_at"),
@@ -68,6 +71,8 @@ class Grant(Base):
         Index("ix_grants_boundary", "boundary"),
         Index("ix_grants_task_subject", "task", "subject"),
         Index("ix_grants_revocation", "revocation_id"),
+        Index("ix_grants_rule_status", "rule", "status"),
+        Index("ix_grants_policy_revision_status", "policy_revision", "status"),
     )
 
     @property

@@ -22,6 +22,8 @@ class Filter:
     kind: str | None = None  # audit only
     since: float | None = None
     until: float | None = None
+    policy_revision: str | None = None  # provenance: the policy revision that decided
+    rule: str | None = None  # provenance: the id of the rule that decided
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Selector:
     boundary: str | None = None
     all_: bool = False
     subject_glob: str | None = None  # a pattern, by name (broker/glob.py)
+    policy_revision: str | None = None  # every grant that revision of the policy allowed
+    rule: str | None = None  # every grant the rule with this id allowed
 
 
 class ReadQueries:
@@ -51,6 +55,10 @@ class ReadQueries:
                 conditions.append(Grant.boundary == selector.boundary)
             if selector.subject is not None:
                 conditions.append(Grant.subject == selector.subject)
+            if selector.policy_revision is not None:
+                conditions.append(Grant.policy_revision == selector.policy_revision)
+            if selector.rule is not None:
+                conditions.append(Grant.rule == selector.rule)
             if selector.subject_glob is not None:
                 conditions.append(_glob_condition(session, Grant.subject, selector.subject_glob, active=True))
             return list(session.scalars(select(Grant.id).where(*conditions)).all())
@@ -119,7 +127,8 @@ class ReadQueries:
     # --- helpers ----------------------------------------------------------------------------
 
     def _grant_conditions(self, session, where: Filter) -> list[ColumnElement[bool]]:  # noqa: ANN001
-        conditions = [getattr(Grant, name) == value for name, value in _exact(where, "status", "boundary", "task")]
+        names = ("status", "boundary", "task", "policy_revision", "rule")
+        conditions = [getattr(Grant, name) == value for name, value in _exact(where, *names)]
         conditions += [Grant.id == where.grant_id] if where.grant_id else []
         conditions += _subject_conditions(session, Grant.subject, where)
         conditions += [Grant.issued_at >= where.since] if where.since is not None else []
@@ -130,6 +139,10 @@ class ReadQueries:
         names = ("kind", "boundary", "task", "grant_id")
         conditions = [getattr(AuditEvent, name) == value for name, value in _exact(where, *names)]
         conditions += _subject_conditions(session, AuditEvent.subject, where, events=True)
+        # provenance lives in `detail` of issued and denied events (one JSON path on SQLite and PostgreSQL)
+        for name in ("policy_revision", "rule"):
+            if getattr(where, name) is not None:
+                conditions.append(AuditEvent.detail[name].as_string() == getattr(where, name))
         conditions += [AuditEvent.ts >= where.since] if where.since is not None else []
         conditions += [AuditEvent.ts < where.until] if where.until is not None else []
         return conditions

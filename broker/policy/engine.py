@@ -17,9 +17,10 @@ class Decision:
     """The answer to one request: allowed or not, by which rule, with which TTL cap and why."""
 
     allowed: bool
-    rule: str | None
+    rule: str | None  # the deciding rule's stable id; None when no rule allowed it (deny by default)
     max_ttl: int | None
     reason: str
+    revision: str = ""  # the deciding policy's content hash
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,25 @@ class Rule:
     claims: ClaimPatterns
     allows: Mapping[str, Allowance]
     roles: frozenset[str]
+    id: str = ""  # stable: the explicit `id:`, else the name (a renamed rule without an `id:` is a new rule)
+    claims_text: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the claim conditions as written, to compare
+    subject_text: str | None = None  # the subject pattern as written
 
     def matches(self, attestor: str, subject: str, claims: Mapping[str, Any]) -> bool:
-        if self.attestor is not None and self.attestor != attestor:
-            return False
-        if self.subject is not None and not self.subject.fullmatch(subject):
+        if not self.matches_subject(attestor, subject):
             return False
         return all(_claim_matches(claims.get(key), patterns) for key, patterns in self.claims)
+
+    def matches_subject(self, attestor: str, subject: str) -> bool:
+        """The attestor and subject conditions alone (claims are checked by `matches`)."""
+        if self.attestor is not None and self.attestor != attestor:
+            return False
+        return self.subject is None or bool(self.subject.fullmatch(subject))
+
+    def opens(self, boundary: str, scopes: frozenset[str], lifetime: float) -> bool:
+        """Whether this rule allows these scopes at this boundary for a grant of this lifetime (seconds)."""
+        allowance = self.allows.get(boundary)
+        return allowance is not None and scopes <= allowance.scopes and round(lifetime) <= allowance.max_ttl
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,19 +76,42 @@ class Policy:
     ) -> Decision:
         """Allow only if a single matching rule allows the boundary with every requested scope."""
         if not scopes:
-            return _deny("no scopes requested")
+            return self._deny("no scopes requested")
         matching = self._matching(attestor, subject, claims)
         if not matching:
-            return _deny("no rule matches subject")
+            return self._deny("no rule matches subject")
         offers = [(rule, rule.allows[boundary]) for rule in matching if boundary in rule.allows]
         if not offers:
-            return _deny("boundary not allowed")
+            return self._deny("boundary not allowed")
         # Scopes are never unioned across rules: two narrow rules must not add up to a wide one.
         qualifying = [(rule, allowance) for rule, allowance in offers if scopes <= allowance.scopes]
         if not qualifying:
-            return _deny(_scopes_reason(scopes, [allowance for _, allowance in offers]))
+            return self._deny(_scopes_reason(scopes, [allowance for _, allowance in offers]))
         rule, allowance = max(qualifying, key=lambda offer: offer[1].max_ttl)
-        return Decision(allowed=True, rule=rule.name, max_ttl=allowance.max_ttl, reason="allowed")
+        return Decision(allowed=True, rule=rule.id, max_ttl=allowance.max_ttl, reason="allowed", revision=self.digest)
+
+    def explain(
+        self, *, attestor: str, subject: str, claims: Mapping[str, Any], boundary: str, scopes: frozenset[str]
+    ) -> list[tuple[str, str]]:
+        """Every rule in order with what it did for this request: (rule id, verdict); the decision is `decide`'s."""
+        lines = []
+        for rule in self.rules:
+            if not rule.matches(attestor, subject, claims):
+                verdict = "does not match the subject"
+            elif boundary not in rule.allows:
+                verdict = f"matches, but does not open boundary {boundary!r}"
+            elif not scopes <= rule.allows[boundary].scopes:
+                verdict = f"matches, lacks scopes {', '.join(sorted(scopes - rule.allows[boundary].scopes))}"
+            else:
+                verdict = f"matches and allows (max_ttl {rule.allows[boundary].max_ttl}s)"
+            lines.append((rule.id, verdict))
+        return lines
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.id == rule_id), None)
+
+    def _deny(self, reason: str) -> Decision:
+        return Decision(allowed=False, rule=None, max_ttl=None, reason=reason, revision=self.digest)
 
     def roles(self, *, attestor: str, subject: str, claims: Mapping[str, Any]) -> frozenset[str]:
         """Every role that any matching rule gives this subject."""
@@ -99,10 +135,6 @@ def claim_texts(value: Any) -> tuple[str, ...]:
 
 def _claim_matches(value: Any, patterns: tuple[re.Pattern[str], ...]) -> bool:
     return any(pattern.fullmatch(text) for text in claim_texts(value) for pattern in patterns)
-
-
-def _deny(reason: str) -> Decision:
-    return Decision(allowed=False, rule=None, max_ttl=None, reason=reason)
 
 
 def _scopes_reason(scopes: frozenset[str], allowances: list[Allowance]) -> str:

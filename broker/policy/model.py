@@ -67,6 +67,7 @@ class RuleSpec(Strict):
     """One rule as written in the policy file."""
 
     name: str = Field(pattern=NAME)
+    id: str | None = Field(default=None, pattern=NAME)  # stable across renames; grants record it
     match: MatchSpec = Field(default_factory=MatchSpec)
     allow: list[AllowSpec] = Field(default_factory=list)
     roles: list[Role] = Field(default_factory=list)
@@ -126,6 +127,9 @@ class _Compiler:
             claims=tuple((key, tuple(map(compile_glob, claim_texts(v)))) for key, v in match.claims.items()),
             allows=MappingProxyType(self._allows(where, spec.allow)),
             roles=frozenset(spec.roles),
+            id=spec.id or spec.name,
+            subject_text=match.subject,
+            claims_text=tuple(sorted((key, tuple(sorted(set(claim_texts(v))))) for key, v in match.claims.items())),
         )
 
     def _check_match(self, where: str, spec: RuleSpec) -> None:
@@ -193,10 +197,15 @@ class _Compiler:
 
     def check_names(self, specs: list[RuleSpec]) -> None:
         first: dict[str, int] = {}
+        ids: dict[str, int] = {}
         for index, spec in enumerate(specs):
             earlier = first.setdefault(spec.name, index)
             if earlier != index:
                 self.fail(_where(index, spec.name), "name", f"duplicate of rules[{earlier}]; rule names must be unique")
+            # ids are what grants, audit and revocations name: one rule each, explicit or derived from the name
+            same = ids.setdefault(spec.id or spec.name, index)
+            if same != index and earlier == index:
+                self.fail(_where(index, spec.name), "id", f"id {spec.id or spec.name!r} is also rules[{same}]'s id")
 
     def check_overlaps(self, specs: list[RuleSpec], rules: list[Rule]) -> list[str]:
         """Identical matches are errors; a later rule widening an overlapping earlier one is a warning."""

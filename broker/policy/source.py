@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Collection, Hashable, Iterable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -44,6 +44,8 @@ class PolicySource:
         self._boundaries = boundaries if isinstance(boundaries, Mapping) else {b.name: b for b in boundaries}
         self._attestors = frozenset(attestors)
         self._lock = threading.Lock()
+        # called as listener(old, new) after each successful reload (broker/grants/withdrawal.py)
+        self.listeners: list[Callable[[Policy, Policy], None]] = []
         self._stamp = self._file_stamp()
         self._policy = self._load()
         _log_loaded(self._policy)
@@ -65,8 +67,14 @@ class PolicySource:
             except ConfigError as exc:
                 log.error("policy reload failed; keeping policy %s\n%s", self._policy.digest[:12], exc.detail)
                 return False
-            self._policy = policy
-        _log_loaded(policy)
+            old, self._policy = self._policy, policy
+            _log_loaded(policy)
+            # under the lock, so listeners see reloads in order; requests read `current` without it
+            for listener in self.listeners:
+                try:
+                    listener(old, policy)
+                except Exception:  # a listener keeps its own retry state; the new policy is in force regardless
+                    log.exception("policy reload listener failed")
         return True
 
     def maybe_reload(self) -> bool:

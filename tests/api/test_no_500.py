@@ -78,7 +78,7 @@ def test_a_defect_is_answered_cleanly_recorded_and_keeps_the_connection(tmp_path
     service = live.components.service
     try:
         if where == "use-case":
-            service._policy_cap = lambda *a: 1 / 0  # a bug on the issuing path
+            service._decide = lambda *a: 1 / 0  # a bug on the issuing path
         else:
             service.commit = lambda *a: 1 / 0  # a bug between the use case's steps, in the route
         status, problem, after = _two_requests_on_one_connection(live.url, issuers.worker())

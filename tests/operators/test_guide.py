@@ -32,6 +32,7 @@ def test_every_command_of_the_operator_guide_runs(tmp_path):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "BROKER_ENV": "development",
         "COLUMNS": "160",
+        "EXAMPLES": str(GUIDE.parents[1] / "examples" / "policies"),
     }
     env.pop("BROKER_IDENTITY_TOKEN", None)
     try:
@@ -50,6 +51,10 @@ def test_every_command_of_the_operator_guide_runs(tmp_path):
     assert "unfrozen: subject dev:demo-workload" in out
     assert '"witnesses": ["broker-witness"]' in out  # the backup verified against the witness's checkpoint
     assert "4 grants" in out  # the blast radius: three jwt grants and one vault token
+    # changing policy safely: the shipped policy passes its cases, the next revision fails two
+    assert "7 passed, 0 failed" in out and "5 passed, 2 failed" in out and "policy test exit 1" in out
+    assert "rule reporting: removed" in out and "policy diff exit 1" in out
+    assert "decision: allow by rule payments-workers (max_ttl 600s)" in out
 
 
 def _stop_leftover(pid_file: Path) -> None:

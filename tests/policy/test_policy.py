@@ -162,7 +162,7 @@ def test_decide(policy: Policy, attestor, subject, claims, boundary, scopes, exp
     decision = policy.decide(
         attestor=attestor, subject=subject, claims=claims, boundary=boundary, scopes=frozenset(scopes)
     )
-    assert decision == Decision(*expected)
+    assert decision == Decision(*expected, revision=policy.digest)
 
 
 @pytest.mark.parametrize(

@@ -205,7 +205,8 @@ def test_one_junk_token_repeated_is_one_row_a_window_with_its_count(quiet) -> No
         (fingerprint(token), START), (fingerprint(token), START + WINDOW)
     ]
     assert rows[0].detail == {"code": "invalid_identity", "action": "POST /oauth/introspect",
-                              "token_fp": fingerprint(token), "window_start": START, "window": WINDOW}  # fmt: skip
+                              "token_fp": fingerprint(token), "window_start": START, "window": WINDOW,
+                              "policy_revision": broker.service.policy.current.digest, "rule": None}  # fmt: skip
     assert [w.count for w in broker.service.ledger.denial_windows()] == [50, 1]
 
 
