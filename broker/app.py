@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from broker import metrics
 from broker.api import errors, grants, health, oauth, operators, wellknown
+from broker.api.access import AccessLog
 from broker.api.limits import BodyLimit
 from broker.backends import Backend, JwtBackend
 from broker.backends.vault import VaultClient
@@ -20,6 +21,7 @@ from broker.backends.vault_token import VaultTokenBackend
 from broker.config import Settings
 from broker.grants import GrantService
 from broker.grants.operations import Operations
+from broker.grants.readiness import Readiness, readiness_of
 from broker.grants.reconcile import Reconciler
 from broker.grants.workers import Worker
 from broker.identity import Attestors
@@ -32,6 +34,7 @@ from broker.policy import PolicySource
 from broker.signing import FileKeyRepository, KeyRepository, KeyStore
 
 log = logging.getLogger(__name__)
+STARTUP_READY_WAIT = 5.0  # seconds serving waits for the ledger and keys checks' first pass
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Components:
     worker: Worker
     operations: Operations
     metrics: metrics.Metrics
+    readiness: Readiness
 
 
 def open_ledger(settings: Settings) -> LedgerStore:
@@ -109,9 +113,11 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
     }
     if vault is not None:
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
-    meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault)
+    readiness = readiness_of(service.readiness_checks(), settings.boundaries)
+    meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault, readiness=readiness,
+                             policy=policy, clock=clock)  # fmt: skip
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
-    return Components(service, Worker(jobs, settings.worker_interval), operations, meters)
+    return Components(service, Worker(jobs, settings.worker_interval), operations, meters, readiness)
 
 
 def create_app(settings: Settings, components: Components | None = None) -> FastAPI:
@@ -120,21 +126,28 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         parts.service.policy.install_sighup()
+        parts.readiness.start()  # first results while the worker's first pass runs
         parts.worker.run_once()  # resume pending revocations and expire stale grants before serving
         parts.worker.start()
+        parts.readiness.wait_for(lambda r: r.ready(), timeout=STARTUP_READY_WAIT)
+        log.info("broker started: workers running, %d boundaries, policy %s",
+                 len(settings.boundaries), parts.service.policy.current.digest[:12])  # fmt: skip
         yield
         parts.worker.stop()
+        parts.readiness.stop()
         parts.operations.close()
 
     app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = parts.service
     app.state.components = parts
     app.state.operations = parts.operations
+    app.state.readiness = parts.readiness
     for module in (grants, operators, oauth, wellknown, health):
         app.include_router(module.router)
     metrics.install(app, parts.metrics)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog, observe=parts.metrics.observe_http)  # outermost: ids and lines for every answer
     return app
 
 

@@ -46,6 +46,8 @@ class PolicySource:
         self._lock = threading.Lock()
         self._stamp = self._file_stamp()
         self._policy = self._load()
+        self.reload_failures = 0  # broken edits since start (a metric)
+        self.reload_error: str | None = None  # why the newest edit was refused; None once one loads
         _log_loaded(self._policy)
 
     @property
@@ -64,8 +66,10 @@ class PolicySource:
                 policy = self._load()
             except ConfigError as exc:
                 log.error("policy reload failed; keeping policy %s\n%s", self._policy.digest[:12], exc.detail)
+                self.reload_failures += 1
+                self.reload_error = exc.detail
                 return False
-            self._policy = policy
+            self._policy, self.reload_error = policy, None
         _log_loaded(policy)
         return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import threading
@@ -18,6 +19,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 TOKEN_TYPE = "at+jwt"  # RFC 9068: marks broker credentials so they are never taken as identity tokens
 ALGORITHMS = ("ES256", "EdDSA")
+log = logging.getLogger(__name__)
 
 
 class SigningKeyError(Exception):
@@ -131,6 +133,7 @@ class KeyStore:
             self._repo.save(generate_key(self._algorithm, now))
         self.reload()
         self.prune()
+        log.info("signing key rotated: new key %s", self.active.kid)
         return self.active
 
     def prune(self) -> list[str]:
