@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.errors import BrokerError, InvalidDpop, InvalidIdentity, LimitExceeded
+from broker.errors import BackendUnavailable, BrokerError, InvalidDpop, InvalidIdentity, LedgerUnavailable, LimitExceeded
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -52,11 +52,17 @@ def problem(request: Request, status: int, code: str, title: str, detail: str | 
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def _route(request: Request) -> str:
+    """The route template for a log line: a path may carry what the caller typed."""
+    return getattr(request.scope.get("route"), "path", "unmatched")
+
+
 def _broker_error(request: Request, exc: BrokerError) -> JSONResponse:
     status = STATUS.get(exc.code, 500)
-    log.debug("refused %s %s: %s %s", request.method, request.url.path, exc.code, exc.detail)
-    if status >= 500:
-        log.warning("%s %s failed: %s", request.method, request.url.path, exc.code)
+    log.debug("refused %s %s: %s %s", request.method, _route(request), exc.code, exc.detail)
+    if status >= 500:  # the ledger's and backends' details are log-safe by construction (the ledger's `_why`)
+        why = f" ({exc.detail})" if isinstance(exc, (LedgerUnavailable, BackendUnavailable)) else ""
+        log.warning("%s %s failed: %s%s", request.method, _route(request), exc.code, why)
     detail = None if isinstance(exc, HIDDEN_DETAIL) or status >= 500 else exc.detail
     if not isinstance(exc, LimitExceeded):
         return problem(request, status, exc.code, exc.public_message, detail)

@@ -50,12 +50,14 @@ class Readiness:
         checks: Mapping[str, Callable[[], object]],
         boundaries: Mapping[str, Iterable[str]],
         *,
+        every_boundary: Iterable[str] = (),
         interval: float = INTERVAL,
         stale: float = STALE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._checks = dict(checks)
         self._boundaries = {name: tuple(sorted(b)) for name, b in boundaries.items()}
+        self._every_boundary = sorted({*every_boundary, *(b for bs in self._boundaries.values() for b in bs)})
         self._interval, self._stale, self._clock = interval, stale, clock
         self._results: dict[str, Result] = {name: PENDING for name in self._checks}
         self._running_since: dict[str, float | None] = {name: None for name in self._checks}
@@ -92,7 +94,8 @@ class Readiness:
         return all(results[name].ok for name in CRITICAL if name in results)
 
     def boundary_names(self) -> list[str]:
-        return sorted({b for bs in self._boundaries.values() for b in bs})
+        """Every configured boundary (those of backends without a check are never degraded)."""
+        return self._every_boundary
 
     def degraded(self) -> list[str]:
         """The boundaries whose backend failed its last check."""
@@ -149,4 +152,4 @@ def _outcome(check: Callable[[], object]) -> Result:
 def readiness_of(checks: Mapping[str, Callable[[], object]], boundaries: Iterable[Any], **options: Any) -> Readiness:
     """Readiness over the service's checks; a check named after a backend kind serves that kind's boundaries."""
     served = {name: [b.name for b in boundaries if b.backend == name] for name in checks if name not in CRITICAL}
-    return Readiness(checks, served, **options)
+    return Readiness(checks, served, every_boundary=[b.name for b in boundaries], **options)
