@@ -57,8 +57,12 @@ class TextFormatter(logging.Formatter):
         return text + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
 
 
-def log_config(log_format: str = "text", level: str = "info") -> dict[str, Any]:
-    """A `logging.config.dictConfig` (uvicorn's `log_config`): every logger to stderr in one format."""
+def log_config(log_format: str = "text", level: str = "info", *, access_log: bool = True) -> dict[str, Any]:
+    """A `logging.config.dictConfig` (uvicorn's `log_config`): every logger to stderr in one format.
+
+    The broker's own INFO lines (policy loaded, keys rotated, workers started) go out at `info`;
+    the access lines are the `broker.access` logger's, off with `access_log=False`.
+    """
     if log_format not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}")
     formatter = {"()": f"broker.logs.{'JsonFormatter' if log_format == 'json' else 'TextFormatter'}"}
@@ -70,7 +74,8 @@ def log_config(log_format: str = "text", level: str = "info") -> dict[str, Any]:
         "handlers": {"stderr": handler},
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {  # uvicorn's own handlers replaced by ours, so its lines share the format
-            name: {"handlers": [], "propagate": True, "level": level.upper()}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            **{name: {"handlers": [], "propagate": True, "level": level.upper()}
+               for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+            "broker.access": {"level": level.upper() if access_log else "WARNING"},
         },
     }

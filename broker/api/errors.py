@@ -39,15 +39,29 @@ STATUS = {
 }
 # details of these stay in debug logs: they would tell an attacker which check failed
 HIDDEN_DETAIL = (InvalidIdentity, InvalidDpop)
-OAUTH_ERROR = {"invalid_identity": "invalid_grant", "invalid_request": "invalid_request", "unknown_boundary": "invalid_target"}
+# RFC 6749 §5.2 / RFC 8693 §2.2.2 `error` of the /oauth/* answers (the problem+json members stay too)
+OAUTH_ERROR = {
+    "invalid_identity": "invalid_token",  # the caller's bearer token (introspect, revoke): RFC 6750 §3.1
+    "invalid_request": "invalid_request",
+    "unknown_boundary": "invalid_target",
+    "multi_boundary": "invalid_target",
+    "policy_denied": "invalid_target",  # unwilling to issue for that target (RFC 8693 §2.2.2)
+    "unknown_scope": "invalid_scope",
+}
+TOKEN_PATH = "/oauth/token"
 
 
 def problem(request: Request, status: int, code: str, title: str, detail: str | None = None, **extra) -> JSONResponse:
+    path = request.url.path
+    if path == TOKEN_PATH and code == "invalid_identity":
+        status = 400  # a bad subject_token is a bad grant (RFC 6749 §5.2), not a failed client authentication
     body = {"type": f"urn:broker:problem:{code}", "title": title, "status": status, "code": code, **extra}
     if detail:
         body["detail"] = detail
-    if request.url.path.startswith("/oauth/"):
-        body["error"] = OAUTH_ERROR.get(code, "invalid_request" if status < 500 else "server_error")
+    if path.startswith("/oauth/"):
+        error = "invalid_grant" if path == TOKEN_PATH and code == "invalid_identity" else OAUTH_ERROR.get(code)
+        body["error"] = error or ("invalid_request" if status < 500 else "server_error")
+        body["error_description"] = title  # the fixed public message: never the input
     headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
