@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from broker import metrics
-from broker.api import errors, grants, health, oauth, operators, wellknown
+from broker.api import errors, grants, health, oauth, openapi, operators, wellknown
 from broker.api.access import AccessLog
 from broker.api.limits import BodyLimit
 from broker.backends import Backend, JwtBackend
@@ -137,7 +137,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         parts.readiness.stop()
         parts.operations.close()
 
-    app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.service = parts.service
     app.state.components = parts
     app.state.operations = parts.operations
@@ -145,6 +145,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     for module in (grants, operators, oauth, wellknown, health):
         app.include_router(module.router)
     metrics.install(app, parts.metrics)
+    openapi.install(app)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, observe=parts.metrics.observe_http)  # outermost: ids and lines for every answer

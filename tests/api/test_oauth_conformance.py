@@ -70,3 +70,29 @@ def test_introspection_without_a_valid_identity_is_401_invalid_token(broker) -> 
     answer = broker.post("/oauth/introspect", data={"token": "x"}, headers={"Authorization": "Bearer nope"})
     assert answer.status_code == 401 and answer.json()["error"] == "invalid_token"
     assert answer.json()["error_description"]
+
+
+ERROR_STATUSES = {"401", "403", "404", "413", "415", "422", "429", "503"}
+
+
+def test_openapi_documents_security_problems_and_oauth_bodies(broker) -> None:
+    assert broker.get("/docs").status_code == 200
+    schema = broker.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["identityToken"]["scheme"] == "bearer"
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # FastAPI's 422 shape is not ours
+    documented: set[str] = set()
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            problems = {s for s, r in operation["responses"].items() if "application/problem+json" in r.get("content", {})}
+            assert {"422", "500", "503"} <= problems, (method, path)
+            assert "application/json" not in operation["responses"].get("422", {}).get("content", {})
+            documented |= problems
+            if operation["security"]:
+                assert {"401", "403"} <= problems, (method, path)
+    assert ERROR_STATUSES <= documented
+    for path in ("/oauth/token", "/oauth/introspect", "/oauth/revoke"):
+        operation = schema["paths"][path]["post"]
+        assert "application/x-www-form-urlencoded" in operation["requestBody"]["content"], path
+        assert operation["responses"]["200"].get("content") or path == "/oauth/revoke", path
+    assert schema["paths"]["/oauth/token"]["post"]["security"] == []
+    assert schema["paths"]["/oauth/introspect"]["post"]["security"] == [{"identityToken": []}]
