@@ -114,8 +114,9 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
     if vault is not None:
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
     readiness = readiness_of(service.readiness_checks(), settings.boundaries)
+    # the outbox age is measured on the ledger's own clock (wall time), not the injected one
     meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault, readiness=readiness,
-                             policy=policy, clock=clock)  # fmt: skip
+                             policy=policy)  # fmt: skip
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
     return Components(service, Worker(jobs, settings.worker_interval), operations, meters, readiness)
 
