@@ -17,7 +17,7 @@ from broker import context
 FORMATS = ("text", "json")
 # the fields a record carries for the access line (broker/api/access.py), rendered as their own keys
 ACCESS_FIELDS = ("method", "route", "status", "duration_ms", "subject_fp")
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 
 
 def _timestamp(record: logging.LogRecord) -> str:
