@@ -235,3 +235,14 @@ def test_helm_test_hook_calls_readyz_through_the_service(rendered) -> None:
     script = pod["spec"]["containers"][0]["args"][0]
     assert f"http://{rendered['Service']['metadata']['name']}:8080/readyz" in script
     assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [("replicaCount=0", "minimum"), ("replicaCont=2", "additional properties"), ("logFormat=xml", "must be one of")],
+    ids=["zero-replicas", "misspelt-key", "unknown-log-format"],
+)
+def test_values_schema_refuses_bad_values(value: str, complaint: str) -> None:
+    done = subprocess.run([_helm(), "template", "rel", str(CHART), "--set", value], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode != 0 and complaint in done.stderr, done.stderr
