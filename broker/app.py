@@ -13,8 +13,9 @@ from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker import metrics
-from broker.api import errors, grants, health, oauth, operators, signals, wellknown
+from broker.api import errors, grants, health, oauth, openapi, operators, signals, wellknown
 from broker.api import log as log_routes
+from broker.api.access import AccessLog
 from broker.api.limits import BodyLimit
 from broker.backends import Backend, JwtBackend
 from broker.backends.vault import VaultClient
@@ -24,6 +25,7 @@ from broker.config import Settings, WitnessConfig
 from broker.errors import ConfigError
 from broker.grants import GrantService
 from broker.grants.operations import Operations
+from broker.grants.readiness import Readiness, readiness_of
 from broker.grants.reconcile import Reconciler
 from broker.grants.withdrawal import Withdrawal
 from broker.grants.workers import Worker
@@ -46,6 +48,7 @@ from broker.transparency.service import TransparencyLog
 from broker.signals.transmitter import Transmitter, build_transmitter
 
 log = logging.getLogger(__name__)
+STARTUP_READY_WAIT = 5.0  # seconds serving waits for the ledger and keys checks' first pass
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Components:
     operations: Operations
     metrics: metrics.Metrics
     log: TransparencyLog
+    readiness: Readiness
     signals: Transmitter | None = None
 
 
@@ -175,7 +179,10 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
     }
     if vault is not None:
         jobs["vault_login"] = vault.ensure_session  # renew the broker's own token even when idle
-    meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault)
+    readiness = readiness_of(service.readiness_checks(), settings.boundaries)
+    # the outbox age is measured on the ledger's own clock (wall time), not the injected one
+    meters = metrics.Metrics(ledger, [b.name for b in settings.boundaries], vault=vault, readiness=readiness,
+                             policy=policy)  # fmt: skip
     transparency.witnesses.on_reject = lambda name, status: meters.witness_rejections.labels(name, str(status)).inc()
     operations = Operations(service, on_done=meters.revocation_seconds.observe)
     withdrawal = Withdrawal(operations, settings.on_withdraw)
@@ -184,7 +191,8 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
     jobs["withdrawal"] = withdrawal.run_due  # a reload the ledger refused is applied on a later pass
     meters.watch_withdrawal(withdrawal)
     transmitter.install_metrics(meters.registry)
-    return Components(service, Worker(jobs, settings.worker_interval), operations, meters, transparency, transmitter)
+    worker = Worker(jobs, settings.worker_interval)
+    return Components(service, worker, operations, meters, transparency, readiness, transmitter)
 
 
 def create_app(settings: Settings, components: Components | None = None) -> FastAPI:
@@ -193,24 +201,32 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         parts.service.policy.install_sighup()
+        parts.readiness.start()  # first results while the worker's first pass runs
         parts.worker.run_once()  # resume pending revocations and expire stale grants before serving
         parts.worker.start()
+        parts.readiness.wait_for(lambda r: r.ready(), timeout=STARTUP_READY_WAIT)
+        log.info("broker started: workers running, %d boundaries, policy %s",
+                 len(settings.boundaries), parts.service.policy.current.digest[:12])  # fmt: skip
         yield
         parts.worker.stop()
         if parts.signals:
             parts.signals.delivery.close()
+        parts.readiness.stop()
         parts.operations.close()
 
-    app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.service = parts.service
     app.state.components = parts
     app.state.operations = parts.operations
+    app.state.readiness = parts.readiness
     app.state.signals = parts.signals
     for module in (grants, log_routes, operators, oauth, wellknown, health, signals):
         app.include_router(module.router)
     metrics.install(app, parts.metrics)
+    openapi.install(app)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog, observe=parts.metrics.observe_http)  # outermost: ids and lines for every answer
     return app
 
 

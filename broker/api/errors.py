@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.errors import BrokerError, InvalidDpop, InvalidIdentity, LimitExceeded
+from broker.errors import BackendUnavailable, BrokerError, InvalidDpop, InvalidIdentity, LedgerUnavailable, LimitExceeded
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -39,24 +39,44 @@ STATUS = {
 }
 # details of these stay in debug logs: they would tell an attacker which check failed
 HIDDEN_DETAIL = (InvalidIdentity, InvalidDpop)
-OAUTH_ERROR = {"invalid_identity": "invalid_grant", "invalid_request": "invalid_request", "unknown_boundary": "invalid_target"}
+# RFC 6749 §5.2 / RFC 8693 §2.2.2 `error` of the /oauth/* answers (the problem+json members stay too)
+OAUTH_ERROR = {
+    "invalid_identity": "invalid_token",  # the caller's bearer token (introspect, revoke): RFC 6750 §3.1
+    "invalid_request": "invalid_request",
+    "unknown_boundary": "invalid_target",
+    "multi_boundary": "invalid_target",
+    "policy_denied": "invalid_target",  # unwilling to issue for that target (RFC 8693 §2.2.2)
+    "unknown_scope": "invalid_scope",
+}
+TOKEN_PATH = "/oauth/token"
 
 
 def problem(request: Request, status: int, code: str, title: str, detail: str | None = None, **extra) -> JSONResponse:
+    path = request.url.path
+    if path == TOKEN_PATH and code == "invalid_identity":
+        status = 400  # a bad subject_token is a bad grant (RFC 6749 §5.2), not a failed client authentication
     body = {"type": f"urn:broker:problem:{code}", "title": title, "status": status, "code": code, **extra}
     if detail:
         body["detail"] = detail
-    if request.url.path.startswith("/oauth/"):
-        body["error"] = OAUTH_ERROR.get(code, "invalid_request" if status < 500 else "server_error")
+    if path.startswith("/oauth/"):
+        error = "invalid_grant" if path == TOKEN_PATH and code == "invalid_identity" else OAUTH_ERROR.get(code)
+        body["error"] = error or ("invalid_request" if status < 500 else "server_error")
+        body["error_description"] = title  # the fixed public message: never the input
     headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def _route(request: Request) -> str:
+    """The route template for a log line: a path may carry what the caller typed."""
+    return getattr(request.scope.get("route"), "path", "unmatched")
+
+
 def _broker_error(request: Request, exc: BrokerError) -> JSONResponse:
     status = STATUS.get(exc.code, 500)
-    log.debug("refused %s %s: %s %s", request.method, request.url.path, exc.code, exc.detail)
-    if status >= 500:
-        log.warning("%s %s failed: %s", request.method, request.url.path, exc.code)
+    log.debug("refused %s %s: %s %s", request.method, _route(request), exc.code, exc.detail)
+    if status >= 500:  # the ledger's and backends' details are log-safe by construction (the ledger's `_why`)
+        why = f" ({exc.detail})" if isinstance(exc, (LedgerUnavailable, BackendUnavailable)) else ""
+        log.warning("%s %s failed: %s%s", request.method, _route(request), exc.code, why)
     detail = None if isinstance(exc, HIDDEN_DETAIL) or status >= 500 else exc.detail
     if not isinstance(exc, LimitExceeded):
         return problem(request, status, exc.code, exc.public_message, detail)

@@ -9,10 +9,17 @@ from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import Service, bearer, dpop_key, form_body
 from broker.api.tls import tls_facts
+from broker.api.schemas import IntrospectionOut, TokenExchangeForm, TokenForm, TokenOut
 from broker.grants.exchange import exchange, one
 from broker.grants import introspection
 
 router = APIRouter(prefix="/oauth", tags=["oauth"], dependencies=[Depends(form_body)])
+
+def _form_body(model: type) -> dict:
+    """The OpenAPI request body of a form route (the route parses the form itself, see `_form`)."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}}
+
 
 ISSUED_TYPE = {"jwt": "urn:ietf:params:oauth:token-type:jwt", "vault_token": "urn:broker:token-type:vault_token"}
 
@@ -24,7 +31,7 @@ async def _form(request: Request) -> dict[str, list[str]]:
     return form
 
 
-@router.post("/token")
+@router.post("/token", responses={200: {"model": TokenOut}}, openapi_extra=_form_body(TokenExchangeForm))
 async def token_exchange(request: Request, svc: Service) -> dict:
     form = await _form(request)
     tokens = form.get("subject_token", [])  # two subject tokens are no identity: refused and recorded as such
@@ -43,7 +50,7 @@ async def token_exchange(request: Request, svc: Service) -> dict:
     }
 
 
-@router.post("/introspect")
+@router.post("/introspect", responses={200: {"model": IntrospectionOut}}, openapi_extra=_form_body(TokenForm))
 async def introspect(request: Request, svc: Service) -> dict:
     identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/introspect",
                                        tls=tls_facts(request))
@@ -52,7 +59,8 @@ async def introspect(request: Request, svc: Service) -> dict:
     return await run_in_threadpool(introspection.introspect, svc, identity, token, jkt)
 
 
-@router.post("/revoke")
+@router.post("/revoke", responses={200: {"description": "Always `{}` (RFC 7009 §2.2)."}},
+             openapi_extra=_form_body(TokenForm))
 async def revoke(request: Request, svc: Service) -> dict:
     identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/revoke",
                                        tls=tls_facts(request))

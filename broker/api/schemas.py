@@ -80,3 +80,73 @@ class TaskCompletedOut(BaseModel):
 
 def when(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
+
+
+# --- OAuth (RFC 8693, RFC 7662, RFC 7009): form bodies in, JSON out; for the OpenAPI document --------
+
+
+class TokenExchangeForm(BaseModel):
+    """`POST /oauth/token` form (RFC 8693 §2.1): the identity token in, one boundary as `resource`."""
+
+    grant_type: Literal["urn:ietf:params:oauth:grant-type:token-exchange"]
+    subject_token: str = Field(description="The workload's identity token (never stored, never echoed).")
+    subject_token_type: Literal["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"]
+    resource: BoundaryName | None = Field(None, description="The boundary (or use `audience`).")
+    audience: BoundaryName | None = None
+    scope: str = Field(description="Space-separated scopes of that boundary.")
+    requested_ttl: str | None = Field(None, pattern=r"^([0-9]{1,5}|max)$")
+    task: TaskId | None = None
+
+
+class TokenOut(BaseModel):
+    """RFC 8693 §2.2.1 answer, plus the broker's `grant_id` (for completion and receipts)."""
+
+    access_token: str
+    issued_token_type: str
+    token_type: str
+    expires_in: int
+    scope: str
+    grant_id: str
+
+
+class TokenForm(BaseModel):
+    """`POST /oauth/introspect` and `/oauth/revoke` form: the broker JWT asked about."""
+
+    token: str
+    token_type_hint: str | None = None
+
+
+class IntrospectionOut(BaseModel):
+    """RFC 7662 §2.2: `active`, and the token's claims only for its owner or a `resource_server`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    active: bool
+    token_type: str | None = None
+    sub: str | None = None
+    client_id: str | None = None
+    aud: str | None = None
+    scope: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    nbf: int | None = None
+    jti: str | None = None
+    iss: str | None = None
+    task: str | None = None
+    cnf: dict[str, str] | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem+json; `/oauth/*` answers also carry RFC 6749 §5.2 `error` and `error_description`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    code: str = Field(description="Stable machine-readable code (docs/errors).")
+    detail: str | None = None
+    error: str | None = None
+    error_description: str | None = None
+    retry_after: int | None = None
+    errors: list[dict[str, Any]] | None = None

@@ -24,7 +24,11 @@ def metadata(svc: Service) -> dict:
         "introspection_endpoint": f"{base}/oauth/introspect",
         "revocation_endpoint": f"{base}/oauth/revoke",
         "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+        # RFC 8414 requires the member; with no authorization endpoint the one true value is the
+        # registered `none` (OAuth 2.0 Multiple Response Type Encoding Practices §4)
+        "response_types_supported": ["none"],
         "token_endpoint_auth_methods_supported": ["none"],
+        # resource servers and owners authenticate with their own identity token as a Bearer token
         "introspection_endpoint_auth_methods_supported": ["bearer"],
         "revocation_endpoint_auth_methods_supported": ["bearer"],
         "dpop_signing_alg_values_supported": ["ES256", "EdDSA"],

@@ -35,9 +35,16 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     keep_alive: Annotated[int, typer.Option(help="Seconds an idle HTTP connection stays open.")] = 75,
+    log_format: Annotated[str, typer.Option(help="Log lines: text, or json (one object a line).")] = "text",
+    access_log: Annotated[bool, typer.Option(help="One log line per request (route, status, duration).")] = True,
 ) -> None:
     """Run the broker with a config file (production)."""
     import uvicorn
+
+    from broker.logs import FORMATS, log_config
+
+    if log_format not in FORMATS:
+        raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--log-format")
 
     settings = settings_or_exit(config)  # validate before forking workers: errors name file and field
     if settings.config:
@@ -47,7 +54,8 @@ def serve(
         _prepare_shared_state(settings)
     uvicorn.run(
         "broker.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, access_log=False, proxy_headers=False,
+        log_level=log_level, access_log=False, proxy_headers=False,  # the broker's own access line replaces uvicorn's
+        log_config=log_config(log_format, log_level, access_log=access_log),
         **{**SERVER_SPEED, **serve_options(settings)},  # HTTPS when the config has `tls:` (its own h11 protocol)
         # longer than clients' and load balancers' idle timeouts (httpx: 5 s), so a client never
         # reuses a connection the server is closing at that instant ("server disconnected")

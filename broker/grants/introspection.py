@@ -10,7 +10,7 @@ from broker.grants.service import GrantService, owns, recorded_use_case
 from broker.identity import Identity
 from broker.ledger import ACTIVE, Grant
 
-CLAIMS_SHOWN = ("sub", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf")
+CLAIMS_SHOWN = ("sub", "client_id", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf")
 
 
 @recorded_use_case("introspect")

@@ -65,7 +65,7 @@ class IssuanceLimits:
         detail = {"code": code, "action": action, "token_fp": token_fp, "window_start": window, "window": width,
                   **(provenance or {})}  # fmt: skip
         self.ledger.record_aggregated(
-            Event(kind="denied", detail=detail),
+            Event(kind="denied", detail=detail, request_scoped=False),  # one row for a window of requests
             window=window,
             token_fp=token_fp,
             cap=self.settings.unverified_denials_per_window,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 
+from broker import context
 from broker.backends import Backend, Minted, MintRequest
 from broker.config import BoundaryConfig, Settings
 from broker.errors import (
@@ -39,6 +40,7 @@ from broker.errors import (
     UnknownBoundary,
     UnknownScope,
 )
+from broker.fingerprint import fingerprint
 from broker.grants.recording import recorded
 from broker.grants.limits import IssuanceLimits
 from broker.grants.outbox import Outbox, RevokeOutcome
@@ -131,15 +133,17 @@ class GrantService:
                 return self.attestors.verify_certificate(tls)
             if not token:
                 raise InvalidIdentity("no bearer identity token")
-            return self.attestors.verify(token)
+            identity = self.attestors.verify(token)
+            context.note_subject(fingerprint(identity.subject, short=True))  # for the access log line
+            return identity
         except InvalidIdentity as exc:
             # nothing of an unverified token is stored (its issuer text is the attacker's): code + fingerprint
             self.limits.record_unverified(exc.code, action, token, self.clock(), self.provenance())
             raise
 
     def readiness_checks(self) -> dict[str, Callable[[], object]]:
-        """What `/readyz` checks; backends with a remote system add theirs."""
-        checks: dict[str, Callable[[], object]] = {"ledger": self.ledger.ping, "keys": lambda: self.keys.active}
+        """What `/readyz` checks (broker/grants/readiness.py runs them); backends with a remote system add theirs."""
+        checks: dict[str, Callable[[], object]] = {"ledger": self.ledger.probe_write, "keys": lambda: self.keys.active}
         for backend in {id(b): b for b in self.backends.values()}.values():
             ping = getattr(backend, "ping", None)
             if ping:

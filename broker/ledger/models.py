@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
+from broker import context
+
 ACTIVE = "active"
 REVOKE_PENDING = "revoke_pending"
 FINAL_STATUSES = ("completed", "revoked", "expired", "superseded")
@@ -24,6 +26,13 @@ class Event:
     grant_id: str | None = None
     actor: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    request_scoped: bool = field(default=True, repr=False, compare=False)  # False: an aggregate of many requests
+
+    def __post_init__(self) -> None:
+        # captured here, on the request's thread: the ledger writer that chains it runs on its own
+        request_id = context.request_id() if self.request_scoped else None
+        if request_id and "request_id" not in self.detail:
+            self.detail = {**self.detail, "request_id": request_id}
 
 
 class Base(MappedAsDataclass, DeclarativeBase):

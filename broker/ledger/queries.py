@@ -99,6 +99,13 @@ class ReadQueries:
             counts["retrying"] = session.scalar(retrying) or 0
             return counts
 
+    def outbox_state(self) -> tuple[int, float | None]:
+        """Revocations waiting in the outbox: how many, and when the oldest was asked for (or None)."""
+        with self._tx(readonly=True) as session:
+            query = select(func.count(), func.min(Grant.ended_at)).where(Grant.status == REVOKE_PENDING)
+            count, oldest = session.execute(query).one()
+            return count or 0, oldest
+
     def pending_total(self) -> int:
         with self._tx(readonly=True) as session:
             return session.scalar(select(func.count()).select_from(Grant).where(Grant.status == REVOKE_PENDING)) or 0

@@ -91,6 +91,16 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         with self._tx(readonly=True) as session:
             session.execute(text("SELECT 1"))
 
+    def probe_write(self) -> None:
+        """Readiness: a write transaction that commits (the chain head rewritten unchanged), so a full
+        disk, a read-only database or a held lock shows, which `SELECT 1` does not."""
+        with self._tx() as session:
+            session.execute(update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=ChainHead.seq))
+
+    def on_write(self, listener: Callable[[float, int], None]) -> None:
+        """Call `listener(seconds, writes)` after each batch the ledger writer commits (metrics)."""
+        self._writer.listeners.append(listener)
+
     @contextmanager
     def _tx(self, readonly: bool = False) -> Iterator[Session]:
         try:

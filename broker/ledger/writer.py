@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -31,6 +32,7 @@ class LedgerWriter:
         self._queue: queue.SimpleQueue[tuple[Any, Future] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self.listeners: list[Callable[[float, int], None]] = []  # (seconds, writes) per committed batch
 
     def submit(self, write: Any) -> Future:
         """Queue one write; the future resolves to its outcome once it is durable (or to its error)."""
@@ -75,9 +77,11 @@ class LedgerWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[Any, Future]]) -> None:
+        started = time.perf_counter()
         try:
             outcomes = self._apply([write for write, _ in batch])
         except BaseException as exc:  # noqa: BLE001 (handed to the callers, never swallowed)
+            log.warning("ledger write of %d failed: %s", len(batch), getattr(exc, "detail", type(exc).__name__))
             if len(batch) == 1:
                 _resolve(batch[0][1], error=exc)
                 return
@@ -87,6 +91,8 @@ class LedgerWriter:
                 except BaseException as alone:  # noqa: BLE001
                     _resolve(future, error=alone)
             return
+        for listener in self.listeners:
+            listener(time.perf_counter() - started, len(batch))
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             _resolve(future, outcome=outcome)
 

@@ -48,6 +48,8 @@ class PolicySource:
         self.listeners: list[Callable[[Policy, Policy], None]] = []
         self._stamp = self._file_stamp()
         self._policy = self._load()
+        self.reload_failures = 0  # broken edits since start (a metric)
+        self.reload_error: str | None = None  # why the newest edit was refused; None once one loads
         _log_loaded(self._policy)
 
     @property
@@ -66,8 +68,10 @@ class PolicySource:
                 policy = self._load()
             except ConfigError as exc:
                 log.error("policy reload failed; keeping policy %s\n%s", self._policy.digest[:12], exc.detail)
+                self.reload_failures += 1
+                self.reload_error = exc.detail
                 return False
-            old, self._policy = self._policy, policy
+            old, self._policy, self.reload_error = self._policy, policy, None
             _log_loaded(policy)
             # under the lock, so listeners see reloads in order; requests read `current` without it
             for listener in self.listeners:

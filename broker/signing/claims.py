@@ -22,6 +22,7 @@ def build_claims(
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": subject,
+        "client_id": subject,  # RFC 9068 §2.2: the workload is both the resource owner and the client
         "aud": audience,
         "scope": " ".join(scopes),
         "task": task,

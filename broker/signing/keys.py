@@ -11,6 +11,7 @@ import base64
 import binascii
 import hmac
 import json
+import logging
 import os
 import secrets
 import threading
@@ -26,6 +27,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, get_default_algorithms
 
 TOKEN_TYPE = "at+jwt"  # RFC 9068: marks broker credentials so they are never taken as identity tokens
 ALGORITHMS = ("ES256", "EdDSA")
+log = logging.getLogger(__name__)
 
 
 class SigningKeyError(Exception):
@@ -169,6 +171,7 @@ class KeyStore:
             self._repo.save(generate_key(self._algorithm, now))
         self.reload()
         self.prune()
+        log.info("signing key rotated: new key %s", self.active.kid)
         return self.active
 
     def prune(self) -> list[str]:

@@ -198,7 +198,51 @@ def test_configmap_carries_a_loadable_config_and_policy(rendered, tmp_path: Path
     assert str(settings.vault.kubernetes_token_file).endswith("vault-token")
 
 
+def _render(*sets: str) -> list[dict[str, Any]]:
+    args = [a for pair in (("--set", v) for v in sets) for a in pair]
+    done = subprocess.run([_helm(), "template", "rel", str(CHART), *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
 def test_pdb_keeps_replicas_through_node_drains(rendered) -> None:
     pdb, deployment = rendered["PodDisruptionBudget"], rendered["Deployment"]
-    assert 0 < pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    assert pdb["spec"]["maxUnavailable"] == 1 and deployment["spec"]["replicas"] == 3
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_pdb_follows_replica_count() -> None:
+    """One replica: no PDB (a `minAvailable: 2` there would block every node drain)."""
+    kinds = [doc["kind"] for doc in _render("replicaCount=1")]
+    assert "PodDisruptionBudget" not in kinds and "Deployment" in kinds
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_only_serving_pods_are_selected(rendered) -> None:
+    selector = rendered["Service"]["spec"]["selector"]
+    assert selector == rendered["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]
+    assert _selects(selector, rendered["Deployment"]["spec"]["template"]["metadata"]["labels"])
+    assert not _selects(selector, rendered["Job"]["spec"]["template"]["metadata"]["labels"])  # the migration
+    assert not _selects(selector, rendered["Pod"]["metadata"]["labels"])  # the helm test
+
+
+def test_helm_test_hook_calls_readyz_through_the_service(rendered) -> None:
+    pod = rendered["Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["args"][0]
+    assert f"http://{rendered['Service']['metadata']['name']}:8080/readyz" in script
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [("replicaCount=0", "minimum"), ("replicaCont=2", "additional properties"), ("logFormat=xml", "must be one of")],
+    ids=["zero-replicas", "misspelt-key", "unknown-log-format"],
+)
+def test_values_schema_refuses_bad_values(value: str, complaint: str) -> None:
+    done = subprocess.run([_helm(), "template", "rel", str(CHART), "--set", value], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode != 0 and complaint in done.stderr, done.stderr

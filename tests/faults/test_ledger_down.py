@@ -47,6 +47,8 @@ def test_ledger_down_fails_closed_then_recovers(pg_broker, issuers: Issuers) -> 
     assert client.grant(issuers.worker(), task="before").status_code == 201
     with database_outage(url):
         refused = client.grant(issuers.worker(), task="during")
+        # readiness is checked in the background (broker/grants/readiness.py): wait for its verdict
+        assert client.components.readiness.wait_for(lambda r: not r.ready(), timeout=20)
         ready = client.get("/readyz")
     assert refused.status_code == 503, refused.text
     body = refused.json()

@@ -14,9 +14,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
-{{- define "broker.selector" -}}
+{{- define "broker.instance" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* the serving pods only: the Service, the PDB and the spread constraints never select the migration or test pods */}}
+{{- define "broker.selector" -}}
+{{ include "broker.instance" . }}
+app.kubernetes.io/component: server
 {{- end -}}
 
 {{- define "broker.serviceAccountName" -}}
