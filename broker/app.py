@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from broker import metrics
 from broker.api import errors, grants, health, oauth, operators, wellknown
 from broker.api.limits import BodyLimit
-from broker.backends import Backend, JwtBackend
+from broker.backends import Backend, JwtBackend, McpBackend
 from broker.backends.vault import VaultClient
 from broker.backends.vault_secret import VaultSecretBackend
 from broker.backends.vault_token import VaultTokenBackend
@@ -66,7 +66,7 @@ def open_keys(settings: Settings, ledger: LedgerStore | None = None) -> KeyStore
 def build_backends(
     settings: Settings, keys: KeyStore, vault: VaultClient | None = None, deployment: str = ""
 ) -> dict[str, Backend]:
-    backends: dict[str, Backend] = {"jwt": JwtBackend(keys, settings.issuer)}
+    backends: dict[str, Backend] = {"jwt": JwtBackend(keys, settings.issuer), "mcp": McpBackend(keys, settings.issuer)}
     if vault is not None:  # one Vault client (one login, one token) serves both Vault backends
         backends["vault_token"] = VaultTokenBackend(vault, deployment)
         backends["vault_secret"] = VaultSecretBackend(vault)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from broker import cli_operator
+from broker import cli_mcp, cli_operator
 from broker.config import Settings, load_settings
 from broker.errors import BrokerError, ConfigError
 
@@ -202,6 +202,7 @@ def vault_apply(config: ConfigOpt = None) -> None:
 
 # `audit verify` (offline, file or API), `audit tail/export`, `grants`, `revoke`, `freeze`, `report`
 cli_operator.register(app, audit_app)
+cli_mcp.register(app)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ STATUS = {
     "invalid_request": 400,
     "multi_boundary": 400,
     "unknown_boundary": 400,
+    "invalid_target": 400,
+    "invalid_authorization_details": 400,
     "unknown_scope": 400,
     "ttl_exceeds_cap": 400,
     "not_found": 404,
@@ -39,7 +41,13 @@ STATUS = {
 }
 # details of these stay in debug logs: they would tell an attacker which check failed
 HIDDEN_DETAIL = (InvalidIdentity, InvalidDpop)
-OAUTH_ERROR = {"invalid_identity": "invalid_grant", "invalid_request": "invalid_request", "unknown_boundary": "invalid_target"}
+OAUTH_ERROR = {
+    "invalid_identity": "invalid_grant",
+    "invalid_request": "invalid_request",
+    "unknown_boundary": "invalid_target",
+    "invalid_target": "invalid_target",  # RFC 8707 §2
+    "invalid_authorization_details": "invalid_authorization_details",  # RFC 9396 §5
+}
 
 
 def problem(request: Request, status: int, code: str, title: str, detail: str | None = None, **extra) -> JSONResponse:

@@ -24,6 +24,7 @@ class MintRequest:
     issued_at: float
     expires_at: float
     cnf_jkt: str | None = None
+    authorization_details: tuple[dict[str, str], ...] = ()  # RFC 9396, e.g. one mcp_tool_call binding
 
 
 @dataclass(frozen=True)

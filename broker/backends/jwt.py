@@ -31,6 +31,7 @@ class JwtBackend:
             issued_at=request.issued_at,
             expires_at=request.expires_at,
             cnf_jkt=request.cnf_jkt,
+            authorization_details=request.authorization_details,
         )
         token = self._keys.sign(claims)
         self._keys.verify(token, issuer=self._issuer, audience=claims["aud"])

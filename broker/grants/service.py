@@ -71,6 +71,8 @@ class GrantRequest:
     ttl: int | Literal["max"] | None = None
     cnf_jkt: str | None = None
     idempotency_key: str | None = None
+    authorization_details: tuple[dict[str, str], ...] = ()  # RFC 9396: an MCP call token's tool binding
+    ttl_ceiling: int | None = None  # a kind's own cap below policy and boundary (call tokens: 60 s)
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ class GrantService:
             issued_at=now,
             expires_at=now + ttl,
             cnf_jkt=request.cnf_jkt,
+            authorization_details=request.authorization_details,
         )
         minted = self._mint(identity, request, mint)
         if "crash_after_mint" in self.settings.fault_injection:  # env=test only: a crash before the ledger commit
@@ -260,7 +263,7 @@ class GrantService:
             if boundary.require_dpop and not request.cnf_jkt:
                 raise InvalidDpop(f"boundary {boundary.name!r} requires a DPoP proof")
             self._check_not_frozen(identity, boundary)
-            cap = self._policy_cap(identity, boundary, scopes)
+            cap = min(self._policy_cap(identity, boundary, scopes), request.ttl_ceiling or boundary.max_ttl)
             self.limits.check(identity, boundary, self.clock())
             return boundary, scopes, _ttl(request.ttl, boundary, cap)
         except BrokerError as exc:

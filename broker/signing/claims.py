@@ -16,6 +16,7 @@ def build_claims(
     issued_at: float,
     expires_at: float,
     cnf_jkt: str | None = None,
+    authorization_details: tuple[dict[str, str], ...] = (),
 ) -> dict[str, Any]:
     """The JWT claims; `exp` equals the grant's expiry so the token never outlives it."""
     claims: dict[str, Any] = {
@@ -31,4 +32,6 @@ def build_claims(
     }
     if cnf_jkt:
         claims["cnf"] = {"jkt": cnf_jkt}
+    if authorization_details:  # RFC 9396 §9.1: the granted details, as a JWT claim
+        claims["authorization_details"] = [dict(detail) for detail in authorization_details]
     return claims
