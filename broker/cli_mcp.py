@@ -12,13 +12,14 @@ from broker.backends.mcp import protected_resource_metadata
 from broker.config import load_settings
 from broker.errors import ConfigError
 
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (or BROKER_CONFIG).")]
 mcp_app = typer.Typer(help="MCP servers as boundaries.", no_args_is_help=True)
 
 
 @mcp_app.command("metadata")
 def metadata(
     boundary: Annotated[str, typer.Argument(help="Name of an mcp boundary.")],
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (or BROKER_CONFIG).")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Print the RFC 9728 protected-resource metadata the MCP server should serve."""
     try:

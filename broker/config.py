@@ -189,7 +189,9 @@ class BoundaryConfig(Strict):
         _check_mcp(self)
         if self.require_dpop and self.backend not in ("jwt", "mcp"):
             # a Vault token or lease is used against Vault, which never asks for a proof: the flag would be cosmetic
-            raise ValueError(f"boundary {self.name!r}: require_dpop works only with the jwt backend, not {self.backend}")
+            raise ValueError(
+                f"boundary {self.name!r}: require_dpop works only with the jwt and mcp backends, not {self.backend}"
+            )
         return self
 
     @property

@@ -527,7 +527,7 @@ class GrantService:
             return {"active": False}
         if owner:
             self.check_holder(caller, grant, proof_jkt, "introspect")
-        keep = ("sub", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf")
+        keep = ("sub", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf", "authorization_details")
         token_type = "DPoP" if grant.cnf_jkt else "Bearer"
         return {"active": True, "token_type": token_type, **{k: claims[k] for k in keep if k in claims}}
 

@@ -42,7 +42,8 @@ def test_jwt_bearer_grant_takes_the_workload_identity_as_assertion(mcp_broker, i
     form = {"grant_type": JWT_BEARER, "assertion": agent_token(issuers), "resource": SERVER_B, "scope": "search"}
     response = mcp_broker.post("/oauth/token", data=form)
     assert response.status_code == 200, response.text
-    assert _verify(mcp_broker, response.json()["access_token"], SERVER_B)["sub"] == "system:serviceaccount:agents:triage"
+    claims = _verify(mcp_broker, response.json()["access_token"], SERVER_B)
+    assert claims["sub"] == "system:serviceaccount:agents:triage"
 
 
 TARGETS = [
