@@ -19,6 +19,7 @@ from fastmcp import FastMCP
 from fastmcp.server.auth.providers.jwt import JWTVerifier
 
 from tests.agents.conftest import agent_token, mcp_boundaries, mcp_policy
+from tests.sdk.docs import ROOT, blocks
 from tests.sdk.live import LiveBroker, free_port
 
 AGENT = "system:serviceaccount:agents:triage"
@@ -164,3 +165,22 @@ def test_the_call_tokens_are_in_the_ledger_under_the_agents_task(servers, issuer
     assert (grant.id, grant.boundary, grant.scope_list, grant.status) == (
         credential.grant_id, "mcp-a", ["search"], "completed")
     assert json.loads(json.dumps(grant.scope_list)) == ["search"]
+
+
+def test_the_agents_guide_runs_end_to_end(servers, issuers, monkeypatch, capsys):
+    guide = ROOT / "docs" / "agents.md"
+    env = {"BROKER_URL": servers.broker.url, "BROKER_IDENTITY_TOKEN": agent_token(issuers),
+           "MCP_SERVER_A": servers.a, "MCP_SERVER_B": servers.b, "RESOURCE_SERVER_TOKEN": issuers.worker("resource")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    namespace: dict = {"__name__": "__guide__"}
+    code = [block for lang, block in blocks(guide) if lang == "python"]
+    assert len(code) == 4
+    for block in code:  # one script, in order, as a reader runs it
+        exec(compile(block, guide.name, "exec"), namespace)  # noqa: S102
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("<Credential") and out[1] == "A found error budget"
+    assert out[2].startswith(f"{servers.b} refused:")
+    assert out[3] == f"{servers.a} A found x" and out[4].startswith(f"{servers.a} refused:")
+    assert out[5].startswith("refused after completion:")
+    assert "triage-ticket-42" in {g.task.rsplit(".", 1)[0] for g in servers.broker.ledger.grants()}
