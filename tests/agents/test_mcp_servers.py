@@ -93,11 +93,11 @@ async def _call(url: str, token: str, tool: str, **arguments: str) -> str:
         return result.content[0].text
 
 
-def _raw_call(url: str, token: str, tool: str, **arguments: str) -> httpx.Response:
+def _raw_call(url: str, token: str, tool: str, headers: dict | None = None, **arguments: str) -> httpx.Response:
     """A bare JSON-RPC tools/call, to read the status and the challenge the server answers with."""
     message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
-    return httpx.post(url, json=message, headers=headers, timeout=10)
+    sent = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream", **(headers or {})}
+    return httpx.post(url, json=message, headers=sent, timeout=10)
 
 
 def test_a_call_token_for_a_tool_works_on_that_tool_only(servers, issuers):
@@ -184,3 +184,19 @@ def test_the_agents_guide_runs_end_to_end(servers, issuers, monkeypatch, capsys)
     assert out[3] == f"{servers.a} A found x" and out[4].startswith(f"{servers.a} refused:")
     assert out[5].startswith("refused after completion:")
     assert "triage-ticket-42" in {g.task.rsplit(".", 1)[0] for g in servers.broker.ledger.grants()}
+
+
+def test_a_dpop_bound_call_token_needs_its_holders_proof_for_this_server(servers, issuers):
+    with _agent(servers, issuers) as agent, agent.task("triage") as task:
+        credential = task.tool_token(servers.a, "search", dpop=True)
+        token, key = credential.token, agent.dpop
+        assert credential.grant.dpop_bound
+        headers = {"DPoP": key.proof("POST", servers.b, token)}  # a proof for another server's URL
+        assert _raw_call(servers.a, token, "search", headers=headers, q="x").status_code == 401
+        assert _raw_call(servers.a, token, "search", q="x").status_code == 401  # no proof at all
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}  # not a tool call: still only with the holder's proof
+        unproven = httpx.post(servers.a, json=ping, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert unproven.status_code == 401 and unproven.headers["www-authenticate"].startswith("DPoP ")
+        headers = {"DPoP": key.proof("POST", servers.a, token)}
+        passed = _raw_call(servers.a, token, "search", headers=headers, q="x")
+        assert passed.status_code not in (401, 403), passed.text  # past the guard: the transport wants a session

@@ -162,6 +162,11 @@ class ToolCallGuard:
         self.app, self.verifier = app, verifier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        access = getattr(scope.get("user"), "access_token", None) if scope["type"] == "http" else None
+        if access is not None and not self._holder(scope, access):  # every request of a DPoP-bound token
+            challenge = f'DPoP error="invalid_token", resource_metadata="{self.verifier.metadata_url}"'
+            await _refuse(send, 401, challenge, "the DPoP proof is missing or invalid")
+            return
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -170,8 +175,6 @@ class ToolCallGuard:
             await _refuse(send, 413, 'Bearer error="invalid_request"', "request body too large")
             return
         calls = _tool_calls(body)
-        user = scope.get("user")
-        access = getattr(user, "access_token", None)
         if calls and access is not None:  # no token: FastMCP's RequireAuthMiddleware answers 401
             refusal = self._refusal(scope, access, calls)
             if refusal is not None:
@@ -190,15 +193,22 @@ class ToolCallGuard:
         reason = self.verifier.check_call(claims, tool, arguments)
         if reason is not None:
             return 403, "insufficient_scope", reason
-        if (claims.get("cnf") or {}).get("jkt"):
-            try:
-                self.verifier.verifier.verify(access.token, dpop_proof=_header(scope, b"dpop"), method="POST",
-                                              url=_url(scope))  # fmt: skip
-            except InvalidToken:
-                return 401, "invalid_token", "the DPoP proof is missing or invalid"
         if not self.verifier.first_use(str(claims.get("jti")), float(claims.get("exp", 0))):
             return 401, "invalid_token", "the call token was used already"
         return None
+
+
+    def _holder(self, scope: Scope, access: Any) -> bool:
+        """True unless the token is DPoP-bound and this request lacks its holder's proof (RFC 9449 §7)."""
+        claims = getattr(access, "claims", None) or {}
+        if not (claims.get("cnf") or {}).get("jkt"):
+            return True
+        try:
+            self.verifier.verifier.verify(access.token, dpop_proof=_header(scope, b"dpop"), method=scope["method"],
+                                          url=_url(scope))  # fmt: skip
+        except InvalidToken:
+            return False
+        return True
 
 
 def _tool_calls(body: bytes) -> list[tuple[str, Any]]:
