@@ -13,7 +13,7 @@ import httpx
 import pytest
 import uvicorn
 from broker_client import Client
-from broker_client.mcp import BrokerTokenVerifier
+from broker_client.mcp import BrokerTokenVerifier, CallTokenAuth
 from fastmcp import Client as McpClient
 from fastmcp import FastMCP
 from fastmcp.server.auth.providers.jwt import JWTVerifier
@@ -200,3 +200,15 @@ def test_a_dpop_bound_call_token_needs_its_holders_proof_for_this_server(servers
         headers = {"DPoP": key.proof("POST", servers.a, token)}
         passed = _raw_call(servers.a, token, "search", headers=headers, q="x")
         assert passed.status_code not in (401, 403), passed.text  # past the guard: the transport wants a session
+
+
+def test_the_auth_hook_fetches_a_call_token_per_tools_call(servers, issuers):
+    async def session(task) -> list[str]:  # noqa: ANN001
+        auth = CallTokenAuth(task, servers.a, session_tool="search")
+        async with McpClient(servers.a, auth=auth) as mcp:
+            return [(await mcp.call_tool("search", {"q": q})).content[0].text for q in ("a", "b", "c")]
+
+    with _agent(servers, issuers) as agent, agent.task("hooked") as task:
+        assert asyncio.run(session(task)) == ["A found a", "A found b", "A found c"]
+    grants = servers.broker.task_grants(AGENT, task.id)
+    assert len(grants) == 4 and {g.scope_list[0] for g in grants} == {"search"}  # the session's token + one per call

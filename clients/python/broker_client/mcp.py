@@ -21,6 +21,7 @@ give every replica its own audience.
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 import time
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
+import httpx2
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from mcp.server.auth.routes import build_resource_metadata_url
 from pydantic import AnyHttpUrl
@@ -41,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker_client._wire import args_sha256
 from broker_client.client import Client
+from broker_client.credential import Credential
 from broker_client.errors import BrokerClientError, InvalidToken
 from broker_client.verify import Verifier
 
@@ -209,6 +212,55 @@ class ToolCallGuard:
         except InvalidToken:
             return False
         return True
+
+
+class CallTokenAuth(httpx2.Auth):
+    """For FastMCP's client: every `tools/call` goes out with a fresh call token for that tool and arguments.
+
+        with Client() as broker, broker.task("triage") as task:
+            async with fastmcp.Client(server, auth=CallTokenAuth(task, server, session_tool="search")) as mcp: ...
+
+    Other requests of the session (initialize, tools/list) carry the latest call token, first one for
+    `session_tool`; they use no call, so its single use is left for a `tools/call` of that tool.
+    """
+
+    requires_request_body = True
+
+    def __init__(self, task: Any, server: str, *, session_tool: str, bind_arguments: bool = True) -> None:
+        self.task, self.server, self.session_tool, self.bind_arguments = task, server, session_tool, bind_arguments
+        self._last: Credential | None = None
+
+    def sync_auth_flow(self, request: httpx2.Request):  # noqa: ANN201
+        request.read()
+        request.headers["Authorization"] = f"Bearer {self._pick(request, self.task.tool_token)}"
+        yield request
+
+    async def async_auth_flow(self, request: httpx2.Request):  # noqa: ANN201
+        await request.aread()
+        if inspect.iscoroutinefunction(self.task.tool_token):
+            calls = _tool_calls(request.content)
+            wanted = self._wanted(calls)
+            if wanted is not None:
+                self._last = await self.task.tool_token(self.server, wanted[0], arguments=wanted[1])
+            token = self._last.token if self._last else ""
+        else:
+            token = await anyio.to_thread.run_sync(self._pick, request, self.task.tool_token)
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+    def _pick(self, request: httpx2.Request, fetch: Callable[..., Credential]) -> str:
+        wanted = self._wanted(_tool_calls(request.content))
+        if wanted is not None:
+            self._last = fetch(self.server, wanted[0], arguments=wanted[1])
+        return self._last.token if self._last else ""
+
+    def _wanted(self, calls: list[tuple[str, Any]]) -> tuple[str, dict | None] | None:
+        """The (tool, arguments) a new token is needed for, or None to send the latest one again."""
+        if len(calls) == 1:
+            tool, arguments = calls[0]
+            return tool, arguments if self.bind_arguments and isinstance(arguments, dict) else None
+        fresh = self._last is not None and self._last.expires_at.timestamp() - time.time() > 5
+        return None if fresh else (self.session_tool, None)
 
 
 def _tool_calls(body: bytes) -> list[tuple[str, Any]]:
