@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -164,7 +163,6 @@ def test_the_call_tokens_are_in_the_ledger_under_the_agents_task(servers, issuer
     [grant] = servers.broker.task_grants(AGENT, task.id)
     assert (grant.id, grant.boundary, grant.scope_list, grant.status) == (
         credential.grant_id, "mcp-a", ["search"], "completed")
-    assert json.loads(json.dumps(grant.scope_list)) == ["search"]
 
 
 def test_the_agents_guide_runs_end_to_end(servers, issuers, monkeypatch, capsys):
