@@ -168,11 +168,13 @@ class BoundaryConfig(Strict):
     """One trust boundary: one backend, a closed set of scopes, a TTL cap."""
 
     name: str = Field(pattern=NAME)
-    backend: Literal["jwt", "vault_token", "vault_secret"]
+    backend: Literal["jwt", "vault_token", "vault_secret", "mcp"]
     scopes: dict[str, ScopeConfig] = Field(min_length=1)
     max_ttl: Duration = 900
     default_ttl: Duration | None = None
     audience: str | None = None
+    # backend `mcp`: the MCP server's canonical URI (RFC 8707 resource indicator); its tools are the scopes
+    resource_uri: str | None = None
     require_dpop: bool = False
     connection: dict[str, Any] = Field(default_factory=dict)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -201,14 +203,51 @@ class BoundaryConfig(Strict):
                 raise ValueError(f"scope {scope!r}: a vault_token boundary maps each scope to a token_role")
             if self.backend == "vault_secret" and not cfg.path:
                 raise ValueError(f"scope {scope!r}: a vault_secret boundary maps each scope to a path")
-        if self.require_dpop and self.backend != "jwt":
+        _check_mcp(self)
+        if self.require_dpop and self.backend not in ("jwt", "mcp"):
             # a Vault token or lease is used against Vault, which never asks for a proof: the flag would be cosmetic
-            raise ValueError(f"boundary {self.name!r}: require_dpop works only with the jwt backend, not {self.backend}")
+            raise ValueError(
+                f"boundary {self.name!r}: require_dpop works only with the jwt and mcp backends, not {self.backend}"
+            )
         return self
 
     @property
     def jwt_audience(self) -> str:
-        return self.audience or self.name
+        return self.resource_uri or self.audience or self.name
+
+
+def canonical_resource_error(uri: str) -> str | None:
+    """Why `uri` is not a canonical MCP server URI (RFC 8707 §2, MCP authorization), or None.
+
+    Refused rather than normalised: tokens are matched on `aud` exactly, so the one spelling is configured.
+    """
+    parts = urlsplit(uri)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        return "must be an https URI (http only on loopback)"
+    if not parts.hostname or parts.username is not None or parts.password is not None:
+        return "must name a host and no user info"
+    if parts.fragment or "#" in uri or parts.query:
+        return "must not have a fragment or a query"
+    if uri != uri.strip() or parts.netloc != parts.netloc.lower() or not uri.startswith(parts.scheme + "://"):
+        return "must have a lowercase scheme and host"
+    if parts.path.endswith("/"):
+        return "must not end with a slash"
+    return None
+
+
+def _check_mcp(boundary: BoundaryConfig) -> None:
+    if boundary.backend != "mcp":
+        if boundary.resource_uri is not None:
+            raise ValueError("resource_uri is for mcp boundaries")
+        return
+    if boundary.resource_uri is None:
+        raise ValueError(f"boundary {boundary.name!r}: an mcp boundary needs resource_uri (the server's canonical URI)")
+    if boundary.audience is not None:
+        raise ValueError(f"boundary {boundary.name!r}: an mcp boundary's audience is its resource_uri; drop audience")
+    problem = canonical_resource_error(boundary.resource_uri)
+    if problem:
+        raise ValueError(f"boundary {boundary.name!r}: resource_uri {problem}")
 
 
 class VaultConfig(Strict):
@@ -297,6 +336,9 @@ class Settings(BaseSettings):
         if dupes:
             raise ValueError(f"boundary names must be unique: {dupes}")
         _refuse_shared_backend_roles(self.boundaries)
+        uris = [b.resource_uri for b in self.boundaries if b.resource_uri]
+        if len(uris) != len(set(uris)):
+            raise ValueError("two mcp boundaries share a resource_uri")
         vault_boundaries = [b.name for b in self.boundaries if b.backend.startswith("vault_")]
         if vault_boundaries and self.vault is None:
             raise ValueError(f"boundaries {vault_boundaries} use Vault; add a `vault:` section")
@@ -339,6 +381,10 @@ class Settings(BaseSettings):
 
     def boundary(self, name: str) -> BoundaryConfig | None:
         return next((b for b in self.boundaries if b.name == name), None)
+
+    def mcp_boundary(self, resource_uri: str) -> BoundaryConfig | None:
+        """The mcp boundary whose canonical URI is exactly `resource_uri`."""
+        return next((b for b in self.boundaries if b.backend == "mcp" and b.resource_uri == resource_uri), None)
 
     def limits_for(self, boundary: BoundaryConfig) -> LimitsConfig:
         return boundary.limits.over(self.limits)

@@ -173,16 +173,22 @@ def postgres_answers(postgres_url: str) -> bool:
         return False
 
 
+# an MCP server as a boundary (docs/agents.md): its tools are its scopes; the demo workload may only search
+DEMO_MCP: dict[str, Any] = {"name": "demo-mcp", "backend": "mcp", "resource_uri": "https://mcp.demo.invalid/mcp",
+                            "scopes": ["search", "delete"], "max_ttl": "15m"}  # fmt: skip
+
+
 def demo_policy(boundaries: list[str]) -> dict[str, Any]:
     """dev:demo-workload may use every demo boundary; dev:operator is an operator; dev:resource-server introspects."""
-    allow = [{"boundary": name, "scopes": ["read", "write"], "max_ttl": "15m"} for name in boundaries]
+    allow = [{"boundary": name, "scopes": ["search"] if name == DEMO_MCP["name"] else ["read", "write"],
+              "max_ttl": "15m"} for name in boundaries]  # fmt: skip
     return {"rules": [{**DEMO_POLICY["rules"][0], "allow": allow}, *DEMO_POLICY["rules"][1:]]}
 
 
 def dev_config(data_dir: Path, port: int, vault: dict[str, Any] | None = None,
                extra_boundaries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The demo configuration: jwt boundary `demo` (plus Vault ones), the dev attestor, the demo policy."""
-    boundaries = [{"name": "demo", "backend": "jwt", "scopes": ["read", "write"], "max_ttl": "15m"}]
+    boundaries = [{"name": "demo", "backend": "jwt", "scopes": ["read", "write"], "max_ttl": "15m"}, DEMO_MCP]
     boundaries += extra_boundaries or []
     jwks_file = ensure_dev_issuer(data_dir)
     mark_dev_data_dir(data_dir)

@@ -77,6 +77,20 @@ class UnknownBoundary(BadRequest):
     public_message = "The boundary is not known."
 
 
+class InvalidTarget(BadRequest):
+    """The token request names no resource, or one the broker does not serve (RFC 8707 §2)."""
+
+    code = "invalid_target"
+    public_message = "The requested resource is missing or not served by this broker."
+
+
+class InvalidAuthorizationDetails(BadRequest):
+    """`authorization_details` is not one well-formed binding this broker serves (RFC 9396 §5)."""
+
+    code = "invalid_authorization_details"
+    public_message = "The authorization_details are invalid."
+
+
 class UnknownScope(BadRequest):
     """A scope is not in the boundary's closed list."""
 

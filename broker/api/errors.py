@@ -26,6 +26,8 @@ STATUS = {
     "invalid_request": 400,
     "multi_boundary": 400,
     "unknown_boundary": 400,
+    "invalid_target": 400,
+    "invalid_authorization_details": 400,
     "unknown_scope": 400,
     "ttl_exceeds_cap": 400,
     "not_found": 404,
@@ -47,6 +49,8 @@ OAUTH_ERROR = {
     "multi_boundary": "invalid_target",
     "policy_denied": "invalid_target",  # unwilling to issue for that target (RFC 8693 §2.2.2)
     "unknown_scope": "invalid_scope",
+    "invalid_target": "invalid_target",  # RFC 8707 §2
+    "invalid_authorization_details": "invalid_authorization_details",  # RFC 9396 §5
 }
 TOKEN_PATH = "/oauth/token"
 

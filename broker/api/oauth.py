@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request
@@ -10,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from broker.api.deps import Service, bearer, dpop_key, form_body
 from broker.api.tls import tls_facts
 from broker.api.schemas import IntrospectionOut, TokenExchangeForm, TokenForm, TokenOut
-from broker.grants.exchange import exchange, one
+from broker.grants.exchange import exchange, identity_token, one
 from broker.grants import introspection
 
 router = APIRouter(prefix="/oauth", tags=["oauth"], dependencies=[Depends(form_body)])
@@ -21,7 +22,8 @@ def _form_body(model: type) -> dict:
     return {"requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}}
 
 
-ISSUED_TYPE = {"jwt": "urn:ietf:params:oauth:token-type:jwt", "vault_token": "urn:broker:token-type:vault_token"}
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+ISSUED_TYPE = {"jwt": JWT_TYPE, "mcp": JWT_TYPE, "vault_token": "urn:broker:token-type:vault_token"}
 
 
 async def _form(request: Request) -> dict[str, list[str]]:
@@ -34,20 +36,22 @@ async def _form(request: Request) -> dict[str, list[str]]:
 @router.post("/token", responses={200: {"model": TokenOut}}, openapi_extra=_form_body(TokenExchangeForm))
 async def token_exchange(request: Request, svc: Service) -> dict:
     form = await _form(request)
-    tokens = form.get("subject_token", [])  # two subject tokens are no identity: refused and recorded as such
-    identity = await run_in_threadpool(svc.authenticate, tokens[0] if len(tokens) == 1 else None,
-                                       action="POST /oauth/token")  # fmt: skip
+    identity = await run_in_threadpool(svc.authenticate, identity_token(form), action="POST /oauth/token")
     jkt = await run_in_threadpool(dpop_key, request, svc, identity, None)
     issued = await run_in_threadpool(exchange, svc, identity, form, jkt)
     credential, grant = issued.credential, issued.grant
-    return {
+    answer = {
         "access_token": credential["token"],
         "issued_token_type": ISSUED_TYPE[grant.backend],
-        "token_type": credential.get("token_type", "N_A") if grant.backend == "jwt" else "N_A",
+        "token_type": credential.get("token_type", "N_A") if grant.backend in ("jwt", "mcp") else "N_A",
         "expires_in": int(grant.expires_at - grant.issued_at),
         "scope": grant.scopes,
         "grant_id": grant.id,
     }
+    details = form.get("authorization_details")
+    if details:  # RFC 9396 §7: the granted details are answered (what was asked, checked and bound)
+        answer["authorization_details"] = json.loads(details[0])
+    return answer
 
 
 @router.post("/introspect", responses={200: {"model": IntrospectionOut}}, openapi_extra=_form_body(TokenForm))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from broker.api.deps import Service
+from broker.backends.mcp import DPOP_ALGORITHMS
+from broker.grants.exchange import GRANT_TYPES
 
 router = APIRouter(tags=["discovery"])
 
@@ -23,14 +25,14 @@ def metadata(svc: Service) -> dict:
         "token_endpoint": f"{base}/oauth/token",
         "introspection_endpoint": f"{base}/oauth/introspect",
         "revocation_endpoint": f"{base}/oauth/revoke",
-        "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"],
-        # RFC 8414 requires the member; with no authorization endpoint the one true value is the
-        # registered `none` (OAuth 2.0 Multiple Response Type Encoding Practices §4)
+        "grant_types_supported": list(GRANT_TYPES),
+        # RFC 8414 §2 requires a non-empty list; there is no authorization endpoint, so only "none"
         "response_types_supported": ["none"],
         "token_endpoint_auth_methods_supported": ["none"],
         # resource servers and owners authenticate with their own identity token as a Bearer token
         "introspection_endpoint_auth_methods_supported": ["bearer"],
         "revocation_endpoint_auth_methods_supported": ["bearer"],
-        "dpop_signing_alg_values_supported": ["ES256", "EdDSA"],
+        "dpop_signing_alg_values_supported": DPOP_ALGORITHMS,
+        "authorization_details_types_supported": ["mcp_tool_call"],
         "scopes_supported": sorted({s for b in svc.settings.boundaries for s in b.scopes}),
     }

@@ -2,5 +2,6 @@
 
 from broker.backends.base import Backend, BatchRevoker, MintRequest, Minted, revoke_each, revoke_many
 from broker.backends.jwt import JwtBackend
+from broker.backends.mcp import McpBackend
 
-__all__ = ["Backend", "BatchRevoker", "JwtBackend", "MintRequest", "Minted", "revoke_each", "revoke_many"]
+__all__ = ["Backend", "BatchRevoker", "JwtBackend", "McpBackend", "MintRequest", "Minted", "revoke_each", "revoke_many"]

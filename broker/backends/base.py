@@ -25,6 +25,7 @@ class MintRequest:
     expires_at: float
     cnf_jkt: str | None = None
     cnf_x5t: str | None = None
+    authorization_details: tuple[dict[str, str], ...] = ()  # RFC 9396, e.g. one mcp_tool_call binding
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class JwtBackend:
             expires_at=request.expires_at,
             cnf_jkt=request.cnf_jkt,
             cnf_x5t=request.cnf_x5t,
+            authorization_details=request.authorization_details,
         )
         token = self._keys.sign(claims)
         try:

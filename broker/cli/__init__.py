@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from broker.cli import about, audit, db, grants, incident, keys, log, policy, report, serve, signals, vault, x509
+from broker.cli import about, audit, db, grants, incident, keys, log, mcp, policy, report, serve, signals, vault, x509
 from broker.cli.output import EXIT_CODES
 from broker.errors import ConfigError
 
@@ -34,7 +34,7 @@ def _root(
     """Short-lived credential broker."""
 
 # in the order `broker --help` lists them
-GROUPS = (serve, x509, keys, audit, log, db, vault, policy, grants, report, incident, signals, about)
+GROUPS = (serve, x509, keys, audit, log, db, vault, policy, mcp, grants, report, incident, signals, about)
 for group in GROUPS:
     group.register(app)
 

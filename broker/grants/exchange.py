@@ -5,18 +5,33 @@ The use case, not the HTTP layer, validates them, so every refusal is recorded (
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 
-from broker.errors import BadRequest, BrokerError, MultiBoundary
+from broker.config import BoundaryConfig, Settings
+from broker.errors import (
+    BadRequest,
+    BrokerError,
+    InvalidAuthorizationDetails,
+    InvalidTarget,
+    MultiBoundary,
+    TtlExceedsCap,
+)
 from broker.grants.service import BAD_TASK, TASK, GrantRequest, GrantService, Issued
 from broker.identity import Identity
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 §2.1: the assertion is the identity token
+GRANT_TYPES = (TOKEN_EXCHANGE, JWT_BEARER)
 SUBJECT_TOKEN_TYPES = frozenset({"urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"})
-EXCHANGEABLE = frozenset({"jwt", "vault_token"})  # the backends whose credential is one token
+EXCHANGEABLE = frozenset({"jwt", "mcp", "vault_token"})  # the backends whose credential is one token
 TTL = re.compile(r"[0-9]{1,5}")  # ASCII digits only: `str.isdigit` also accepts `²` and `①`
 MAX_TTL = 86400
+CALL_TOKEN_TTL = 60  # an MCP call token lives at most this long
+TOOL_CALL = "mcp_tool_call"
+TOOL_CALL_KEYS = frozenset({"type", "server", "tool", "args_sha256"})
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 Form = Mapping[str, Sequence[str]]
 
@@ -24,7 +39,7 @@ Form = Mapping[str, Sequence[str]]
 def exchange(service: GrantService, identity: Identity, form: Form, cnf_jkt: str | None) -> Issued:
     """Validate the exchange, recording a refusal as `denied` like every grant decision, then issue."""
     try:
-        request = exchange_request(form, cnf_jkt)
+        request = exchange_request(form, cnf_jkt, service.settings)
         boundary = service.boundaries.get(str(request.boundary))
         if boundary is not None and boundary.backend not in EXCHANGEABLE:
             raise BadRequest("token exchange issues jwt and vault_token credentials; use POST /v1/grants")
@@ -52,24 +67,78 @@ def one(form: Form, name: str, required: bool = True) -> str | None:
     return values[0] if values else None
 
 
-def exchange_request(form: Form, cnf_jkt: str | None) -> GrantRequest:
-    """The grant an RFC 8693 request asks for: one boundary (`resource` or `audience`), scopes, TTL, task."""
-    if one(form, "grant_type") != TOKEN_EXCHANGE:
-        raise BadRequest("grant_type must be token-exchange")
-    if one(form, "subject_token_type") not in SUBJECT_TOKEN_TYPES:
+def identity_token(form: Form) -> str | None:
+    """The identity token presented: RFC 7523's `assertion`, or RFC 8693's `subject_token` (exactly one)."""
+    grant_type = (form.get("grant_type") or [None])[0]
+    tokens = form.get("assertion" if grant_type == JWT_BEARER else "subject_token", [])
+    return tokens[0] if len(tokens) == 1 else None  # two tokens are no identity: refused and recorded as such
+
+
+def exchange_request(form: Form, cnf_jkt: str | None, settings: Settings) -> GrantRequest:
+    """The grant a token request asks for: one boundary (`resource` or `audience`), scopes, TTL, task."""
+    grant_type = one(form, "grant_type")
+    if grant_type not in GRANT_TYPES:
+        raise BadRequest("grant_type must be token-exchange or jwt-bearer")
+    if grant_type == TOKEN_EXCHANGE and one(form, "subject_token_type") not in SUBJECT_TOKEN_TYPES:
         raise BadRequest("subject_token_type must be a JWT or id_token type")
-    targets = sorted(set(form.get("resource", [])) | set(form.get("audience", [])))
-    if len(targets) != 1:
-        raise MultiBoundary("name exactly one boundary as resource or audience") if targets else BadRequest(
-            "resource or audience is required"
-        )
+    boundary = _target(form, settings)
     scopes = tuple((one(form, "scope", required=False) or "").split())
+    details = _tool_call(form, boundary)
+    if details:
+        if scopes and scopes != (details[0]["tool"],):
+            raise InvalidAuthorizationDetails("scope, when given with a tool call, is that one tool")
+        scopes = (details[0]["tool"],)
     if not scopes:
         raise BadRequest("scope is required")
     task = one(form, "task", required=False) or "token-exchange"
     if not TASK.fullmatch(task):
         raise BadRequest(BAD_TASK)  # refused, never truncated
-    return GrantRequest(task=task, boundary=targets[0], scopes=scopes, ttl=_ttl(form), cnf_jkt=cnf_jkt)
+    ttl = _ttl(form)
+    if details and isinstance(ttl, int) and ttl > CALL_TOKEN_TTL:
+        raise TtlExceedsCap(f"a call token lives at most {CALL_TOKEN_TTL}s")
+    return GrantRequest(task=task, boundary=boundary.name, scopes=scopes, ttl=ttl, cnf_jkt=cnf_jkt,
+                        authorization_details=details, ttl_ceiling=CALL_TOKEN_TTL if details else None)  # fmt: skip
+
+
+def _target(form: Form, settings: Settings) -> BoundaryConfig:
+    """The one boundary named: an MCP server by its canonical URI only, any other by its name (RFC 8707)."""
+    targets = sorted(set(form.get("resource", [])) | set(form.get("audience", [])))
+    if len(targets) > 1:
+        raise MultiBoundary("name exactly one boundary as resource or audience")
+    if not targets:
+        raise InvalidTarget("resource or audience is required")
+    boundary = settings.mcp_boundary(targets[0])
+    if boundary is None:
+        boundary = settings.boundary(targets[0])
+        boundary = None if boundary is not None and boundary.backend == "mcp" else boundary
+    if boundary is None:
+        raise InvalidTarget(f"resource {targets[0][:128]!r} is not served by this broker")
+    return boundary
+
+
+def _tool_call(form: Form, boundary: BoundaryConfig) -> tuple[dict[str, str], ...]:
+    """The RFC 9396 binding of a call token: exactly one `mcp_tool_call` for this server and one of its tools."""
+    raw = one(form, "authorization_details", required=False)
+    if raw is None:
+        return ()
+    try:
+        details = json.loads(raw) if len(raw) <= 4096 else None
+    except ValueError:
+        details = None
+    if not (isinstance(details, list) and len(details) == 1 and isinstance(details[0], dict)):
+        raise InvalidAuthorizationDetails("authorization_details must be a JSON list of one mcp_tool_call")
+    detail = details[0]
+    if detail.get("type") != TOOL_CALL or not set(detail) <= TOOL_CALL_KEYS:
+        raise InvalidAuthorizationDetails("the one detail is {type: mcp_tool_call, server, tool[, args_sha256]}")
+    if not all(isinstance(value, str) for value in detail.values()):
+        raise InvalidAuthorizationDetails("authorization_details values are strings")
+    if boundary.backend != "mcp" or detail.get("server") != boundary.resource_uri:
+        raise InvalidAuthorizationDetails("server must be the canonical URI named as resource")
+    if detail.get("tool") not in boundary.scopes:
+        raise InvalidAuthorizationDetails("tool is not a tool of this server")
+    if "args_sha256" in detail and not SHA256_HEX.fullmatch(detail["args_sha256"]):
+        raise InvalidAuthorizationDetails("args_sha256 is 64 lowercase hex digits")
+    return ({key: detail[key] for key in sorted(detail)},)
 
 
 def _ttl(form: Form) -> int | str | None:

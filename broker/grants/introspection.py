@@ -10,7 +10,8 @@ from broker.grants.service import GrantService, owns, recorded_use_case
 from broker.identity import Identity
 from broker.ledger import ACTIVE, Grant
 
-CLAIMS_SHOWN = ("sub", "client_id", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf")
+CLAIMS_SHOWN = ("sub", "client_id", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf",
+                "authorization_details")
 
 
 @recorded_use_case("introspect")

@@ -72,6 +72,8 @@ class GrantRequest:
     cnf_jkt: str | None = None
     idempotency_key: str | None = None
     cnf_x5t: str | None = None  # RFC 8705: the client certificate the caller was proven by
+    authorization_details: tuple[dict[str, str], ...] = ()  # RFC 9396: an MCP call token's tool binding
+    ttl_ceiling: int | None = None  # a kind's own cap below policy and boundary (call tokens: 60 s)
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,7 @@ class GrantService:
             expires_at=now + ttl,
             cnf_jkt=request.cnf_jkt,
             cnf_x5t=request.cnf_x5t,
+            authorization_details=request.authorization_details,
         )
         minted = self._mint(identity, request, mint, decision)
         if "crash_after_mint" in self.settings.fault_injection:  # env=test only: a crash before the ledger commit
@@ -277,7 +280,7 @@ class GrantService:
             decision = self._decide(identity, boundary, scopes)
             if not decision.allowed:
                 raise PolicyDenied(decision.reason)
-            cap = min(decision.max_ttl or boundary.max_ttl, boundary.max_ttl)
+            cap = min(decision.max_ttl or boundary.max_ttl, request.ttl_ceiling or boundary.max_ttl, boundary.max_ttl)
             self.limits.check(identity, boundary, self.clock())
             return boundary, scopes, _ttl(request.ttl, boundary, cap), decision
         except BrokerError as exc:

@@ -17,6 +17,7 @@ def build_claims(
     expires_at: float,
     cnf_jkt: str | None = None,
     cnf_x5t: str | None = None,
+    authorization_details: tuple[dict[str, str], ...] = (),
 ) -> dict[str, Any]:
     """The JWT claims; `exp` equals the grant's expiry so the token never outlives it."""
     claims: dict[str, Any] = {
@@ -35,4 +36,6 @@ def build_claims(
         claims["cnf"] = {"jkt": cnf_jkt}
     if cnf_x5t:  # RFC 8705 §3.1: bound to the client certificate of the mutual-TLS request
         claims["cnf"] = {**claims.get("cnf", {}), "x5t#S256": cnf_x5t}
+    if authorization_details:  # RFC 9396 §9.1: the granted details, as a JWT claim
+        claims["authorization_details"] = [dict(detail) for detail in authorization_details]
     return claims

@@ -26,7 +26,8 @@ OAUTH_REFUSALS = [
     ("ttl-too-long", {"requested_ttl": "1" * 40}, "invalid_request"),
     ("wrong-grant-type", {"grant_type": "password"}, "invalid_request"),
     ("wrong-token-type", {"subject_token_type": "urn:x"}, "invalid_request"),
-    ("unknown-boundary", {"resource": "nope"}, "unknown_boundary"),
+    ("unknown-boundary", {"resource": "nope"}, "invalid_target"),  # RFC 8707 §2
+    ("no-resource", {"resource": ""}, "invalid_target"),
     ("control-chars-task", {"task": "\x1b[2J"}, "invalid_request"),
     ("newline-task", {"task": "a\nb"}, "invalid_request"),
     ("bracket-task", {"task": "[/x]"}, "invalid_request"),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import re
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -104,6 +107,35 @@ def grant_body(task: str, boundary: str, scopes: list[str] | tuple[str, ...] | s
     if ttl is not None:
         body["ttl"] = seconds(ttl)
     return body
+
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+def args_sha256(arguments: dict[str, Any]) -> str:
+    """The digest a call token binds its tool arguments to: SHA-256 of the sorted, compact JSON."""
+    return hashlib.sha256(json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def tool_call_form(identity_token: str, task: str, server: str, tool: str, arguments: dict[str, Any] | None) -> dict:
+    """RFC 8693 exchange for a call token: RFC 8707 `resource` and one RFC 9396 `mcp_tool_call` binding."""
+    detail = {"type": "mcp_tool_call", "server": server, "tool": tool}
+    if arguments is not None:
+        detail["args_sha256"] = args_sha256(arguments)
+    return {"grant_type": TOKEN_EXCHANGE, "subject_token_type": JWT_TYPE, "subject_token": identity_token,
+            "resource": server, "task": task, "authorization_details": json.dumps([detail])}  # fmt: skip
+
+
+def call_token(body: dict[str, Any], task: str, server: str, tool: str) -> Credential:
+    """The token endpoint's answer as a Credential (its repr shows a fingerprint only)."""
+    now = time.time()
+    grant = Grant(grant_id=str(body.get("grant_id", "")), task=task, boundary=server, scopes=[tool], subject="",
+                  status="active", backend="mcp", issued_at=datetime.fromtimestamp(now, timezone.utc),
+                  expires_at=datetime.fromtimestamp(now + int(body.get("expires_in", 0)), timezone.utc),
+                  dpop_bound=body.get("token_type") == "DPoP")  # fmt: skip
+    secret = {"type": "jwt", "token": body["access_token"], "token_type": body.get("token_type", "Bearer")}
+    return Credential(grant, secret)
 
 
 def credential(body: dict[str, Any]) -> Credential:

@@ -40,19 +40,28 @@ class AsyncClient(ClientBase):
     def task(self, name: str, *, unique: bool = True) -> AsyncTask:
         return AsyncTask(self, wire.unique_task(name) if unique else name)
 
+    async def tool_token(
+        self, task: str, server: str, tool: str, *, arguments: dict[str, Any] | None = None, dpop: bool = False
+    ) -> Credential:
+        """A call token for one tool of one MCP server (≤ 60 s, single use); see `Client.tool_token`."""
+        form = wire.tool_call_form(self.identity.token(), task, server, tool, arguments)
+        body = await self.call("POST", "/oauth/token", form=form, idempotent=False, bind=dpop)
+        return wire.call_token(body, task, server, tool)
+
     async def introspect(self, token: str) -> dict[str, Any]:
         return await self.call("POST", "/oauth/introspect", form={"token": token}, proof_token=token)
 
     async def call(
         self, method: str, path: str, *, idempotent: bool = True, proof_token: str | None = None,
-        extra_headers: dict[str, str] | None = None, **body: Any
+        extra_headers: dict[str, str] | None = None, bind: bool = True, **body: Any
     ) -> Any:
         url = self.url + path
         old = self._rotated_http()
         if old is not None:
             await old.aclose()
+        key = self.dpop if bind else None
         for attempt in range(self.retry.attempts):
-            headers = wire.headers(method, url, self.identity.token(), self.dpop, proof_token) | (extra_headers or {})
+            headers = wire.headers(method, url, self.identity.token(), key, proof_token) | (extra_headers or {})
             try:
                 response = await self._http.request(
                     method, url, headers=headers, data=body.get("form"), json=body.get("json")
@@ -84,6 +93,13 @@ class AsyncTask(TaskBase):
         credential = await self.client.grant(self.id, boundary, scopes, ttl)
         self.credentials.append(credential)
         return credential
+
+    async def tool_token(
+        self, server: str, tool: str, *, arguments: dict[str, Any] | None = None, dpop: bool = False
+    ) -> Credential:
+        """A call token for `tool` on the MCP server `server` (its canonical URI), under this task."""
+        self.asked = True
+        return await self.client.tool_token(self.id, server, tool, arguments=arguments, dpop=dpop)
 
     async def complete(self) -> TaskCompleted | None:
         if self.asked and self.result is None:

@@ -116,6 +116,18 @@ class Client(ClientBase):
 
     # --- OAuth -----------------------------------------------------------------------------
 
+    def tool_token(
+        self, task: str, server: str, tool: str, *, arguments: dict[str, Any] | None = None, dpop: bool = False
+    ) -> Credential:
+        """A call token for one tool of one MCP server: ≤ 60 s, single use, in the ledger under `task`.
+
+        `arguments` binds the token to these tool arguments (`args_sha256`). `dpop=True` binds it to this
+        client's DPoP key; off by default because MCP clients send no DPoP proofs to the server.
+        """
+        form = wire.tool_call_form(self.identity.token(), task, server, tool, arguments)
+        body = self.call("POST", "/oauth/token", form=form, idempotent=False, bind=dpop)
+        return wire.call_token(body, task, server, tool)
+
     def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662; as the holder of a DPoP-bound token this sends a proof bound to it."""
         return self.call("POST", "/oauth/introspect", form={"token": token}, proof_token=token)
@@ -128,15 +140,16 @@ class Client(ClientBase):
 
     def call(
         self, method: str, path: str, *, idempotent: bool = True, proof_token: str | None = None,
-        extra_headers: dict[str, str] | None = None, **body: Any
+        extra_headers: dict[str, str] | None = None, bind: bool = True, **body: Any
     ) -> Any:
-        """One API call with identity and DPoP; retried with backoff only when idempotent."""
+        """One API call with identity and DPoP (unless `bind=False`); retried with backoff only when idempotent."""
         url = self.url + path
         old = self._rotated_http()
         if old is not None:
             old.close()
+        key = self.dpop if bind else None
         for attempt in range(self.retry.attempts):
-            headers = wire.headers(method, url, self.identity.token(), self.dpop, proof_token) | (extra_headers or {})
+            headers = wire.headers(method, url, self.identity.token(), key, proof_token) | (extra_headers or {})
             try:
                 response = self._http.request(method, url, headers=headers, data=body.get("form"), json=body.get("json"))
             except httpx.TransportError as exc:
@@ -186,6 +199,13 @@ class Task(TaskBase):
         credential = self.client.grant(self.id, boundary, scopes, ttl)
         self.credentials.append(credential)
         return credential
+
+    def tool_token(
+        self, server: str, tool: str, *, arguments: dict[str, Any] | None = None, dpop: bool = False
+    ) -> Credential:
+        """A call token for `tool` on the MCP server `server` (its canonical URI), under this task."""
+        self.asked = True
+        return self.client.tool_token(self.id, server, tool, arguments=arguments, dpop=dpop)
 
     def complete(self) -> TaskCompleted | None:
         """Give back every grant of the task (no call when nothing was asked for)."""

@@ -97,6 +97,18 @@ class UnknownBoundary(InvalidRequest):
     code = "unknown_boundary"
 
 
+class InvalidTarget(InvalidRequest):
+    """The token request names no resource, or one the broker does not serve (RFC 8707)."""
+
+    code = "invalid_target"
+
+
+class InvalidAuthorizationDetails(InvalidRequest):
+    """The `authorization_details` (e.g. a tool-call binding) are malformed or not served (RFC 9396)."""
+
+    code = "invalid_authorization_details"
+
+
 class UnknownScope(InvalidRequest):
     """A scope is not in the boundary's list."""
 

@@ -53,6 +53,10 @@ class Verifier:
             self._check_active(token)
         return claims
 
+    def claims(self, token: str) -> dict[str, Any]:
+        """Signature, `iss`, `aud`, `exp` only: the caller checks a `cnf.jkt` holder itself (see `verify`)."""
+        return self._claims(token)
+
     def _claims(self, token: str) -> dict[str, Any]:
         try:
             kid = jwt.get_unverified_header(token).get("kid")

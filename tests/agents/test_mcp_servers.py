@@ -1,0 +1,212 @@
+"""Real FastMCP servers on loopback behind broker call tokens, driven by a real FastMCP client and the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+from broker_client import Client
+from broker_client.mcp import BrokerTokenVerifier, CallTokenAuth
+from fastmcp import Client as McpClient
+from fastmcp import FastMCP
+from fastmcp.server.auth.providers.jwt import JWTVerifier
+
+from tests.agents.conftest import agent_token, mcp_boundaries, mcp_policy
+from tests.sdk.docs import ROOT, blocks
+from tests.sdk.live import LiveBroker, free_port
+
+AGENT = "system:serviceaccount:agents:triage"
+
+
+@dataclass
+class Servers:
+    broker: LiveBroker
+    a: str  # canonical URIs, which are also where the servers listen
+    b: str
+    stock: str  # FastMCP's own JWTVerifier with audience = a
+    clock: list[float]  # the verifiers' introspection-cache clock, moved by hand
+    verifier_a: BrokerTokenVerifier
+
+
+def _serve(app, port: int) -> uvicorn.Server:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the MCP server did not start"
+        time.sleep(0.02)
+    return server
+
+
+def _mcp(name: str, auth) -> FastMCP:
+    server = FastMCP(name, auth=auth)
+
+    @server.tool
+    def search(q: str) -> str:
+        return f"{name} found {q}"
+
+    @server.tool
+    def delete(item: str) -> str:
+        return f"{name} deleted {item}"
+
+    return server
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, issuers) -> Iterator[Servers]:
+    ports = [free_port() for _ in range(3)]
+    a, b, stock = (f"http://127.0.0.1:{p}/mcp" for p in ports)
+    broker = LiveBroker.start(tmp_path_factory.mktemp("mcp-broker"), issuers, boundaries=mcp_boundaries(a, b),
+                              policy=mcp_policy())  # fmt: skip
+    introspection = Client(broker.url, issuers.worker("resource"))  # a resource_server by policy
+    clock = [0.0]
+    verifiers = [
+        BrokerTokenVerifier(issuer=broker.url, resource=uri, tools=["search", "delete"], introspection=introspection,
+                            clock=lambda: clock[0])  # fmt: skip
+        for uri in (a, b)
+    ]
+    stock_auth = JWTVerifier(jwks_uri=broker.url + "/.well-known/jwks.json", issuer=broker.url, audience=a,
+                             algorithm="ES256")  # fmt: skip
+    running = [_serve(_mcp(n, v).http_app(path="/mcp"), p)
+               for n, v, p in zip(("A", "B", "stock"), [*verifiers, stock_auth], ports)]  # fmt: skip
+    yield Servers(broker, a, b, stock, clock, verifiers[0])
+    for server in running:
+        server.should_exit = True
+    introspection.close()
+    broker.stop()
+
+
+def _agent(servers: Servers, issuers) -> Client:
+    return Client(servers.broker.url, agent_token(issuers))
+
+
+async def _call(url: str, token: str, tool: str, **arguments: str) -> str:
+    async with McpClient(url, auth=token) as client:
+        result = await client.call_tool(tool, arguments)
+        return result.content[0].text
+
+
+def _raw_call(url: str, token: str, tool: str, headers: dict | None = None, **arguments: str) -> httpx.Response:
+    """A bare JSON-RPC tools/call, to read the status and the challenge the server answers with."""
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+    sent = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream", **(headers or {})}
+    return httpx.post(url, json=message, headers=sent, timeout=10)
+
+
+def test_a_call_token_for_a_tool_works_on_that_tool_only(servers, issuers):
+    with _agent(servers, issuers) as agent, agent.task("triage") as task:
+        token = task.tool_token(servers.a, "search").token
+        assert asyncio.run(_call(servers.a, token, "search", q="logs")) == "A found logs"
+        other = task.tool_token(servers.a, "search").token
+        refused = _raw_call(servers.a, other, "delete", item="x")
+    assert refused.status_code == 403
+    challenge = refused.headers["www-authenticate"]
+    assert challenge.startswith('Bearer error="insufficient_scope"') and 'scope="delete"' in challenge
+    assert f'resource_metadata="{servers.verifier_a.metadata_url}"' in challenge
+    document = httpx.get(servers.verifier_a.metadata_url).json()  # the RFC 9728 document it points at
+    assert document["resource"] == servers.a and document["authorization_servers"] == [servers.broker.url]
+
+
+def test_a_token_for_server_a_is_refused_by_server_b(servers, issuers):
+    with _agent(servers, issuers) as agent, agent.task("triage") as task:
+        token = task.tool_token(servers.a, "search").token
+        with pytest.raises(Exception):  # noqa: B017 (the client says only "error response"; the status is below)
+            asyncio.run(_call(servers.b, token, "search", q="x"))
+        assert _raw_call(servers.b, token, "search", q="x").status_code == 401
+
+
+def test_a_replayed_call_token_is_refused(servers, issuers):
+    with _agent(servers, issuers) as agent, agent.task("triage") as task:
+        token = task.tool_token(servers.a, "search").token
+        assert asyncio.run(_call(servers.a, token, "search", q="once")) == "A found once"
+        replay = _raw_call(servers.a, token, "search", q="twice")
+    assert replay.status_code == 401 and 'error="invalid_token"' in replay.headers["www-authenticate"]
+
+
+def test_a_token_bound_to_arguments_refuses_others(servers, issuers):
+    with _agent(servers, issuers) as agent, agent.task("triage") as task:
+        token = task.tool_token(servers.a, "search", arguments={"q": "logs"}).token
+        assert _raw_call(servers.a, token, "search", q="secrets").status_code == 403
+        assert asyncio.run(_call(servers.a, token, "search", q="logs")) == "A found logs"
+
+
+def test_completing_the_task_fails_the_next_call_within_the_cache_ttl(servers, issuers):
+    with _agent(servers, issuers) as agent:
+        task = agent.task("triage")
+        token = task.tool_token(servers.a, "search").token
+        assert _raw_call(servers.a, token, "delete", item="x").status_code == 403  # checked once: active, cached
+        task.complete()
+        started = time.monotonic()
+        servers.clock[0] += servers.verifier_a.cache_ttl  # the cached answer ages out (cache_ttl is 1 s)
+        refused = _raw_call(servers.a, token, "search", q="after")
+        assert refused.status_code == 401 and time.monotonic() - started < 1.0
+
+
+def test_fastmcp_stock_jwt_verifier_accepts_ours_for_a_and_refuses_ours_for_b(servers, issuers):
+    with _agent(servers, issuers) as agent, agent.task("triage") as task:
+        for_a = task.tool_token(servers.a, "search").token
+        for_b = task.tool_token(servers.b, "search").token
+        assert asyncio.run(_call(servers.stock, for_a, "search", q="x")) == "stock found x"
+        assert _raw_call(servers.stock, for_b, "search", q="x").status_code == 401
+
+
+def test_the_call_tokens_are_in_the_ledger_under_the_agents_task(servers, issuers):
+    with _agent(servers, issuers) as agent, agent.task("ledger-check") as task:
+        credential = task.tool_token(servers.a, "search")
+        assert "sha256:" in repr(credential) and credential.token not in repr(credential)
+    [grant] = servers.broker.task_grants(AGENT, task.id)
+    assert (grant.id, grant.boundary, grant.scope_list, grant.status) == (
+        credential.grant_id, "mcp-a", ["search"], "completed")
+
+
+def test_the_agents_guide_runs_end_to_end(servers, issuers, monkeypatch, capsys):
+    guide = ROOT / "docs" / "agents.md"
+    env = {"BROKER_URL": servers.broker.url, "BROKER_IDENTITY_TOKEN": agent_token(issuers),
+           "MCP_SERVER_A": servers.a, "MCP_SERVER_B": servers.b, "RESOURCE_SERVER_TOKEN": issuers.worker("resource")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    namespace: dict = {"__name__": "__guide__"}
+    code = [block for lang, block in blocks(guide) if lang == "python"]
+    assert len(code) == 4
+    for block in code:  # one script, in order, as a reader runs it
+        exec(compile(block, guide.name, "exec"), namespace)  # noqa: S102
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("<Credential") and out[1] == "A found error budget"
+    assert out[2].startswith(f"{servers.b} refused:")
+    assert out[3] == f"{servers.a} A found x" and out[4].startswith(f"{servers.a} refused:")
+    assert out[5].startswith("refused after completion:")
+    assert "triage-ticket-42" in {g.task.rsplit(".", 1)[0] for g in servers.broker.ledger.grants()}
+
+
+def test_a_dpop_bound_call_token_needs_its_holders_proof_for_this_server(servers, issuers):
+    with _agent(servers, issuers) as agent, agent.task("triage") as task:
+        credential = task.tool_token(servers.a, "search", dpop=True)
+        token, key = credential.token, agent.dpop
+        assert credential.grant.dpop_bound
+        headers = {"DPoP": key.proof("POST", servers.b, token)}  # a proof for another server's URL
+        assert _raw_call(servers.a, token, "search", headers=headers, q="x").status_code == 401
+        assert _raw_call(servers.a, token, "search", q="x").status_code == 401  # no proof at all
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}  # not a tool call: still only with the holder's proof
+        unproven = httpx.post(servers.a, json=ping, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert unproven.status_code == 401 and unproven.headers["www-authenticate"].startswith("DPoP ")
+        headers = {"DPoP": key.proof("POST", servers.a, token)}
+        passed = _raw_call(servers.a, token, "search", headers=headers, q="x")
+        assert passed.status_code not in (401, 403), passed.text  # past the guard: the transport wants a session
+
+
+def test_the_auth_hook_fetches_a_call_token_per_tools_call(servers, issuers):
+    async def session(task) -> list[str]:  # noqa: ANN001
+        auth = CallTokenAuth(task, servers.a, session_tool="search")
+        async with McpClient(servers.a, auth=auth) as mcp:
+            return [(await mcp.call_tool("search", {"q": q})).content[0].text for q in ("a", "b", "c")]
+
+    with _agent(servers, issuers) as agent, agent.task("hooked") as task:
+        assert asyncio.run(session(task)) == ["A found a", "A found b", "A found c"]
+    grants = servers.broker.task_grants(AGENT, task.id)
+    assert len(grants) == 4 and {g.scope_list[0] for g in grants} == {"search"}  # the session's token + one per call
