@@ -49,7 +49,12 @@ def make_engine(
         return create_engine(url, pool_pre_ping=True, **{"pool_size": 10, "max_overflow": 10, **(pool or {})}, **args)
     if read_only:
         url = f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    # a SQLite connection costs a file handle, so the pool covers every thread that may hold one at once
+    # (the request thread pool's 40, the ledger writer, workers, readiness checks, signal delivery): a
+    # smaller pool let threads waiting for the write lock hold every connection while the lock holder
+    # waited for one (QueuePool timeout under a 16-thread freeze race)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=64,
+                           max_overflow=64)  # fmt: skip
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record):  # noqa: ANN001
