@@ -149,7 +149,7 @@ class SignalReceiver:
             raise InvalidSet("invalid_request", "not a JWT") from None
         if header.get("typ") != SET_TYPE or header.get("alg") not in ALGORITHMS:
             raise InvalidSet("invalid_request", "not a secevent+jwt")
-        try:
+        try:  # signature, iss, aud checked; no exp: a SET carries none (RFC 8417 §2.2)
             claims = jwt.decode(
                 token, self._key(str(header.get("kid"))), algorithms=list(ALGORITHMS), audience=stream["aud"],
                 issuer=self.issuer, options={"require": ["iss", "iat", "jti", "aud", "txn"], "verify_exp": False},
@@ -287,7 +287,9 @@ class SignalMiddleware:
         token = _bearer(scope)
         if token is not None:
             try:
-                if self.verifier is None:  # revocation check only: the app verifies the token itself
+                # without a verifier the claims are read only to refuse a revoked jti: nothing is accepted
+                # on them, the app behind still verifies the token itself
+                if self.verifier is None:
                     self.receiver.check(jwt.decode(token, options={"verify_signature": False}))
                 else:
                     scope["broker_claims"] = self.receiver.check(self.verifier.verify(token))
