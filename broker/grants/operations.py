@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -84,7 +85,8 @@ class Operations:
         self.batch = batch
         self.workers = workers
         self.on_done = on_done
-        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="broker-revocation")
+        self._background: ThreadPoolExecutor | None = None  # made on first use, again after close()
+        self._background_lock = threading.Lock()
 
     # --- revocation ------------------------------------------------------------------------
 
@@ -106,7 +108,7 @@ class Operations:
         if wait:
             self._execute(moved, whole, started)
         else:
-            self._background.submit(self._execute, moved, whole, started)
+            self._in_background(self._execute, moved, whole, started)
         return self.progress(revocation_id)
 
     def withdraw(self, rule: str | None, ids: Sequence[str], revision: str) -> str:
@@ -118,7 +120,7 @@ class Operations:
         selector = Selector(rule=rule)
         self._record_request(WITHDRAWER, selector, reason, revocation_id, len(ids), False)
         moved = self._begin(ids, WITHDRAWER, reason, revocation_id)
-        self._background.submit(self._execute, moved, set(), started)  # intent is committed: the outbox has it
+        self._in_background(self._execute, moved, set(), started)  # intent is committed: the outbox has it
         return revocation_id
 
     def matching(self, selector: Selector) -> int:
@@ -276,8 +278,18 @@ class Operations:
     def blast_radius(self, who: Filter, since: float, until: float) -> dict[str, Any]:
         return blast_radius(self.ledger, who, since, until, now=self.service.clock())
 
+    def _in_background(self, *call: Any) -> None:
+        """Run a revocation's backend calls off the request; an app started again after close() gets a new pool."""
+        with self._background_lock:
+            if self._background is None:
+                self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="broker-revocation")
+            self._background.submit(*call)
+
     def close(self) -> None:
-        self._background.shutdown(wait=True)
+        with self._background_lock:
+            background, self._background = self._background, None
+        if background is not None:
+            background.shutdown(wait=True)
 
 
 def blast_radius(ledger: LedgerStore, who: Filter, since: float, until: float, now: float) -> dict[str, Any]:

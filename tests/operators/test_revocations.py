@@ -182,3 +182,12 @@ def test_auditor_reads_but_may_not_revoke(tmp_path, issuers):
         assert broker.get("/v1/audit/verify", headers=token).json()["ok"] is True
         refused = broker.post("/v1/revocations", json={"all": True, "reason": "x"}, headers=token)
         assert refused.status_code == 403
+
+
+def test_a_background_revocation_after_the_app_restarted_its_lifespan(broker, issuers):
+    """The lifespan's shutdown closes the revocation pool; a second start (same app) must not 500."""
+    held = issue_fleet(broker, issuers, 2)
+    broker.components.operations.close()  # what the lifespan's shutdown does
+    body = {"grant_id": held[0].grant_id, "reason": "incident", "wait": False}
+    answer = broker.post("/v1/revocations", json=body, headers=auth(issuers.operator()))
+    assert answer.status_code in (200, 202), answer.text
