@@ -115,7 +115,18 @@ class VaultTokenBackend:
         return found
 
     def _lookup(self, accessor: str) -> dict[str, Any]:
-        answer = self.vault.write("auth/token/lookup-accessor", {"accessor": accessor}, gone=GONE)
+        """The token behind an accessor; {} when it went away meanwhile.
+
+        OpenBao answers 403 for an accessor whose token is being revoked at that instant (seen while
+        reconcile lists beside live revocations); our own token was checked alive by VaultClient, so
+        that 403 is about this one token: skip it, the next pass sees it again if it still lives.
+        """
+        try:
+            answer = self.vault.write("auth/token/lookup-accessor", {"accessor": accessor}, gone=GONE)
+        except BackendUnavailable as exc:
+            if "permission denied" not in exc.detail:
+                raise
+            return {}
         return (answer or {}).get("data") or {}
 
 
