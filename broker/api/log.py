@@ -50,7 +50,7 @@ def entries(identity: Auditor, log: Log, start: Size, end: Size) -> dict[str, An
 def receipt(grant_id: str, identity: Caller, svc: Service, log: Log) -> dict[str, Any]:
     """The grant's log index, leaf, a checkpoint covering it and the inclusion proof; 404 until one covers it."""
     grant = svc.get(identity, grant_id)  # owner or operator, as for the grant itself
-    index = log.reader.index_of_issued(grant.id)
+    index = svc.log_index(grant.id)
     answer = log.receipt(index) if index is not None else None
     if answer is None:
         raise NotFound("no checkpoint covers this grant yet")

@@ -381,7 +381,11 @@ class GrantService:
                            cnf_x5t=grant.cnf_x5t)  # fmt: skip
         minted = self.backends[grant.backend].mint(mint)
         credential = {**minted.credential, "expires_at": grant.expires_at}
-        return Issued(grant=grant, credential=credential, log_index=self.ledger.issued_index(grant.id))
+        return Issued(grant=grant, credential=credential, log_index=self.log_index(grant.id))
+
+    def log_index(self, grant_id: str) -> int | None:
+        """The transparency-log leaf of a grant's `issued` event (its receipt's index)."""
+        return self.ledger.issued_index(grant_id)
 
     def _revoke_refused(self, grant_id: str) -> None:
         """A grant the issuing transaction left `revoke_pending` (frozen meanwhile, superseded): revoke it now."""

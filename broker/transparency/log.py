@@ -70,13 +70,6 @@ class LogReader:
             rows = [_body(e) for e in session.scalars(query)]
         return [(row, canonical(row)) for row in rows]
 
-    def index_of_issued(self, grant_id: str) -> int | None:
-        """The log index of a grant's `issued` event."""
-        with self._sessions() as session, session.begin():
-            query = select(AuditEvent.seq).where(AuditEvent.grant_id == grant_id, AuditEvent.kind == "issued")
-            seq = session.scalar(query.order_by(AuditEvent.seq).limit(1))
-        return seq - 1 if seq is not None else None
-
     def _check_size(self, size: int) -> None:
         current, _ = self.head()
         if not 0 <= size <= current:
