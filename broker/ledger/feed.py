@@ -15,7 +15,8 @@ Subscriber = Callable[[Sequence[dict[str, Any]]], None]  # chained event rows, a
 class EventFeed:
     """Mixin of LedgerStore: call subscribers with each transaction's events once it has committed.
 
-    `_append` leaves the rows in `session.info["feed"]`; a rolled-back transaction drops them.
+    `_append` leaves the rows in `session.info["feed"]`; a rolled-back transaction drops them. The
+    ledger writer, which commits on a connection, publishes its batch's rows itself once committed.
     """
 
     def subscribe(self, callback: Subscriber) -> None:
@@ -26,8 +27,11 @@ class EventFeed:
         self._subscribers.append(callback)
 
     def _deliver(self, session) -> None:  # noqa: ANN001
-        rows = session.info.pop("feed", [])
-        for callback in self._subscribers if rows else ():
+        self._publish(session.info.pop("feed", []))
+
+    def _publish(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Hand committed rows to the subscribers (sessions after commit; the ledger writer after each batch)."""
+        for callback in getattr(self, "_subscribers", ()) if rows else ():
             try:
                 callback(rows)
             except Exception:  # a subscriber never breaks a committed decision

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, insert, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from broker.ledger.models import ACTIVE, REVOKE_PENDING, Event, Grant, IdempotencyKey
 
+_INSERT_GRANTS = insert(Grant.__table__)  # built once: it runs for every batch
 OWNER_LEASE = 10.0  # seconds a replica that starts a revocation owns it before any outbox worker may claim it
 
 
@@ -75,7 +76,7 @@ class KeyState:
 
     request_fp: str
     grant_id: str
-    grant: Grant | dict[str, Any] | None
+    grant: Any  # the key's grant: a row (status, expires_at), a dict bound earlier in this batch, or None
     existing: bool = False
 
     def live(self, now: float) -> bool:
@@ -122,7 +123,7 @@ class IssueBatch:
         for committed, position in self.placed:
             committed.log_index = rows[position]["seq"] - 1
 
-    def apply(self, session: Session) -> None:
+    def apply(self, session: Connection) -> None:
         if self.supersede:
             session.execute(
                 update(Grant.__table__).where(Grant.id.in_(self.supersede), Grant.status == ACTIVE).values(
@@ -132,7 +133,7 @@ class IssueBatch:
                 )
             )  # fmt: skip
         if self.grants:
-            session.execute(insert(Grant.__table__), self.grants)
+            session.execute(_INSERT_GRANTS, self.grants)
         if self.bound:
             session.execute(delete(IdempotencyKey.__table__).where(IdempotencyKey.key_hash.in_(list(self.bound))))
             session.execute(insert(IdempotencyKey.__table__), [_key_row(h, k) for h, k in self.bound.items()])

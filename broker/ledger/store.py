@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, Row, create_engine, delete, event, func, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, Row, bindparam, create_engine, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,6 +33,25 @@ from broker.ledger.models import (
 from broker.ledger.queries import ReadQueries
 from broker.ledger.writer import LedgerWriter
 from broker.transparency import log as transparency_log  # the one hook: every event is a log leaf
+
+# The statements of every append, built once: on this machine building a statement costs ~140 µs
+# and running a built one ~40 µs, and the ledger writer runs these for every batch.
+_HEAD = select(ChainHead.seq, ChainHead.hash).where(ChainHead.id == 1)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_SET_HEAD = (
+    update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+)
+_INSERT_EVENTS = insert(AuditEvent.__table__)
+_FROZEN_AMONG = select(Freeze.kind, Freeze.value).where(
+    or_((Freeze.kind == "subject") & Freeze.value.in_(bindparam("subjects", expanding=True)),
+        (Freeze.kind == "boundary") & Freeze.value.in_(bindparam("boundaries", expanding=True)))
+)  # fmt: skip
+_KEYS_AMONG = (
+    select(IdempotencyKey.key_hash, IdempotencyKey.request_fp, IdempotencyKey.grant_id, Grant.status, Grant.expires_at)
+    .join(Grant, Grant.id == IdempotencyKey.grant_id, isouter=True)
+    .where(IdempotencyKey.key_hash.in_(bindparam("hashes", expanding=True)))
+)
+Executor = Session | Connection  # `_append` runs in an ORM session or, for the writer's batches, on a connection
 
 
 
@@ -115,34 +134,35 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(f"ledger write failed: {_why(exc)}") from exc
 
-    def _lock(self, session: Session) -> tuple[int, str]:
+    def _lock(self, executor: Executor) -> tuple[int, str]:
         """The chain head, locked for this transaction (SQLite: BEGIN IMMEDIATE already holds the lock)."""
-        query = select(ChainHead.seq, ChainHead.hash).where(ChainHead.id == 1)
-        seq, prev_hash = session.execute(query.with_for_update() if self._lock_head else query).one()
+        seq, prev_hash = executor.execute(_HEAD_FOR_UPDATE if self._lock_head else _HEAD).one()
         return seq, prev_hash
 
     def _append(
-        self, session: Session, events: Sequence[Event], head: tuple[int, str] | None = None
+        self, executor: Executor, events: Sequence[Event], head: tuple[int, str] | None = None
     ) -> list[dict[str, Any]]:
         """Chain events onto the head inside the caller's transaction (the head row is the lock).
 
-        Core statements, not ORM units of work: this runs on every request. Returns the chained rows.
+        Core statements built once, not ORM units of work: this runs on every request. Returns the
+        chained rows; a session delivers them to the feed after commit, the writer publishes its own.
         """
         if not events:
             return []
-        seq, prev_hash = head or self._lock(session)
+        seq, prev_hash = head or self._lock(executor)
         rows, now = [], self._clock()
         for item in events:
             seq += 1
             row = _event_row(item, seq, now, prev_hash)
             prev_hash = row["hash"]
             rows.append(row)
-        session.execute(insert(AuditEvent.__table__), rows)
-        transparency_log.append_leaves(session, rows)
-        session.execute(update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=seq, hash=prev_hash))
-        session.info.setdefault("feed", []).extend(rows)  # delivered after commit (broker/ledger/feed.py)
+        executor.execute(_INSERT_EVENTS, rows)
+        transparency_log.append_leaves(executor, rows)
+        executor.execute(_SET_HEAD, {"head_seq": seq, "head_hash": prev_hash})
+        if isinstance(executor, Session):
+            executor.info.setdefault("feed", []).extend(rows)  # delivered after commit (broker/ledger/feed.py)
         for listener in self.append_listeners:  # in the same transaction (signals' outbox)
-            listener(session, rows)
+            listener(executor, rows)
         return rows
 
     # --- writes -----------------------------------------------------------------------------
@@ -167,36 +187,43 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         return self._writer.run(write)
 
     def _apply_batch(self, writes: Sequence[Write]) -> list[Outcome]:
-        """One transaction for a batch of writes (the writer thread calls this); failures are LedgerUnavailable."""
-        with self._tx() as session:
-            head = self._lock(session)
-            batch = IssueBatch(self._clock(), self._frozen_among(session, writes), self._keys_among(session, writes))
-            outcomes = [batch.decide(write) for write in writes]
-            batch.apply(session)
-            batch.number(self._append(session, batch.events, head=head))
+        """One transaction for a batch of writes (the writer thread calls this); failures are LedgerUnavailable.
+
+        On a Core connection, not an ORM session: a session costs ~50 µs more per statement.
+        """
+        try:
+            with self.engine.begin() as conn:
+                head = self._lock(conn)
+                batch = IssueBatch(self._clock(), self._frozen_among(conn, writes), self._keys_among(conn, writes))
+                outcomes = [batch.decide(write) for write in writes]
+                batch.apply(conn)
+                rows = self._append(conn, batch.events, head=head)
+                batch.number(rows)
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(f"ledger write failed: {_why(exc)}") from exc
+        self._publish(rows)
         self._note_freezes(batch.frozen_seen)
         return outcomes
 
-    def _frozen_among(self, session: Session, writes: Sequence[Write]) -> set[tuple[str, str]]:
+    def _frozen_among(self, conn: Connection, writes: Sequence[Write]) -> set[tuple[str, str]]:
         """The freezes touching this batch's grants, read after the head lock so a freeze committed
         before this transaction is always seen (the freeze transaction appends, so it takes the lock too)."""
         guarded = [w.grant for w in writes if w.guard and w.grant]
         if not guarded:
             return set()
-        subjects, boundaries = {g["subject"] for g in guarded}, {g["boundary"] for g in guarded}
-        query = select(Freeze.kind, Freeze.value).where(
-            or_((Freeze.kind == "subject") & Freeze.value.in_(subjects),
-                (Freeze.kind == "boundary") & Freeze.value.in_(boundaries))
-        )  # fmt: skip
-        return {(kind, value) for kind, value in session.execute(query).all()}
+        subjects, boundaries = list({g["subject"] for g in guarded}), list({g["boundary"] for g in guarded})
+        rows = conn.execute(_FROZEN_AMONG, {"subjects": subjects, "boundaries": boundaries}).all()
+        return {(kind, value) for kind, value in rows}
 
-    def _keys_among(self, session: Session, writes: Sequence[Write]) -> dict[str, KeyState]:
+    def _keys_among(self, conn: Connection, writes: Sequence[Write]) -> dict[str, KeyState]:
         hashes = [w.idem.key_hash for w in writes if w.idem]
         if not hashes:
             return {}
-        query = select(IdempotencyKey, Grant).join(Grant, Grant.id == IdempotencyKey.grant_id, isouter=True)
-        rows = session.execute(query.where(IdempotencyKey.key_hash.in_(hashes))).all()
-        return {key.key_hash: KeyState(key.request_fp, key.grant_id, grant, existing=True) for key, grant in rows}
+        rows = conn.execute(_KEYS_AMONG, {"hashes": hashes}).all()
+        return {
+            row.key_hash: KeyState(row.request_fp, row.grant_id, row if row.status is not None else None, existing=True)
+            for row in rows
+        }
 
     def begin_revoke(
         self, grant_ids: Sequence[str], *, end_status: str, actor: str, reason: str, revocation_id: str | None = None

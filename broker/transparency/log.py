@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import LedgerUnavailable
@@ -19,22 +19,33 @@ from broker.ledger.models import AuditEvent, LogHead, LogNode
 from broker.transparency import tree
 
 
-def append_leaves(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+# built once, like the ledger's append statements: they run in every appending transaction
+_HEAD = select(LogHead.size, LogHead.frontier).where(LogHead.id == 1)
+_INSERT_NODES = insert(LogNode.__table__)
+_INSERT_HEAD = insert(LogHead.__table__)
+_SET_HEAD = (
+    update(LogHead.__table__)
+    .where(LogHead.id == 1)
+    .values(size=bindparam("new_size"), frontier=bindparam("new_frontier", type_=LogHead.__table__.c.frontier.type))
+)
+
+
+def append_leaves(executor: Session | Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Add freshly chained events as leaves, inside the appending transaction (the chain head lock is held).
 
     Fails closed when the log and the ledger are out of step: the event is then not written either.
     """
-    head = session.execute(select(LogHead.size, LogHead.frontier).where(LogHead.id == 1)).one_or_none()
+    head = executor.execute(_HEAD).one_or_none()
     size, frontier = (head.size, [bytes.fromhex(h) for h in head.frontier]) if head else (0, [])
     if rows[0]["seq"] != size + 1:
         raise LedgerUnavailable(f"log out of step: log has {size} leaves, next event is seq {rows[0]['seq']}")
     frontier, new_size, nodes = tree.append(frontier, size, (tree.leaf_hash(canonical(r)) for r in rows))
-    session.execute(insert(LogNode.__table__), [{"level": lv, "idx": ix, "hash": h.hex()} for lv, ix, h in nodes])
-    values = {"size": new_size, "frontier": [h.hex() for h in frontier]}
+    executor.execute(_INSERT_NODES, [{"level": lv, "idx": ix, "hash": h.hex()} for lv, ix, h in nodes])
+    hexes = [h.hex() for h in frontier]
     if head is None:
-        session.execute(insert(LogHead.__table__).values(id=1, **values))
+        executor.execute(_INSERT_HEAD, {"id": 1, "size": new_size, "frontier": hexes})
     else:
-        session.execute(update(LogHead.__table__).where(LogHead.id == 1).values(**values))
+        executor.execute(_SET_HEAD, {"new_size": new_size, "new_frontier": hexes})
 
 
 class LogReader:
