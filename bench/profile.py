@@ -12,6 +12,7 @@ functions with the most samples of their own.
 from __future__ import annotations
 
 import argparse
+import os
 import collections
 import subprocess
 import tempfile
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             load = threading.Thread(target=lambda: results.append(
                 wrk_run("load", shape, args.connections, args.seconds + 2, server_pid=broker.proc.pid)))
             load.start()
-            raw = tmp / "profile.txt"
+            raw = Path(os.environ.get("BENCH_PROFILE_RAW", str(tmp / "profile.txt")))
             py_spy = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy"
             before = cpu_seconds([broker.proc.pid])
             subprocess.run([str(py_spy if py_spy.exists() else "py-spy"), "record", "--gil", "--pid",

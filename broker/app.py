@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -37,6 +38,7 @@ from broker.ledger.deployment import deployment_id
 from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.ledger.replay import ReplayStore
 from broker.policy import PolicySource
+from broker.signals.transmitter import Transmitter, build_transmitter
 from broker.signing import FileKeyRepository, KeyRepository, KeyStore
 from broker.transparency.checkpoint import CosignatureVerifier
 from broker.transparency.checkpoints import Checkpointer
@@ -45,9 +47,9 @@ from broker.transparency.log import LogReader
 from broker.transparency.note import NoteError
 from broker.transparency.push import WitnessPusher, WitnessTarget
 from broker.transparency.service import TransparencyLog
-from broker.signals.transmitter import Transmitter, build_transmitter
 
 log = logging.getLogger(__name__)
+ISSUING_THREADS = 40
 STARTUP_READY_WAIT = 5.0  # seconds serving waits for the ledger and keys checks' first pass
 
 
@@ -213,6 +215,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
             parts.signals.delivery.close()
         parts.readiness.stop()
         parts.operations.close()
+        app.state.issuing_threads.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.service = parts.service
@@ -220,6 +223,8 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     app.state.operations = parts.operations
     app.state.readiness = parts.readiness
     app.state.signals = parts.signals
+    # POST /v1/grants prepares on these (broker/api/grants.py): as many as Starlette's own pool
+    app.state.issuing_threads = ThreadPoolExecutor(max_workers=ISSUING_THREADS, thread_name_prefix="broker-issue")
     for module in (grants, log_routes, operators, oauth, wellknown, health, signals):
         app.include_router(module.router)
     metrics.install(app, parts.metrics)

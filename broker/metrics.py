@@ -13,7 +13,6 @@ from importlib import metadata
 from typing import Any
 
 from fastapi import FastAPI, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -112,9 +111,11 @@ class Metrics:
                 self.vault_errors.labels("revoke").inc()
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
-        """One served request (broker/api/access.py), by route template."""
+        """One served request (broker/api/access.py), by route template; a successful issuance is also timed."""
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_seconds.labels(method, route).observe(seconds)
+        if status in (200, 201) and (method, route) in ISSUE_PATHS:
+            self.issuance_seconds.observe(seconds)
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
@@ -170,33 +171,9 @@ def _version() -> str:
 
 
 def install(app: FastAPI, metrics: Metrics) -> None:
-    """Serve `/metrics` and time successful issuance requests (HTTP RED metrics: broker/api/access.py)."""
+    """Serve `/metrics` (the access log middleware, broker/api/access.py, feeds the request metrics)."""
 
     @app.get("/metrics", include_in_schema=False)
     def metrics_route() -> Response:
         return metrics.render()
 
-    app.add_middleware(IssuanceTimer, histogram=metrics.issuance_seconds)
-
-
-class IssuanceTimer:
-    """Pure ASGI middleware (no per-request task or body copy): times successful issuance responses."""
-
-    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
-        self.app = app
-        self.histogram = histogram
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"]) not in ISSUE_PATHS:
-            return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), 0
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, watch)
-        if status in (200, 201):
-            self.histogram.observe(time.perf_counter() - started)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,8 +45,10 @@ class GrantOut(BaseModel):
     dpop_bound: bool = False
 
     @classmethod
-    def of(cls, grant: Grant) -> GrantOut:
+    def of(cls, grant: Grant, **extra: Any) -> Self:
+        """The wire shape of a grant (`extra`: a subclass's own fields)."""
         return cls(
+            **extra,
             grant_id=grant.id,
             task=grant.task,
             boundary=grant.boundary,

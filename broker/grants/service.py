@@ -19,7 +19,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
-
 from broker import context
 from broker.backends import Backend, Minted, MintRequest
 from broker.config import BoundaryConfig, Settings
@@ -41,12 +40,13 @@ from broker.errors import (
     UnknownScope,
 )
 from broker.fingerprint import fingerprint
-from broker.grants.recording import recorded
 from broker.grants.limits import IssuanceLimits
 from broker.grants.outbox import Outbox, RevokeOutcome
+from broker.grants.recording import recorded
 from broker.identity import Attestors, Identity
 from broker.identity.dpop import DpopVerifier
 from broker.ledger import ACTIVE, REVOKE_PENDING, Committed, Event, Grant, IdemClaim, LedgerStore, Refused, Replayed
+from broker.ledger.issuing import grant_values
 from broker.policy import Decision, PolicySource
 from broker.signing import KeyStore
 
@@ -92,6 +92,7 @@ class Prepared:
     identity: Identity
     request: GrantRequest
     grant: Grant
+    row: dict[str, Any]  # the grant's column values, taken off the event loop (the writer inserts them)
     minted: Minted
     event: Event
     claim: IdemClaim | None
@@ -215,7 +216,8 @@ class GrantService:
         if "crash_after_mint" in self.settings.fault_injection:  # env=test only: a crash before the ledger commit
             os.kill(os.getpid(), signal.SIGKILL)
         grant = self._grant_row(identity, mint, minted, decision)
-        return Prepared(identity, request, grant, minted, _issued_event(grant, minted, identity), claim)
+        event = _issued_event(grant, minted, identity)
+        return Prepared(identity, request, grant, grant_values(grant), minted, event, claim)
 
     def commit(self, prepared: Prepared) -> Future:
         """Hand the grant and its `issued` event to the ledger writer; the future resolves once durable."""
@@ -223,7 +225,7 @@ class GrantService:
             failed: Future = Future()
             failed.set_exception(LedgerUnavailable("fault injection: ledger write fails after mint"))
             return failed
-        return self.ledger.submit_issued(prepared.grant, prepared.event, idem=prepared.claim)
+        return self.ledger.submit_issued(prepared.row, prepared.event, idem=prepared.claim)
 
     def conclude(self, prepared: Prepared, committed: Future) -> Issued:
         """Answer from the commit's outcome; fail closed: an unrecorded or refused credential is revoked."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy import or_, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker.errors import LedgerUnavailable
 from broker.ledger.models import Freeze, Revocation

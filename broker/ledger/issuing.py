@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, insert, update
-from sqlalchemy import Connection
+from sqlalchemy import Connection, delete, insert, update
 
+from broker.ledger import compiled
 from broker.ledger.models import ACTIVE, REVOKE_PENDING, Event, Grant, IdempotencyKey
 
 _INSERT_GRANTS = insert(Grant.__table__)  # built once: it runs for every batch
@@ -133,7 +133,7 @@ class IssueBatch:
                 )
             )  # fmt: skip
         if self.grants:
-            session.execute(_INSERT_GRANTS, self.grants)
+            compiled.execute_many(session, _INSERT_GRANTS, self.grants)
         if self.bound:
             session.execute(delete(IdempotencyKey.__table__).where(IdempotencyKey.key_hash.in_(list(self.bound))))
             session.execute(insert(IdempotencyKey.__table__), [_key_row(h, k) for h, k in self.bound.items()])

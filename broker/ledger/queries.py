@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from sqlalchemy import ColumnElement, func, or_, select, tuple_
 
 from broker.glob import compile_glob

@@ -9,13 +9,29 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, bindparam, create_engine, delete, event, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import LedgerUnavailable
 from broker.fingerprint import fingerprint
+from broker.ledger import compiled
 from broker.ledger.chain import VerifyResult, link, verify_chain
+from broker.ledger.compiled import Executor
 from broker.ledger.feed import EventFeed
 from broker.ledger.freezes import OperatorRecords
 from broker.ledger.issuing import OWNER_LEASE, IdemClaim, IssueBatch, KeyState, Outcome, Write, grant_values
@@ -31,28 +47,27 @@ from broker.ledger.models import (
     IdempotencyKey,
 )
 from broker.ledger.queries import ReadQueries
+from broker.ledger.turns import turn, turns_for
 from broker.ledger.writer import LedgerWriter
 from broker.transparency import log as transparency_log  # the one hook: every event is a log leaf
 
-# The statements of every append, built once: on this machine building a statement costs ~140 µs
-# and running a built one ~40 µs, and the ledger writer runs these for every batch.
+# The statements of every append, built once (building one costs ~140 µs here) and run compiled on
+# the driver's cursor (broker/ledger/compiled.py): the ledger writer runs them for every batch.
 _HEAD = select(ChainHead.seq, ChainHead.hash).where(ChainHead.id == 1)
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
 _SET_HEAD = (
     update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
 )
 _INSERT_EVENTS = insert(AuditEvent.__table__)
-_FROZEN_AMONG = select(Freeze.kind, Freeze.value).where(
-    or_((Freeze.kind == "subject") & Freeze.value.in_(bindparam("subjects", expanding=True)),
-        (Freeze.kind == "boundary") & Freeze.value.in_(bindparam("boundaries", expanding=True)))
+_FROZEN_ONE = select(Freeze.kind, Freeze.value).where(
+    or_((Freeze.kind == "subject") & (Freeze.value == bindparam("subject")),
+        (Freeze.kind == "boundary") & (Freeze.value == bindparam("boundary")))
 )  # fmt: skip
 _KEYS_AMONG = (
     select(IdempotencyKey.key_hash, IdempotencyKey.request_fp, IdempotencyKey.grant_id, Grant.status, Grant.expires_at)
     .join(Grant, Grant.id == IdempotencyKey.grant_id, isouter=True)
     .where(IdempotencyKey.key_hash.in_(bindparam("hashes", expanding=True)))
 )
-Executor = Session | Connection  # `_append` runs in an ORM session or, for the writer's batches, on a connection
-
 
 
 def make_engine(
@@ -104,6 +119,7 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
         self._clock = clock
         self._lock_head = engine.dialect.name != "sqlite"
+        self._turns = turns_for(engine.dialect.name, engine.url.database)  # SQLite writers queue in the kernel
         self._writer = LedgerWriter(self._apply_batch)
         # called inside each appending transaction with (session, chained rows): e.g. the signals outbox
         self.append_listeners: list[Callable[[Session, list[dict[str, Any]]], None]] = []
@@ -129,14 +145,14 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
     def _tx(self, readonly: bool = False) -> Iterator[Session]:
         try:
             factory = self._read_sessions if readonly else self._sessions
-            with factory() as session, session.begin():
+            with turn(None if readonly else self._turns), factory() as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(f"ledger write failed: {_why(exc)}") from exc
 
     def _lock(self, executor: Executor) -> tuple[int, str]:
         """The chain head, locked for this transaction (SQLite: BEGIN IMMEDIATE already holds the lock)."""
-        seq, prev_hash = executor.execute(_HEAD_FOR_UPDATE if self._lock_head else _HEAD).one()
+        ((seq, prev_hash),) = compiled.fetch(executor, _HEAD_FOR_UPDATE if self._lock_head else _HEAD)
         return seq, prev_hash
 
     def _append(
@@ -156,9 +172,9 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
             row = _event_row(item, seq, now, prev_hash)
             prev_hash = row["hash"]
             rows.append(row)
-        executor.execute(_INSERT_EVENTS, rows)
+        compiled.execute_many(executor, _INSERT_EVENTS, rows)
         transparency_log.append_leaves(executor, rows)
-        executor.execute(_SET_HEAD, {"head_seq": seq, "head_hash": prev_hash})
+        compiled.fetch(executor, _SET_HEAD, {"head_seq": seq, "head_hash": prev_hash})
         if isinstance(executor, Session):
             executor.info.setdefault("feed", []).extend(rows)  # delivered after commit (broker/ledger/feed.py)
         for listener in self.append_listeners:  # in the same transaction (signals' outbox)
@@ -179,9 +195,11 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         """
         return self._write(Write(events=[issued], grant=grant_values(grant), guard=True, idem=idem))
 
-    def submit_issued(self, grant: Grant, issued: Event, *, idem: IdemClaim | None = None) -> Future:
-        """`record_issued` for the event loop: a future of the outcome, awaited without a thread hop."""
-        return self._writer.submit(Write(events=[issued], grant=grant_values(grant), guard=True, idem=idem))
+    def submit_issued(self, row: dict[str, Any], issued: Event, *, idem: IdemClaim | None = None) -> Future:
+        """`record_issued` for the event loop: a future of the outcome, awaited without a thread hop.
+
+        `row` is `grant_values(grant)`, taken by the caller before it reaches the event loop."""
+        return self._writer.submit(Write(events=[issued], grant=row, guard=True, idem=idem))
 
     def _write(self, write: Write) -> Outcome:
         return self._writer.run(write)
@@ -189,10 +207,10 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
     def _apply_batch(self, writes: Sequence[Write]) -> list[Outcome]:
         """One transaction for a batch of writes (the writer thread calls this); failures are LedgerUnavailable.
 
-        On a Core connection, not an ORM session: a session costs ~50 µs more per statement.
+        On a Core connection, not an ORM session, with the append statements compiled (compiled.py).
         """
         try:
-            with self.engine.begin() as conn:
+            with turn(self._turns), self.engine.begin() as conn:
                 head = self._lock(conn)
                 batch = IssueBatch(self._clock(), self._frozen_among(conn, writes), self._keys_among(conn, writes))
                 outcomes = [batch.decide(write) for write in writes]
@@ -211,9 +229,12 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         guarded = [w.grant for w in writes if w.guard and w.grant]
         if not guarded:
             return set()
-        subjects, boundaries = list({g["subject"] for g in guarded}), list({g["boundary"] for g in guarded})
-        rows = conn.execute(_FROZEN_AMONG, {"subjects": subjects, "boundaries": boundaries}).all()
-        return {(kind, value) for kind, value in rows}
+        pairs = {(g["subject"], g["boundary"]) for g in guarded}  # a batch holds few distinct pairs
+        return {
+            (kind, value)
+            for subject, boundary in pairs
+            for kind, value in compiled.fetch(conn, _FROZEN_ONE, {"subject": subject, "boundary": boundary})
+        }
 
     def _keys_among(self, conn: Connection, writes: Sequence[Write]) -> dict[str, KeyState]:
         hashes = [w.idem.key_hash for w in writes if w.idem]
@@ -286,7 +307,9 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
             rows = session.execute(_for_update(_batch(grant_ids, REVOKE_PENDING), self._lock_head)).all()
             final = func.coalesce(Grant.end_status, "revoked")
             session.execute(
-                update(Grant.__table__).where(Grant.id.in_([r.id for r in rows])).values(status=final, next_attempt_at=None)
+                update(Grant.__table__)
+                .where(Grant.id.in_([r.id for r in rows]))
+                .values(status=final, next_attempt_at=None)
             )
             self._append(session, [_end_event(r, r.end_status or "revoked", extra or {}) for r in rows])
             return len(rows)
@@ -438,7 +461,6 @@ def _batch(grant_ids: Sequence[str], status: str):  # noqa: ANN202
 
 def _failed_event(grant: Grant | Row, error: str, attempt: int, retry_at: float) -> Event:
     return _end_event(grant, "revoke_failed", {"error": error[:200], "attempt": attempt, "retry_at": retry_at})
-
 
 
 def event_dict(row: AuditEvent) -> dict[str, Any]:

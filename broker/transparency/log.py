@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, tuple_, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, bindparam, insert, select, tuple_, update
+from sqlalchemy.orm import sessionmaker
 
 from broker.errors import LedgerUnavailable
+from broker.ledger import compiled
 from broker.ledger.chain import canonical
 from broker.ledger.models import AuditEvent, LogHead, LogNode
 from broker.transparency import tree
-
 
 # built once, like the ledger's append statements: they run in every appending transaction
 _HEAD = select(LogHead.size, LogHead.frontier).where(LogHead.id == 1)
@@ -30,22 +30,22 @@ _SET_HEAD = (
 )
 
 
-def append_leaves(executor: Session | Connection, rows: Sequence[dict[str, Any]]) -> None:
+def append_leaves(executor: compiled.Executor, rows: Sequence[dict[str, Any]]) -> None:
     """Add freshly chained events as leaves, inside the appending transaction (the chain head lock is held).
 
     Fails closed when the log and the ledger are out of step: the event is then not written either.
     """
-    head = executor.execute(_HEAD).one_or_none()
-    size, frontier = (head.size, [bytes.fromhex(h) for h in head.frontier]) if head else (0, [])
+    head = next(iter(compiled.fetch(executor, _HEAD)), None)
+    size, frontier = (head[0], [bytes.fromhex(h) for h in head[1]]) if head else (0, [])
     if rows[0]["seq"] != size + 1:
         raise LedgerUnavailable(f"log out of step: log has {size} leaves, next event is seq {rows[0]['seq']}")
     frontier, new_size, nodes = tree.append(frontier, size, (tree.leaf_hash(canonical(r)) for r in rows))
-    executor.execute(_INSERT_NODES, [{"level": lv, "idx": ix, "hash": h.hex()} for lv, ix, h in nodes])
+    compiled.execute_many(executor, _INSERT_NODES, [{"level": lv, "idx": ix, "hash": h.hex()} for lv, ix, h in nodes])
     hexes = [h.hex() for h in frontier]
     if head is None:
-        executor.execute(_INSERT_HEAD, {"id": 1, "size": new_size, "frontier": hexes})
+        compiled.fetch(executor, _INSERT_HEAD, {"id": 1, "size": new_size, "frontier": hexes})
     else:
-        executor.execute(_SET_HEAD, {"new_size": new_size, "new_frontier": hexes})
+        compiled.fetch(executor, _SET_HEAD, {"new_size": new_size, "new_frontier": hexes})
 
 
 class LogReader:
@@ -98,4 +98,7 @@ class LogReader:
 
 
 def _body(event: AuditEvent) -> dict[str, Any]:
-    return {c: getattr(event, c) for c in ("seq", "id", "ts", "kind", "subject", "boundary", "task", "grant_id", "actor", "detail")}
+    return {
+        c: getattr(event, c)
+        for c in ("seq", "id", "ts", "kind", "subject", "boundary", "task", "grant_id", "actor", "detail")
+    }

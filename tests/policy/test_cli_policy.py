@@ -70,11 +70,11 @@ def test_policy_diff_against_the_ledger_lists_the_grants_that_would_be_withdrawn
     rows = {"g-write": ("payments", "read write"), "g-read": ("payments", "read"), "g-report": ("reporting", "read")}
     for grant_id, (namespace, scopes) in rows.items():
         rule = "reporting" if namespace == "reporting" else "payments-workers"
-        ledger.submit_issued(Grant(
+        ledger.record_issued(Grant(
             id=grant_id, subject=f"system:serviceaccount:{namespace}:w", attestor="k8s", task="t", boundary="orders",
             backend="jwt", scopes=scopes, handle=grant_id, fingerprint="f", issued_at=1.0, expires_at=301.0,
             policy_revision="0" * 64, rule=rule,
-        ), _issued(grant_id)).result()  # fmt: skip
+        ), _issued(grant_id))  # fmt: skip
     done = broker("diff", "-c", CONFIG, str(EXAMPLES / "policy.yaml"), str(EXAMPLES / "policy-v2.yaml"),
                   "--against-ledger", "--data-dir", str(tmp_path), "--output", "json")  # fmt: skip
     assert done.returncode == 1, done.stderr
