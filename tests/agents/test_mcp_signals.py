@@ -26,7 +26,7 @@ class Counted(httpx.Client):
         super().__init__(timeout=10.0)
         self.paths: list[str] = []
 
-    def send(self, request: httpx.Request, **kwargs) -> httpx.Response:  # noqa: ANN003
+    def send(self, request: httpx.Request, **kwargs) -> httpx.Response:
         self.paths.append(request.url.path)
         return super().send(request, **kwargs)
 

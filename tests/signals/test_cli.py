@@ -15,14 +15,14 @@ BROKER = str(Path(sys.executable).with_name("broker"))
 PUSH, POLL = "urn:ietf:rfc:8935", "urn:ietf:rfc:8936"
 
 
-def _stream(broker, subject: str, delivery: dict) -> dict:  # noqa: ANN001
+def _stream(broker, subject: str, delivery: dict) -> dict:
     answer = broker.post("/ssf/streams", json={"delivery": delivery, "boundaries": ["orders"]},
                          headers=auth(broker.issuers.oidc.token(sub=subject)))  # fmt: skip
     assert answer.status_code == 201, answer.text
     return answer.json()
 
 
-def _failed_once(broker, stream_id: str, timeout: float = 10) -> None:  # noqa: ANN001
+def _failed_once(broker, stream_id: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(r["stream_id"] == stream_id and r["failed"] for r in broker.components.signals.outbox.lag()):

@@ -6,7 +6,9 @@
     app.add_middleware(SignalMiddleware, receiver=receiver, verifier=Verifier(issuer, audience))
 
 SETs are verified (signature against the broker's JWKS, `typ: secevent+jwt`, `iss`, `aud` = the stream's);
-a revoked `jti` is kept until its token's `exp` (the event says when), in bounded memory.
+a revoked `jti` is kept until its token's `exp` (the event says when), in bounded memory. A freeze
+(`session-revoked` naming a subject or a boundary, no session) refuses every token of that `sub` or
+`aud` issued at or before the freeze, for `default_retention` seconds.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class SignalReceiver:
         self.issuer: str | None = None
         self.verified_states: set[str] = set()
         self._revoked = RevokedSet(capacity, clock)
+        self._frozen: dict[str, tuple[float, float]] = {}  # "sub:…" or "aud:…" → (freeze time, kept until)
         self._seen = RevokedSet(capacity, clock)  # SET jti and txn: no event reaches the app twice
         self._keys: dict[str, Any] = {}
         self._keys_at = 0.0
@@ -167,7 +170,9 @@ class SignalReceiver:
 
     def _apply(self, kind: str, event: dict[str, Any], subject: dict[str, Any]) -> None:
         session = subject.get("session", subject)
-        if kind == SESSION_REVOKED and session.get("format") == "jwt_id" and session.get("iss") == self.issuer:
+        if kind == SESSION_REVOKED and subject.get("format") == "complex" and "session" not in subject:
+            self._freeze(event, subject)
+        elif kind == SESSION_REVOKED and session.get("format") == "jwt_id" and session.get("iss") == self.issuer:
             exp = event.get("credential_exp")
             until = float(exp) + 60 if isinstance(exp, int | float) else self.clock() + self.default_retention
             self._revoked.add(str(session.get("jti")), until)
@@ -175,6 +180,30 @@ class SignalReceiver:
             self._revoked.add(str(session.get("id")), self.clock() + self.default_retention)
         elif kind == VERIFICATION and event.get("state"):
             self.verified_states.add(str(event["state"]))
+
+    def _freeze(self, event: dict[str, Any], subject: dict[str, Any]) -> None:
+        """All sessions of a subject (CAEP `user`) or of a boundary (its tokens' `audience`) until the event."""
+        at = event.get("event_timestamp")
+        user, audience = (subject.get("user") or {}).get("id"), event.get("audience")
+        key = f"sub:{user}" if isinstance(user, str) else (f"aud:{audience}" if isinstance(audience, str) else None)
+        if key is None or not isinstance(at, int | float):
+            return
+        now = self.clock()
+        self._frozen = {k: v for k, v in self._frozen.items() if v[1] > now}  # freezes are few: prune on each
+        if len(self._frozen) >= 10_000 and key not in self._frozen:
+            self._frozen.pop(next(iter(self._frozen)))  # the oldest goes (logged, as at capacity above)
+            log.warning("signal receiver holds 10000 freezes: forgot the oldest")
+        self._frozen[key] = (max(float(at), self._frozen.get(key, (0.0, 0.0))[0]), now + self.default_retention)
+
+    def is_frozen(self, claims: dict[str, Any]) -> bool:
+        """True when a freeze SET covers this token: its subject or audience, issued at or before the freeze."""
+        iat = claims.get("iat")
+        audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
+        keys = [f"sub:{claims.get('sub')}", *(f"aud:{a}" for a in audiences)]
+        now = self.clock()
+        with self._lock:
+            times = [self._frozen[k][0] for k in keys if k in self._frozen and self._frozen[k][1] > now]
+        return bool(times) and (not isinstance(iat, int | float) or iat <= max(times))
 
     def is_revoked(self, jti: str) -> bool:
         with self._lock:
@@ -184,6 +213,8 @@ class SignalReceiver:
         """The verified claims of a broker token, unless a SET revoked it (InvalidToken)."""
         if self.is_revoked(str(claims.get("jti"))):
             raise InvalidToken("the broker revoked this token (Shared Signals)")
+        if self.is_frozen(claims):
+            raise InvalidToken("the broker froze this token's subject or boundary (Shared Signals)")
         return claims
 
     # --- push (RFC 8935) and poll (RFC 8936) ---------------------------------------------------
