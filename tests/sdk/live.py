@@ -15,6 +15,7 @@ import uvicorn
 from broker.app import Components, build, create_app
 from broker.config import Settings
 from broker.serving import uvicorn_tls
+from tests.signals.conftest import RECEIVERS
 from tests.support.broker import BOUNDARIES, POLICY, Issuers, broker_settings
 
 # `secure` refuses a grant without a DPoP proof; payments workers may use it
@@ -25,6 +26,7 @@ def sdk_policy() -> dict[str, Any]:
     policy = copy.deepcopy(POLICY)
     workers = next(rule for rule in policy["rules"] if rule["name"] == "payments-workers")
     workers["allow"].append({"boundary": "secure", "scopes": ["read"], "max_ttl": "10m"})
+    policy["rules"].append(RECEIVERS)  # signal receivers (the guide's resource server)
     return policy
 
 

@@ -298,8 +298,8 @@ class SignalReceiver:
 class SignalMiddleware:
     """Pure ASGI: takes pushed SETs at `path`; refuses (401) a Bearer broker token that a SET revoked.
 
-    With a `verifier` (broker_client.Verifier) every Bearer token is verified offline first and its
-    claims put in `scope["broker_claims"]`.
+    With a `verifier` (broker_client.Verifier) every Bearer or DPoP token is verified offline first (a
+    DPoP-bound one with the request's `DPoP` proof) and its claims put in `scope["broker_claims"]`.
     """
 
     def __init__(self, app: Any, receiver: SignalReceiver, path: str = "/ssf/events", verifier: Any = None) -> None:
@@ -322,8 +322,10 @@ class SignalMiddleware:
                 # on them, the app behind still verifies the token itself
                 if self.verifier is None:
                     self.receiver.check(jwt.decode(token, options={"verify_signature": False}))
-                else:
-                    scope["broker_claims"] = self.receiver.check(self.verifier.verify(token))
+                else:  # a DPoP-bound token needs its holder's proof for this request (RFC 9449 §7)
+                    proof = _header(scope, b"dpop")
+                    claims = self.verifier.verify(token, dpop_proof=proof, method=scope["method"], url=_url(scope))
+                    scope["broker_claims"] = self.receiver.check(claims)
             except (InvalidToken, jwt.InvalidTokenError):
                 body = _err("invalid_token", "the token is invalid or was revoked")
                 return await _respond(send, 401, body, b"application/json", [(b"www-authenticate", b'Bearer error="invalid_token"')])
@@ -337,6 +339,15 @@ def _writable(stream: dict[str, Any]) -> dict[str, Any]:
 
 def _err(err: str, description: str) -> bytes:
     return json.dumps({"err": err, "description": description}).encode()
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    values = [v for k, v in scope["headers"] if k == name]
+    return values[0].decode("latin-1") if len(values) == 1 else None
+
+
+def _url(scope: dict) -> str:
+    return f"{scope.get('scheme', 'http')}://{_header(scope, b'host') or 'localhost'}{scope['path']}"
 
 
 def _bearer(scope: dict) -> str | None:
