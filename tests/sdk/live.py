@@ -47,12 +47,12 @@ class LiveBroker:
     thread: threading.Thread
 
     @classmethod
-    def start(cls, data_dir: Path, issuers: Issuers, **overrides: Any) -> LiveBroker:
+    def start(cls, data_dir: Path, issuers: Issuers, clock: Any = None, **overrides: Any) -> LiveBroker:
         port = free_port()
         url = f"{'https' if overrides.get('tls') else 'http'}://127.0.0.1:{port}"
         values = {"issuer": url, "boundaries": SDK_BOUNDARIES, "policy": sdk_policy(), **overrides}
         settings = broker_settings(data_dir, issuers, **values)
-        components = build(settings)
+        components = build(settings, clock) if clock is not None else build(settings)
         config = uvicorn.Config(create_app(settings, components), host="127.0.0.1", port=port, log_level="warning",
                                 **uvicorn_tls(settings))  # fmt: skip
         server = uvicorn.Server(config)
