@@ -126,8 +126,8 @@ class EndpointBundle:
 
     Cache: the last good document's roots, fetched again `refresh` seconds after (sooner when its
     `spiffe_refresh_hint` says so, never under 10 s). The first fetch runs in the caller; later ones in
-    a daemon thread once due, so no request or TLS handshake waits on the endpoint. A bad document (not
-    a JWK Set, an `x509-svid` key whose `x5c` is not exactly one CA certificate matching the key, no
+    a daemon thread once due, so no request or TLS handshake waits on the endpoint. A bad document (over
+    1 MiB, not a JWK Set, an `x509-svid` key whose `x5c` is not exactly one CA certificate matching the key, no
     `x509-svid` key, a `spiffe_sequence` going back) trusts nothing until a good one (fail closed); an
     unreachable endpoint keeps the last good roots for `max_stale` seconds, then trusts nothing. Either
     failure is retried every 10 s.
@@ -234,7 +234,7 @@ def fetch_bundle(config: BundleEndpointConfig, spiffe_roots: bytes) -> bytes:
             for chunk in answer.iter_bytes():
                 body += chunk
                 if len(body) > MAX_BUNDLE_BYTES:
-                    raise InvalidIdentity(f"bundle endpoint document larger than {MAX_BUNDLE_BYTES} bytes")
+                    break  # read no further: parse_bundle refuses it as a bad document
             return body
     except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
         raise InvalidIdentity(f"bundle endpoint unreachable: {type(exc).__name__}") from None
@@ -261,6 +261,8 @@ def _check_endpoint_id(answer: httpx.Response, expected: str) -> None:
 
 def parse_bundle(body: bytes) -> tuple[tuple[x509.Certificate, ...], int | None, int | None]:
     """A SPIFFE bundle (a JWK Set): its `x509-svid` authorities, `spiffe_sequence` and `spiffe_refresh_hint`."""
+    if len(body) > MAX_BUNDLE_BYTES:
+        raise InvalidIdentity(f"bundle document larger than {MAX_BUNDLE_BYTES} bytes")
     try:
         document = json.loads(body)
     except ValueError:

@@ -185,7 +185,9 @@ def test_refresh_keeps_the_last_bundle_while_unreachable_and_fails_closed_on_a_b
 
     two_certs = json.loads(bundle(fed, sequence=3))
     two_certs["keys"][0]["x5c"].append(two_certs["keys"][0]["x5c"][0])  # x5c must be exactly one certificate
-    for bad in (b"<html>", json.dumps(two_certs).encode(), bundle(fed, sequence=1)):  # the last goes back in sequence
+    too_large = bundle(fed, sequence=4, padding="x" * (1024 * 1024))
+    # the fourth goes back in sequence
+    for bad in (b"<html>", json.dumps(two_certs).encode(), too_large, bundle(fed, sequence=1)):
         web.answer(bad)
         hits, clock[0] = applied.count, clock[0] + 301
         _grant_via_proxy(world, leaf, "t-bad")
