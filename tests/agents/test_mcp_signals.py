@@ -14,7 +14,7 @@ from fastmcp import FastMCP
 from tests.agents.conftest import agent_token, mcp_boundaries, mcp_policy
 from tests.agents.test_mcp_servers import _call, _raw_call, _serve
 from tests.sdk.live import LiveBroker, free_port
-from tests.signals.conftest import RECEIVERS
+from tests.support.broker import RECEIVERS
 
 AGENT = "system:serviceaccount:agents:triage"
 

@@ -15,8 +15,7 @@ import uvicorn
 from broker.app import Components, build, create_app
 from broker.config import Settings
 from broker.serving import uvicorn_tls
-from tests.signals.conftest import RECEIVERS
-from tests.support.broker import BOUNDARIES, POLICY, Issuers, broker_settings
+from tests.support.broker import BOUNDARIES, POLICY, RECEIVERS, Issuers, broker_settings
 
 # `secure` refuses a grant without a DPoP proof; payments workers may use it
 SDK_BOUNDARIES = [*BOUNDARIES, {"name": "secure", "backend": "jwt", "scopes": ["read"], "max_ttl": "10m", "require_dpop": True}]

@@ -182,7 +182,11 @@ class SignalReceiver:
             self.verified_states.add(str(event["state"]))
 
     def _freeze(self, event: dict[str, Any], subject: dict[str, Any]) -> None:
-        """All sessions of a subject (CAEP `user`) or of a boundary (its tokens' `audience`) until the event."""
+        """All sessions of a subject (CAEP `user`) or of a boundary (its tokens' `audience`) until the event.
+
+        `iat` and `event_timestamp` are whole seconds: a token issued in the second of the freeze, after
+        the freeze was lifted, is refused too (fail closed).
+        """
         at = event.get("event_timestamp")
         user, audience = (subject.get("user") or {}).get("id"), event.get("audience")
         key = f"sub:{user}" if isinstance(user, str) else (f"aud:{audience}" if isinstance(audience, str) else None)
