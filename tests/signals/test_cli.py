@@ -34,7 +34,7 @@ def _failed_once(broker, stream_id: str, timeout: float = 10) -> None:
 def _signals(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {"PATH": str(Path(sys.executable).parent), "COLUMNS": "250", "HOME": str(data_dir)}
     return subprocess.run([BROKER, "signals", "--data-dir", str(data_dir), *args], capture_output=True, text=True,
-                          env=env, timeout=60, check=False)  # fmt: skip
+                          env=env, timeout=180, check=False)  # fmt: skip
 
 
 def test_broker_signals_shows_each_streams_lag_and_last_error(broker, issuers, tmp_path) -> None:
