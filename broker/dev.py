@@ -224,7 +224,8 @@ def dev_settings(data_dir: Path, port: int, tls: bool = False, **vault_parts: An
         from broker.dev_svid import dev_tls_config, dev_x509_rules
 
         config |= dev_tls_config(data_dir.resolve()) | {"issuer": f"https://127.0.0.1:{port}"}
-        config["policy"]["rules"] += dev_x509_rules([b["name"] for b in config["boundaries"]])
+        demo_allow = [dict(a) for a in config["policy"]["rules"][0]["allow"]]  # the demo workload's: an mcp boundary's scopes are its tools
+        config["policy"]["rules"] += dev_x509_rules([b["name"] for b in config["boundaries"]], demo_allow)
     return load_settings(None, **config)
 
 

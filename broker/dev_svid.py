@@ -98,9 +98,10 @@ def dev_tls_config(data_dir: Path) -> dict[str, Any]:
     }
 
 
-def dev_x509_rules(boundaries: list[str]) -> list[dict[str, Any]]:
-    """Every SPIFFE ID of dev.local may use the demo boundaries (as dev:demo-workload may)."""
-    allow = [{"boundary": name, "scopes": ["read", "write"], "max_ttl": "15m"} for name in boundaries]
+def dev_x509_rules(boundaries: list[str], allow: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every SPIFFE ID of dev.local may use the demo boundaries: `allow`, dev:demo-workload's (else read, write)."""
+    if allow is None:
+        allow = [{"boundary": name, "scopes": ["read", "write"], "max_ttl": "15m"} for name in boundaries]
     match = {"attestor": DEV_X509_ATTESTOR, "claims": {"trust_domain": DEV_TRUST_DOMAIN}}
     return [{"name": "dev-svids", "match": match, "allow": allow}]
 

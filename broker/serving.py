@@ -25,7 +25,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from broker.config import Settings
 from broker.errors import ConfigError, InvalidIdentity
-from broker.identity.x509 import TrustBundle
+from broker.identity.x509 import EndpointBundle, TrustBundle, trust_bundle
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def uvicorn_tls(settings: Settings) -> dict[str, Any]:
     return {"ssl_context_factory": functools.partial(_factory, settings), "http": TlsFactsProtocol}
 
 
-def _factory(settings: Settings, config: Any, default: Any) -> ssl.SSLContext:  # noqa: ARG001
+def _factory(settings: Settings, config: Any, default: Any) -> ssl.SSLContext:
     return server_context(settings)
 
 
@@ -54,9 +54,9 @@ def server_context(settings: Settings) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"tls: cannot load {settings.tls.cert_file} / {settings.tls.key_file}: {exc}") from None
     bundles = [
-        TrustBundle(path, f"x509 attestor {a.name} ({domain})")
+        trust_bundle(source, domain, f"x509 attestor {a.name} ({domain})")
         for a in settings.x509_attestors
-        for domain, path in a.trust_domains.items()
+        for domain, source in a.trust_domains.items()
     ]
     if bundles:
         _ask_for_client_certificates(context, _Roots(context, bundles))
@@ -76,7 +76,7 @@ def _ask_for_client_certificates(context: ssl.SSLContext, roots: _Roots) -> None
 class _Roots:
     """Adds the bundles' authorities to the server context's store whenever a bundle file changes."""
 
-    def __init__(self, context: ssl.SSLContext, bundles: list[TrustBundle]) -> None:
+    def __init__(self, context: ssl.SSLContext, bundles: list[TrustBundle | EndpointBundle]) -> None:
         self._context = context
         self._bundles = bundles
         self._loaded: set[bytes] = set()

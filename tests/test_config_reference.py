@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from broker.config import AttestorConfig, BoundaryConfig, LimitsConfig, ScopeConfig, Settings, VaultConfig, WitnessConfig
-from broker.config_x509 import ClientCertHeaderConfig, TlsConfig, X509AttestorConfig
+from broker.config_x509 import BundleEndpointConfig, ClientCertHeaderConfig, TlsConfig, X509AttestorConfig
 
 DOC = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
 # each model and the heading of the section whose table documents it
 TABLES = {Settings: "Top level", AttestorConfig: "Attestors", BoundaryConfig: "Boundaries",
           ScopeConfig: "Scopes", LimitsConfig: "Abuse limits", VaultConfig: "Vault",
           WitnessConfig: "Transparency log witnesses", X509AttestorConfig: "X.509-SVID attestors",
-          TlsConfig: "TLS", ClientCertHeaderConfig: "Client certificate header"}  # fmt: skip
+          TlsConfig: "TLS", ClientCertHeaderConfig: "Client certificate header",
+          BundleEndpointConfig: "SPIFFE bundle endpoints"}  # fmt: skip
 
 
 def table_fields(doc: str, heading: str) -> set[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from broker.ledger.models import FINAL_STATUSES, Event
-from broker.signals.outbox import VERIFY_KIND, SignalOutbox
+from broker.signals.outbox import FREEZE_KIND, VERIFY_KIND, SignalOutbox
 from broker.signals.sets import sign_set
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ class Delivery:
         self._thread: threading.Thread | None = None
 
     def on_commit(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Ledger feed subscriber: a committed end event (or verification request) starts a pass now."""
-        if any(r["kind"] in FINAL_STATUSES or r["kind"] == VERIFY_KIND for r in rows):
+        """Ledger feed subscriber: a committed end event (a freeze, a verification request) starts a pass now."""
+        if any(r["kind"] in FINAL_STATUSES or r["kind"] in (VERIFY_KIND, FREEZE_KIND) for r in rows):
             self.wake()
 
     def wake(self) -> None:

@@ -15,29 +15,40 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from broker.ledger.models import FINAL_STATUSES, Grant, SignalOutboxRow, SignalStream
-from broker.signals.sets import CREDENTIAL_CHANGE, SESSION_REVOKED, EndedGrant, end_claims, verification_claims
+from broker.signals.sets import (
+    CREDENTIAL_CHANGE,
+    SESSION_REVOKED,
+    EndedGrant,
+    end_claims,
+    freeze_claims,
+    verification_claims,
+)
 
 VERIFY_KIND = "signal_verification"  # the audit event of a receiver's verification request
+FREEZE_KIND = "frozen"  # an operator's freeze: a SET even when it ends no grant
 LIVE = ("enabled", "paused")  # a paused stream holds its events (SSF 1.0 §8.1.2); a disabled one drops them
 
 
 class SignalOutbox:
     """Turns chained end events into per-stream outbox rows; reads and acknowledges them for delivery."""
 
-    def __init__(self, engine: Engine, issuer: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, engine: Engine, issuer: str, clock: Callable[[], float] = time.time, audiences: dict[str, str] | None = None
+    ) -> None:
         self.engine = engine
         self.issuer = issuer
         self.clock = clock
+        self.audiences = audiences or {}  # boundary → the `aud` of its broker JWTs (named in a freeze's SET)
 
     def on_append(self, session: Session, rows: Sequence[dict[str, Any]]) -> None:
         """The append listener: one SET per (stream that wants it, ended grant), in chain order."""
-        ends = [r for r in rows if (r["kind"] in FINAL_STATUSES and r["grant_id"]) or r["kind"] == VERIFY_KIND]
+        ends = [r for r in rows if (r["kind"] in FINAL_STATUSES and r["grant_id"]) or r["kind"] in (VERIFY_KIND, FREEZE_KIND)]
         if not ends:
             return  # the issuance path: no query at all
         streams = session.execute(select(SignalStream.__table__).where(SignalStream.status.in_(LIVE))).all()
         if not streams:
             return
-        grants = self._grants(session, [r["grant_id"] for r in ends if r["kind"] != VERIFY_KIND])
+        grants = self._grants(session, [r["grant_id"] for r in ends if r["kind"] in FINAL_STATUSES])
         now, out = self.clock(), []
         for stream in streams:
             seq = stream.next_seq
@@ -63,6 +74,8 @@ class SignalOutbox:
                 return None
             return verification_claims(issuer=self.issuer, audience=stream.audience, stream_id=stream.id,
                                        state=row["detail"].get("state"), now=now, txn=row["id"])  # fmt: skip
+        if row["kind"] == FREEZE_KIND:
+            return self._freeze(stream, row, now)
         grant = grants.get(row["grant_id"])
         if grant is None or row["boundary"] not in stream.boundaries:
             return None
@@ -75,6 +88,15 @@ class SignalOutbox:
             expires_at=grant.expires_at, txn=row["id"],
         )  # fmt: skip
         return end_claims(ended, issuer=self.issuer, audience=stream.audience, now=now)
+
+    def _freeze(self, stream: Any, row: dict[str, Any], now: float) -> dict | None:
+        target, value = row["detail"].get("target"), row["detail"].get("value")
+        if target not in ("subject", "boundary") or not value or SESSION_REVOKED not in stream.events_requested:
+            return None
+        if target == "boundary" and value not in stream.boundaries:
+            return None  # a subject freeze reaches every stream: the subject may hold grants at any boundary
+        return freeze_claims(target=target, value=value, token_audience=self.audiences.get(value), issuer=self.issuer,
+                             audience=stream.audience, frozen_at=row.get("ts") or now, now=now, txn=row["id"])  # fmt: skip
 
     def _write(self) -> Session:
         return Session(self.engine, expire_on_commit=False)

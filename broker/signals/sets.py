@@ -64,6 +64,30 @@ def end_claims(grant: EndedGrant, *, issuer: str, audience: str, now: float) -> 
     return _envelope(issuer, audience, now, grant.txn, subject, kind, event)
 
 
+def freeze_claims(
+    *, target: str, value: str, token_audience: str | None, issuer: str, audience: str, frozen_at: float, now: float,
+    txn: str,
+) -> dict[str, Any]:
+    """A freeze, even one that ends no grant: `session-revoked` of every token of the subject (or boundary) so far.
+
+    CAEP 1.0 §3.1 with no `session` member: all sessions of the subject named are revoked. A receiver
+    refuses the broker JWTs of that subject (`sub`) or boundary (`aud`, the `audience` member) issued at
+    or before `event_timestamp`; those issued after the freeze is lifted are not affected.
+    """
+    event: dict[str, Any] = {
+        "event_timestamp": int(frozen_at),
+        "initiating_entity": "admin",
+        "reason_admin": {"en": f"{target} frozen"},  # fixed text: the operator's reason stays in the ledger
+    }
+    if target == "subject":
+        subject = {"format": "complex", "user": {"format": "opaque", "id": value}}
+    else:  # a boundary: the downstream system whose tokens are all revoked
+        subject = {"format": "complex", "application": {"format": "opaque", "id": value}}
+        if token_audience is not None:
+            event["audience"] = token_audience  # extension: the `aud` of this boundary's broker JWTs
+    return _envelope(issuer, audience, now, txn, subject, SESSION_REVOKED, event)
+
+
 def verification_claims(*, issuer: str, audience: str, stream_id: str, state: str | None, now: float, txn: str) -> dict[str, Any]:
     """SSF 1.0 §8.1.4: the verification event a receiver asked for, echoing its `state`."""
     subject = {"format": "opaque", "id": stream_id}

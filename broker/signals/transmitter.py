@@ -85,7 +85,7 @@ class _StreamCollector:
 
 def build_transmitter(settings: Any, ledger: Any, keys: Any, clock: Any) -> Transmitter:
     """Wire the outbox into the ledger (inside each appending transaction) and delivery after each commit."""
-    outbox = SignalOutbox(ledger.engine, settings.issuer, clock)
+    outbox = SignalOutbox(ledger.engine, settings.issuer, clock, {b.name: b.jwt_audience for b in settings.boundaries})
     registry = StreamRegistry(ledger.engine, issuer=settings.issuer, boundaries=[b.name for b in settings.boundaries],
                               allow_http=settings.signal_push_allow_http, clock=clock)  # fmt: skip
     delivery = Delivery(outbox, keys, ledger.record, max_delay=float(settings.revoke_retry_max_delay), clock=clock)

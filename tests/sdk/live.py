@@ -15,7 +15,7 @@ import uvicorn
 from broker.app import Components, build, create_app
 from broker.config import Settings
 from broker.serving import uvicorn_tls
-from tests.support.broker import BOUNDARIES, POLICY, Issuers, broker_settings
+from tests.support.broker import BOUNDARIES, POLICY, RECEIVERS, Issuers, broker_settings
 
 # `secure` refuses a grant without a DPoP proof; payments workers may use it
 SDK_BOUNDARIES = [*BOUNDARIES, {"name": "secure", "backend": "jwt", "scopes": ["read"], "max_ttl": "10m", "require_dpop": True}]
@@ -25,6 +25,7 @@ def sdk_policy() -> dict[str, Any]:
     policy = copy.deepcopy(POLICY)
     workers = next(rule for rule in policy["rules"] if rule["name"] == "payments-workers")
     workers["allow"].append({"boundary": "secure", "scopes": ["read"], "max_ttl": "10m"})
+    policy["rules"].append(RECEIVERS)  # signal receivers (the guide's resource server)
     return policy
 
 
@@ -45,12 +46,12 @@ class LiveBroker:
     thread: threading.Thread
 
     @classmethod
-    def start(cls, data_dir: Path, issuers: Issuers, **overrides: Any) -> LiveBroker:
+    def start(cls, data_dir: Path, issuers: Issuers, clock: Any = None, **overrides: Any) -> LiveBroker:
         port = free_port()
         url = f"{'https' if overrides.get('tls') else 'http'}://127.0.0.1:{port}"
         values = {"issuer": url, "boundaries": SDK_BOUNDARIES, "policy": sdk_policy(), **overrides}
         settings = broker_settings(data_dir, issuers, **values)
-        components = build(settings)
+        components = build(settings, clock) if clock is not None else build(settings)
         config = uvicorn.Config(create_app(settings, components), host="127.0.0.1", port=port, log_level="warning",
                                 **uvicorn_tls(settings))  # fmt: skip
         server = uvicorn.Server(config)

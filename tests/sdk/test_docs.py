@@ -15,8 +15,9 @@ def test_the_guide_has_examples() -> None:
 
 
 @pytest.mark.parametrize(("lang", "code"), GUIDE_BLOCKS, ids=[f"block-{i}" for i in range(len(GUIDE_BLOCKS))])
-def test_guide_example_runs(live, worker_token, monkeypatch, lang, code) -> None:
-    env = {"BROKER_URL": live.url, "BROKER_IDENTITY_TOKEN": worker_token}
+def test_guide_example_runs(live, worker_token, issuers, monkeypatch, lang, code) -> None:
+    receiver = issuers.oidc.token(sub="receiver-orders-api", lifetime=600)
+    env = {"BROKER_URL": live.url, "BROKER_IDENTITY_TOKEN": worker_token, "BROKER_RECEIVER_TOKEN": receiver}
     if lang == "sh":
         done = run_block(lang, code, env)
         assert done.returncode == 0, done.stderr[-2000:]

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.broker import POLICY, BrokerClient, broker_settings, open_client
+from tests.support.broker import POLICY, RECEIVERS, BrokerClient, broker_settings, open_client
 
-RECEIVERS = {"name": "signal-receivers", "match": {"attestor": "oidc", "subject": "receiver-*"}, "roles": ["signal_receiver"]}
 SIGNALS_POLICY: dict[str, Any] = {"rules": [*POLICY["rules"], RECEIVERS]}
 
 

@@ -172,3 +172,28 @@ def test_poll_mode_behind_a_firewall_gets_the_same_events(broker, issuers) -> No
         assert seen.wait_for(6, timeout=10) and "round-trip-1" in receiver.verified_states
     finally:
         receiver.stop()
+
+
+@pytest.mark.parametrize("target", ["subject", "boundary"])
+def test_a_freeze_alone_refuses_the_frozen_tokens_at_the_receiver_within_a_second(broker, issuers, target) -> None:
+    seen, rs_port = Seen(), free_port()
+    receiver = _receiver(broker, issuers, rs_port, seen)
+    receiver.register()
+    verifier = Verifier(broker.url, "orders", jwks_url=f"{broker.url}/.well-known/jwks.json")
+    with serving(_resource_server(receiver, verifier), rs_port) as rs:
+        grant = _grant(broker.url, issuers.worker())
+        token = grant["credential"]["token"]
+        assert httpx.get(f"{rs}/orders", headers=auth(token)).status_code == 200
+        value = "system:serviceaccount:payments:worker" if target == "subject" else "orders"
+        done = httpx.post(f"{broker.url}/v1/freezes", json={target: value, "reason": "incident"},
+                          headers=auth(issuers.operator()))  # fmt: skip
+        assert done.status_code == 201, done.text
+        assert _refused_within(rs, token, 1.0) < 1.0
+    assert broker.components.service.ledger.get_grant(grant["grant_id"]).status == "active"  # no grant ended
+    claims = jwt.decode(token, options={"verify_signature": False})
+    (event,) = seen.events
+    frozen_at = next(iter(event["events"].values()))["event_timestamp"]
+    assert receiver.is_frozen(claims) and not receiver.is_revoked(grant["grant_id"])
+    assert not receiver.is_frozen({**claims, "iat": frozen_at + 1})  # a token issued once the freeze is lifted
+    other = {**claims, "sub": "system:serviceaccount:payments:other"} if target == "subject" else {**claims, "aud": "payments"}
+    assert not receiver.is_frozen(other)

@@ -145,3 +145,36 @@ def test_dev_mode_gives_dev_receiver_the_signal_receiver_role() -> None:
     policy = compile_policy(demo_policy(["demo"]), source="dev", boundaries=[demo], attestors={"dev"})
     assert policy.roles(attestor="dev", subject="dev:receiver", claims={}) == frozenset({"signal_receiver"})
     assert "signal_receiver" not in policy.roles(attestor="dev", subject="dev:demo-workload", claims={})
+
+
+def test_a_freeze_alone_is_one_session_revoked_set_naming_the_subject_or_boundary(broker, issuers) -> None:
+    """No grant ends (none is held): the freeze is still told, to the streams it concerns."""
+    orders = _poll_stream(broker, issuers.oidc.token(sub="receiver-a"), aud="https://rs.example/orders")
+    payments = _poll_stream(broker, issuers.oidc.token(sub="receiver-b"), boundaries=["payments"])
+    operator = auth(issuers.operator())
+    worker = "system:serviceaccount:payments:worker"
+    assert broker.post("/v1/freezes", json={"subject": worker, "reason": "incident"}, headers=operator).status_code == 201
+    assert broker.post("/v1/freezes", json={"boundary": "orders", "reason": "incident"}, headers=operator).status_code == 201
+    assert not broker.events("revoked") and not broker.events("completed")
+    frozen = broker.events("frozen")
+    jwks = jwt.PyJWKSet.from_dict(broker.get("/.well-known/jwks.json").json())
+
+    def decoded(stream: dict, token: str) -> dict:
+        key = next(k for k in jwks.keys if k.key_id == jwt.get_unverified_header(token)["kid"])
+        assert jwt.get_unverified_header(token)["typ"] == "secevent+jwt"
+        return jwt.decode(token, key.key, algorithms=["ES256"], audience=stream["aud"], issuer="http://broker.test",
+                          options={"require": ["iss", "iat", "jti", "aud", "txn"]})  # fmt: skip
+
+    seen = [decoded(orders, t) for t in _poll(broker, issuers.oidc.token(sub="receiver-a"), orders)["sets"].values()]
+    by_txn = {c["txn"]: c for c in seen}
+    assert set(by_txn) == {e.id for e in frozen}  # both freezes reach the orders stream
+    subject_set, boundary_set = by_txn[frozen[0].id], by_txn[frozen[1].id]
+    assert list(subject_set["events"]) == [SESSION_REVOKED] and "exp" not in subject_set
+    assert subject_set["sub_id"] == {"format": "complex", "user": {"format": "opaque", "id": worker}}
+    event = subject_set["events"][SESSION_REVOKED]
+    assert event["initiating_entity"] == "admin" and event["event_timestamp"] == int(frozen[0].ts)
+    assert "incident" not in str(subject_set)  # the operator's reason stays in the ledger
+    assert boundary_set["sub_id"] == {"format": "complex", "application": {"format": "opaque", "id": "orders"}}
+    assert boundary_set["events"][SESSION_REVOKED]["audience"] == "orders"  # the aud of its broker JWTs
+    (only,) = _poll(broker, issuers.oidc.token(sub="receiver-b"), payments)["sets"].values()
+    assert decoded(payments, only)["sub_id"]["user"]["id"] == worker  # not the orders freeze

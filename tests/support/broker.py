@@ -53,6 +53,10 @@ POLICY: dict[str, Any] = {
     ]
 }
 
+# resource servers with a Shared Signals stream (tests/signals, the SDK guide's resource server)
+RECEIVERS: dict[str, Any] = {"name": "signal-receivers", "match": {"attestor": "oidc", "subject": "receiver-*"},
+                             "roles": ["signal_receiver"]}  # fmt: skip
+
 # Abuse limits stay on (their queries run on every issuance) but far above what any test issues for
 # one subject; tests/security/test_abuse_limits.py sets its own.
 LOAD_TEST_LIMITS: dict[str, Any] = {

@@ -6,11 +6,15 @@
 
     auth = BrokerTokenVerifier(issuer="https://broker.example", resource="https://mcp.example/mcp",
                                tools=["search"], introspection=Client(identity=resource_server_identity))
+    # or receiver=SignalReceiver(...) (registered and receiving): pushed revocations, no introspection
     mcp = FastMCP("search", auth=auth)
 
 `verify_token` checks every request's token offline (JWKS, `iss`, `aud` is exactly this server's
-canonical URI, `exp`) and asks the broker whether it is still active (RFC 7662, cached for
-`cache_ttl` seconds: the longest a completed or revoked task keeps working here). A `tools/call`
+canonical URI, `exp`) and then that it is still active: with a `receiver`
+(broker_client.SignalReceiver, the broker's pushed revocations) a token whose grant ended is refused
+as soon as its SET arrives, with no call to the broker; with `introspection` the broker is asked
+(RFC 7662, cached for `cache_ttl` seconds: the longest a completed or revoked task keeps working
+here); with both, both checks apply; with neither, every token is refused (fail closed). A `tools/call`
 then also needs the token's RFC 9396 `mcp_tool_call` binding to name this server and that tool
 (and, when bound, the arguments' digest), a DPoP proof when the token is DPoP-bound, and a `jti`
 never used for a call before; otherwise 403 `insufficient_scope` (401 `invalid_token` for a replay)
@@ -45,6 +49,7 @@ from broker_client._wire import args_sha256
 from broker_client.client import Client
 from broker_client.credential import Credential
 from broker_client.errors import BrokerClientError, InvalidToken
+from broker_client.receiver import SignalReceiver
 from broker_client.verify import Verifier
 
 TOOL_CALL = "mcp_tool_call"
@@ -57,13 +62,13 @@ class BrokerTokenVerifier(TokenVerifier):
 
     def __init__(
         self, *, issuer: str, resource: str, tools: Sequence[str] = (), introspection: Client | None = None,
-        cache_ttl: float = 1.0, jwks_url: str | None = None, leeway: int = 5,
+        receiver: SignalReceiver | None = None, cache_ttl: float = 1.0, jwks_url: str | None = None, leeway: int = 5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
         super().__init__(required_scopes=[])
         self.issuer, self.resource, self.tools = issuer, resource, sorted(tools)
         self.verifier = Verifier(issuer, resource, jwks_url=jwks_url, leeway=leeway)
-        self.introspection, self.cache_ttl, self.clock = introspection, cache_ttl, clock
+        self.introspection, self.receiver, self.cache_ttl, self.clock = introspection, receiver, cache_ttl, clock
         self._active: OrderedDict[str, float] = OrderedDict()  # jti -> when the broker last said active
         self._used: OrderedDict[str, float] = OrderedDict()  # jti -> its exp (wall clock)
         self._lock = threading.Lock()
@@ -74,7 +79,10 @@ class BrokerTokenVerifier(TokenVerifier):
         """The token's access, or None (FastMCP answers 401): never for another server, never once inactive."""
         try:
             claims = await anyio.to_thread.run_sync(self.verifier.claims, token)
-            await self._check_active(token, str(claims["jti"]))
+            if self.receiver is not None:
+                self.receiver.check(claims)  # a pushed revocation: refused at once, no broker call
+            if self.introspection is not None or self.receiver is None:
+                await self._check_active(token, str(claims["jti"]))
         except InvalidToken:
             return None
         scopes = str(claims.get("scope", "")).split()

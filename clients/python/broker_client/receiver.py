@@ -6,7 +6,9 @@
     app.add_middleware(SignalMiddleware, receiver=receiver, verifier=Verifier(issuer, audience))
 
 SETs are verified (signature against the broker's JWKS, `typ: secevent+jwt`, `iss`, `aud` = the stream's);
-a revoked `jti` is kept until its token's `exp` (the event says when), in bounded memory.
+a revoked `jti` is kept until its token's `exp` (the event says when), in bounded memory. A freeze
+(`session-revoked` naming a subject or a boundary, no session) refuses every token of that `sub` or
+`aud` issued at or before the freeze, for `default_retention` seconds.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class SignalReceiver:
         self.issuer: str | None = None
         self.verified_states: set[str] = set()
         self._revoked = RevokedSet(capacity, clock)
+        self._frozen: dict[str, tuple[float, float]] = {}  # "sub:…" or "aud:…" → (freeze time, kept until)
         self._seen = RevokedSet(capacity, clock)  # SET jti and txn: no event reaches the app twice
         self._keys: dict[str, Any] = {}
         self._keys_at = 0.0
@@ -167,7 +170,9 @@ class SignalReceiver:
 
     def _apply(self, kind: str, event: dict[str, Any], subject: dict[str, Any]) -> None:
         session = subject.get("session", subject)
-        if kind == SESSION_REVOKED and session.get("format") == "jwt_id" and session.get("iss") == self.issuer:
+        if kind == SESSION_REVOKED and subject.get("format") == "complex" and "session" not in subject:
+            self._freeze(event, subject)
+        elif kind == SESSION_REVOKED and session.get("format") == "jwt_id" and session.get("iss") == self.issuer:
             exp = event.get("credential_exp")
             until = float(exp) + 60 if isinstance(exp, int | float) else self.clock() + self.default_retention
             self._revoked.add(str(session.get("jti")), until)
@@ -175,6 +180,34 @@ class SignalReceiver:
             self._revoked.add(str(session.get("id")), self.clock() + self.default_retention)
         elif kind == VERIFICATION and event.get("state"):
             self.verified_states.add(str(event["state"]))
+
+    def _freeze(self, event: dict[str, Any], subject: dict[str, Any]) -> None:
+        """All sessions of a subject (CAEP `user`) or of a boundary (its tokens' `audience`) until the event.
+
+        `iat` and `event_timestamp` are whole seconds: a token issued in the second of the freeze, after
+        the freeze was lifted, is refused too (fail closed).
+        """
+        at = event.get("event_timestamp")
+        user, audience = (subject.get("user") or {}).get("id"), event.get("audience")
+        key = f"sub:{user}" if isinstance(user, str) else (f"aud:{audience}" if isinstance(audience, str) else None)
+        if key is None or not isinstance(at, int | float):
+            return
+        now = self.clock()
+        self._frozen = {k: v for k, v in self._frozen.items() if v[1] > now}  # freezes are few: prune on each
+        if len(self._frozen) >= 10_000 and key not in self._frozen:
+            self._frozen.pop(next(iter(self._frozen)))  # the oldest goes (logged, as at capacity above)
+            log.warning("signal receiver holds 10000 freezes: forgot the oldest")
+        self._frozen[key] = (max(float(at), self._frozen.get(key, (0.0, 0.0))[0]), now + self.default_retention)
+
+    def is_frozen(self, claims: dict[str, Any]) -> bool:
+        """True when a freeze SET covers this token: its subject or audience, issued at or before the freeze."""
+        iat = claims.get("iat")
+        audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
+        keys = [f"sub:{claims.get('sub')}", *(f"aud:{a}" for a in audiences)]
+        now = self.clock()
+        with self._lock:
+            times = [self._frozen[k][0] for k in keys if k in self._frozen and self._frozen[k][1] > now]
+        return bool(times) and (not isinstance(iat, int | float) or iat <= max(times))
 
     def is_revoked(self, jti: str) -> bool:
         with self._lock:
@@ -184,6 +217,8 @@ class SignalReceiver:
         """The verified claims of a broker token, unless a SET revoked it (InvalidToken)."""
         if self.is_revoked(str(claims.get("jti"))):
             raise InvalidToken("the broker revoked this token (Shared Signals)")
+        if self.is_frozen(claims):
+            raise InvalidToken("the broker froze this token's subject or boundary (Shared Signals)")
         return claims
 
     # --- push (RFC 8935) and poll (RFC 8936) ---------------------------------------------------
@@ -267,8 +302,8 @@ class SignalReceiver:
 class SignalMiddleware:
     """Pure ASGI: takes pushed SETs at `path`; refuses (401) a Bearer broker token that a SET revoked.
 
-    With a `verifier` (broker_client.Verifier) every Bearer token is verified offline first and its
-    claims put in `scope["broker_claims"]`.
+    With a `verifier` (broker_client.Verifier) every Bearer or DPoP token is verified offline first (a
+    DPoP-bound one with the request's `DPoP` proof) and its claims put in `scope["broker_claims"]`.
     """
 
     def __init__(self, app: Any, receiver: SignalReceiver, path: str = "/ssf/events", verifier: Any = None) -> None:
@@ -291,8 +326,10 @@ class SignalMiddleware:
                 # on them, the app behind still verifies the token itself
                 if self.verifier is None:
                     self.receiver.check(jwt.decode(token, options={"verify_signature": False}))
-                else:
-                    scope["broker_claims"] = self.receiver.check(self.verifier.verify(token))
+                else:  # a DPoP-bound token needs its holder's proof for this request (RFC 9449 §7)
+                    proof = _header(scope, b"dpop")
+                    claims = self.verifier.verify(token, dpop_proof=proof, method=scope["method"], url=_url(scope))
+                    scope["broker_claims"] = self.receiver.check(claims)
             except (InvalidToken, jwt.InvalidTokenError):
                 body = _err("invalid_token", "the token is invalid or was revoked")
                 return await _respond(send, 401, body, b"application/json", [(b"www-authenticate", b'Bearer error="invalid_token"')])
@@ -306,6 +343,15 @@ def _writable(stream: dict[str, Any]) -> dict[str, Any]:
 
 def _err(err: str, description: str) -> bytes:
     return json.dumps({"err": err, "description": description}).encode()
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    values = [v for k, v in scope["headers"] if k == name]
+    return values[0].decode("latin-1") if len(values) == 1 else None
+
+
+def _url(scope: dict) -> str:
+    return f"{scope.get('scheme', 'http')}://{_header(scope, b'host') or 'localhost'}{scope['path']}"
 
 
 def _bearer(scope: dict) -> str | None:
