@@ -21,13 +21,22 @@ from broker.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 RENEW_AT_FRACTION = 2 / 3  # renew the broker's own token once two thirds of its TTL have passed
+# keep-alive connections to Vault: one per thread that may call it at once (the issuing threads, the
+# outbox's revocation threads); requests' default of 10 made every call beyond ten open a new connection
+# and log "Connection pool is full, discarding connection" under load
+POOL_CONNECTIONS = 64
 
 
 def build_hvac(config: VaultConfig) -> hvac.Client:
-    """The hvac client with TLS, client certificate, namespace header and timeout from config."""
+    """The hvac client with TLS, client certificate, namespace header, timeout and a keep-alive pool."""
     verify: bool | str = str(config.ca_file) if config.ca_file else config.tls_verify
     cert = (str(config.client_cert), str(config.client_key)) if config.client_cert and config.client_key else None
-    return hvac.Client(url=config.addr, verify=verify, cert=cert, timeout=config.timeout, namespace=config.namespace)
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_CONNECTIONS)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return hvac.Client(url=config.addr, verify=verify, cert=cert, timeout=config.timeout, namespace=config.namespace,
+                       session=session)  # fmt: skip
 
 
 def _read_secret(value: str | None, path: Any, what: str) -> str:

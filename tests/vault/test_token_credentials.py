@@ -47,3 +47,14 @@ def test_completing_twice_is_fine_when_vault_already_forgot_the_token(vault_brok
     done = vault_broker.post(f"/v1/grants/{answer['grant_id']}/complete", headers={"Authorization": f"Bearer {identity}"})
     assert done.json()["status"] == "completed"
     assert vault_broker.events("revoke_failed") == []
+
+
+
+def test_the_vault_connection_pool_covers_every_thread_that_may_call_vault(vault_broker):
+    """requests keeps 10 connections by default: under load every call beyond ten opened a new
+    connection and logged "Connection pool is full, discarding connection" (the bench saw it)."""
+    from broker.app import ISSUING_THREADS
+
+    vault = vault_broker.service.backends["vault_token"].vault
+    adapter = vault._hvac.session.get_adapter(vault_broker.service.settings.vault.addr)
+    assert adapter._pool_maxsize >= ISSUING_THREADS
