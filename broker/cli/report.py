@@ -36,13 +36,15 @@ def report_blast_radius(
     """What a subject reached in a window: boundaries, scopes, live and revoked grants."""
     ledger = offline_ledger(config, data_dir, database_url)
     if ledger is not None:
+        from broker.api.schemas import BlastRadiusOut
         from broker.config import instant
         from broker.grants.operations import blast_radius
         from broker.ledger import Filter
 
         now = time.time()
         who = Filter(subject=subject, subject_glob=subject_glob)
-        report = blast_radius(ledger, who, instant(since, now) or 0.0, instant(until, now) or now, now)
+        found = blast_radius(ledger, who, instant(since, now) or 0.0, instant(until, now) or now, now)
+        report = BlastRadiusOut.of(found).model_dump(mode="json")
     else:
         query = params(subject=subject, subject_glob=subject_glob, since=since, until=until)
         report = broker.call("GET", "/v1/reports/blast-radius", params=query)
