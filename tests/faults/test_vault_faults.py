@@ -16,7 +16,7 @@ from broker.app import open_ledger
 from broker.config import load_settings
 from broker.fingerprint import fingerprint
 from tests.support.broker import BrokerClient, open_client
-from tests.support.openbao import POLICY, VaultBed, pg_bed, vault_bed  # noqa: F401 (fixtures)
+from tests.support.openbao import POLICY, Exchange, VaultBed, pg_bed, recorded, vault_bed  # noqa: F401 (fixtures)
 from tests.support.replicas import _start, _stop, _wait_ready
 
 BOUNDARIES = [pytest.param("kv-payments", id="vault_token"), pytest.param("orders-db", id="vault_secret")]
@@ -56,6 +56,7 @@ def test_vault_down_at_issue_answers_503_records_denied_and_grants_nothing(broke
 def test_vault_down_at_completion_stays_pending_then_the_worker_revokes(broker_1s, issuers, vault_bed, boundary):
     identity = {"Authorization": f"Bearer {issuers.worker()}"}
     body = broker_1s.grant(issuers.worker(), boundary, ["read"], ttl=120).json()
+    assert _credential_alive(vault_bed, body["credential"]), "minted and live in OpenBao"
     with vault_bed.openbao.outage():
         done = broker_1s.post(f"/v1/grants/{body['grant_id']}/complete", headers=identity)
         assert done.json()["status"] == "revoke_pending"
@@ -118,10 +119,33 @@ def test_sigkill_after_mint_leaves_an_orphan_that_restart_revokes(tmp_path, issu
 
 
 def test_ledger_failing_after_mint_revokes_the_vault_credential(tmp_path, issuers, vault_bed, boundary):
-    settings = vault_bed.settings(tmp_path, issuers, fault_injection={"fail_ledger_after_mint"})
     task = f"ledger-down-{boundary}"
-    with open_client(settings) as broker:
-        before = set(_orphans(vault_bed, boundary, task))
-        answer = broker.grant(issuers.worker(), boundary, ["read"], ttl=60, task=task)
+    with recorded(vault_bed.openbao) as (addr, exchanges):
+        vault = {**vault_bed.openbao.vault_config(2.0), "addr": addr}
+        settings = vault_bed.settings(tmp_path, issuers, fault_injection={"fail_ledger_after_mint"}, vault=vault)
+        with open_client(settings) as broker:
+            answer = broker.grant(issuers.worker(), boundary, ["read"], ttl=60, task=task)
     assert answer.status_code == 503 and answer.json()["code"] == "ledger_unavailable"
-    assert set(_orphans(vault_bed, boundary, task)) <= before
+    mints = [e for e in exchanges if e.status == 200 and _minted(e, task)]
+    assert len(mints) == 1, "the credential was minted in OpenBao before the ledger failed"
+    handle = _minted(mints[0], task)
+    revokes = [e for e in exchanges[exchanges.index(mints[0]):] if _revokes(e, handle)]
+    assert [e.status for e in revokes] == [204], "then revoked, once"
+    exists = vault_bed.openbao.lease_exists if boundary == "orders-db" else vault_bed.openbao.accessor_exists
+    assert not exists(handle)
+    assert broker.service.ledger.grants(boundary=boundary) == []
+
+
+def _minted(exchange: Exchange, task: str) -> str | None:
+    """The handle (token accessor, lease id) a mint of this task got from OpenBao, or None."""
+    if exchange.path.startswith("auth/token/create/") and exchange.sent.get("meta", {}).get("task") == task:
+        return exchange.answer["auth"]["accessor"]
+    if exchange.path.startswith("database/creds/"):
+        return exchange.answer["lease_id"]
+    return None
+
+
+def _revokes(exchange: Exchange, handle: str) -> bool:
+    return exchange.path == f"sys/leases/revoke/{handle}" or (
+        exchange.path == "auth/token/revoke-accessor" and exchange.sent.get("accessor") == handle
+    )
