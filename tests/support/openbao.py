@@ -61,10 +61,14 @@ class OpenBao(OpenBaoServer):
         return answer.status_code
 
     def accessor_exists(self, accessor: str) -> bool:
+        return self.accessor_meta(accessor) is not None
+
+    def accessor_meta(self, accessor: str) -> dict[str, str] | None:
+        """The metadata of the token behind `accessor`; None once it is gone or being revoked (403)."""
         answer = httpx.post(f"{self.addr}/v1/auth/token/lookup-accessor", json={"accessor": accessor},
                             headers={"X-Vault-Token": self.root_token})  # fmt: skip
-        assert answer.status_code in (200, 400), answer.text  # 400: "invalid accessor"
-        return answer.status_code == 200
+        assert answer.status_code in (200, 400, 403), answer.text  # 400: "invalid accessor"
+        return (answer.json()["data"].get("meta") or {}) if answer.status_code == 200 else None
 
     def lease_exists(self, lease_id: str) -> bool:
         return self.root().write("sys/leases/lookup", {"lease_id": lease_id}, gone=("invalid lease",)) is not None
@@ -164,6 +168,25 @@ class VaultBed:
     def settings(self, data_dir: Path, issuers: Any, timeout: float = 2.0, **overrides: Any):  # noqa: ANN201
         values = {"boundaries": self.boundaries, "policy": POLICY, "vault": self.openbao.vault_config(timeout)}
         return broker_settings(data_dir, issuers, **{**values, **overrides})
+
+    def serve_config(self, issuers: Any, **extra: Any) -> dict[str, Any]:
+        """A `broker serve` config (tests/support/replicas.py `start_replica`) on this bed's OpenBao."""
+        return {"env": "test", "issuer": "http://broker.test", "sqlite_synchronous": "NORMAL",
+                "attestors": issuers.attestors(), "boundaries": self.boundaries, "policy": POLICY,
+                "vault": self.openbao.vault_config(2.0), "worker_interval": 0.2, "reconcile_grace": 1, **extra}  # fmt: skip
+
+    def handles(self, boundary: str, task: str) -> list[str]:
+        """What OpenBao holds for this boundary now: lease ids (dynamic secrets) or, for tokens, the
+        accessors whose metadata names the task."""
+        root = self.openbao.root()
+        if boundary == "orders-db":
+            return [f"database/creds/orders-db-read/{k}" for k in root.list("sys/leases/lookup/database/creds/orders-db-read/")]
+        found = []
+        for accessor in root.list("auth/token/accessors"):
+            meta = self.openbao.accessor_meta(accessor) or {}
+            if meta.get("boundary") == boundary and meta.get("task") == task:
+                found.append(accessor)
+        return found
 
     def pg(self, user: str | None = None, password: str | None = None) -> psycopg.Connection:
         target = self.pg_url if user is None else self.pg_url.replace("postgres@", f"{user}:{password}@", 1)
