@@ -56,17 +56,19 @@ def private_dir(path: Path) -> Path:
 def mark_dev_data_dir(data_dir: Path) -> None:
     """Record that this data dir belongs to a dev config (the only kind `broker dev-token` mints for)."""
     mark = {"env": "development", "data_dir": str(data_dir.resolve()), "issuer": DEV_ISSUER}
-    _write_private(data_dir / DEV_MARK, json.dumps(mark))
+    write_private(data_dir / DEV_MARK, json.dumps(mark))
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner may read (0600, even when it existed)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
 
 
-def _require_dev_data_dir(data_dir: Path) -> None:
+def require_dev_data_dir(data_dir: Path) -> None:
+    """Refuse (ConfigError) a data dir that `broker dev` did not mark as its own."""
     try:
         mark = json.loads((data_dir / DEV_MARK).read_text())
     except (OSError, ValueError):
@@ -97,7 +99,7 @@ def ensure_dev_issuer(data_dir: Path) -> Path:
 
 def dev_token(data_dir: Path, subject: str, lifetime: int = 3600) -> str:
     """An identity token from the dev issuer, accepted only by a broker in dev mode."""
-    _require_dev_data_dir(data_dir)
+    require_dev_data_dir(data_dir)
     key_path = _issuer_dir(data_dir) / "key.pem"
     if not key_path.exists():
         raise ConfigError(f"{key_path}: no dev issuer here; run `broker dev --data-dir {data_dir}` first")
@@ -235,7 +237,7 @@ def start_dev_vault(data_dir: Path, postgres_url: str | None) -> tuple[Any, dict
 
     private_dir(data_dir)
     server = OpenBaoServer(log_path=data_dir / "openbao.log").start()
-    _write_private(data_dir / ROOT_TOKEN_FILE, server.root_token + "\n")
+    write_private(data_dir / ROOT_TOKEN_FILE, server.root_token + "\n")
     boundaries = [demo_kv_boundary()]
     if postgres_url and postgres_answers(postgres_url):
         boundaries.append(demo_db_boundary(postgres_url))

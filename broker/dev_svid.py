@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from broker.config_x509 import DEV_TRUST_DOMAIN
-from broker.dev import _require_dev_data_dir, _write_private, private_dir
+from broker.dev import private_dir, require_dev_data_dir, write_private
 from broker.errors import ConfigError
 from broker.identity.x509 import SPIFFE_ID
 
@@ -71,14 +71,14 @@ def ensure_dev_ca(data_dir: Path) -> dict[str, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _sign(f"{DEV_TRUST_DOMAIN} dev CA", key, [x509.UniformResourceIdentifier(f"spiffe://{DEV_TRUST_DOMAIN}")],
                      dt.timedelta(days=365), None, [])  # fmt: skip
-        _write_private(paths["ca_key"], _key_pem(key))
+        write_private(paths["ca_key"], _key_pem(key))
         paths["bundle"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if not paths["server_key"].exists():
         ca = _load_ca(paths)
         key = ec.generate_private_key(ec.SECP256R1())
         names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         cert = _sign("broker dev server", key, names, dt.timedelta(days=90), ca, [ExtendedKeyUsageOID.SERVER_AUTH])
-        _write_private(paths["server_key"], _key_pem(key))
+        write_private(paths["server_key"], _key_pem(key))
         paths["server"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return paths
 
@@ -108,7 +108,7 @@ def dev_x509_rules(boundaries: list[str], allow: list[dict[str, Any]] | None = N
 
 def write_dev_svid(data_dir: Path, subject: str, out: Path) -> list[Path]:
     """svid.pem, svid_key.pem (0600) and bundle.pem in `out`, as spiffe-helper writes them."""
-    _require_dev_data_dir(data_dir)
+    require_dev_data_dir(data_dir)
     match = SPIFFE_ID.fullmatch(subject)
     if match is None or match.group(1) != DEV_TRUST_DOMAIN or not match.group(2):
         raise ConfigError(f"--subject must be a SPIFFE ID of {DEV_TRUST_DOMAIN}, e.g. spiffe://{DEV_TRUST_DOMAIN}/app")
@@ -123,7 +123,7 @@ def write_dev_svid(data_dir: Path, subject: str, out: Path) -> list[Path]:
     # which its TLS library refuses, and keeps the SVID it had until its next call (as with spiffe-helper)
     for path, text in zip(files[:2], (cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))):
         staged = path.with_suffix(".tmp")
-        _write_private(staged, text)
+        write_private(staged, text)
         staged.replace(path)
     files[2].write_bytes(paths["bundle"].read_bytes())
     return files

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.api.deps import Auditor, Operator, json_body
-from broker.api.schemas import TASK, GrantOut, TaskId, when
+from broker.api.schemas import TASK, BlastRadiusOut, GrantOut, TaskId, when
 from broker.config import NAME, instant
 from broker.errors import BadRequest
 from broker.glob import glob_problem
@@ -210,7 +210,7 @@ def audit_verify(identity: Auditor, ops: Ops) -> dict[str, Any]:
 REPORT_WINDOW = 86400
 
 
-@router.get("/reports/blast-radius")
+@router.get("/reports/blast-radius", response_model=BlastRadiusOut)
 def blast_radius(
     identity: Auditor,
     ops: Ops,
@@ -218,10 +218,11 @@ def blast_radius(
     subject_glob: str | None = None,
     since: str = "24h",
     until: str | None = None,
-) -> dict:
+) -> BlastRadiusOut:
     window, now = _window(since, until), time.time()
     start = window["since"] if window["since"] is not None else now - REPORT_WINDOW  # `since=` empty: the default
-    return ops.blast_radius(Filter(subject=subject, subject_glob=_glob(subject_glob)), start, window["until"] or now)
+    who = Filter(subject=subject, subject_glob=_glob(subject_glob))
+    return BlastRadiusOut.of(ops.blast_radius(who, start, window["until"] or now))
 
 
 def _glob(pattern: str | None) -> str | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.grants.operations import BlastRadius, BoundaryReach, RuleReach
 from broker.grants.service import TASK as TASK_GRAMMAR
 from broker.ledger import Grant
 
@@ -82,6 +84,109 @@ class TaskCompletedOut(BaseModel):
 
 def when(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
+
+
+def iso(epoch: float) -> str:
+    """An instant as ISO 8601 with microseconds and `+00:00`, as the reports print it."""
+    return when(epoch).isoformat()
+
+
+# --- the blast-radius report (`GET /v1/reports/blast-radius`, `broker report blast-radius`) ---------
+
+
+class CountsOut(BaseModel):
+    """Grants by status: `live` are active, `pending` wait for their backend revocation."""
+
+    grants: int
+    live: int
+    pending: int
+    completed: int
+    revoked: int
+    expired: int
+    superseded: int
+
+
+class TotalsOut(CountsOut):
+    denied: int  # refused requests of the subject in the window
+
+
+class LiveGrantOut(BaseModel):
+    grant_id: str
+    subject: str
+    task: str
+    scopes: list[str]
+    expires_at: str
+
+
+class RevokedGrantOut(BaseModel):
+    grant_id: str
+    subject: str
+    status: str
+    revoked_at: str | None
+    by: str | None
+    reason: str | None
+    revocation_id: str | None
+
+
+class BoundaryReachOut(CountsOut):
+    """One boundary the subject reached: its scopes and subjects, and the live and revoked grants."""
+
+    boundary: str
+    scopes: list[str]
+    subjects: list[str]
+    first_issued_at: str
+    live_grants: list[LiveGrantOut]
+    revoked_grants: list[RevokedGrantOut]
+
+    @classmethod
+    def of(cls, reach: BoundaryReach) -> BoundaryReachOut:
+        return cls(
+            boundary=reach.boundary, scopes=reach.scopes, subjects=reach.subjects, **asdict(reach.counts),
+            first_issued_at=iso(reach.first_issued_at),
+            live_grants=[LiveGrantOut(grant_id=g.id, subject=g.subject, task=g.task, scopes=g.scope_list,
+                                      expires_at=iso(g.expires_at)) for g in reach.live],
+            revoked_grants=[RevokedGrantOut(grant_id=g.id, subject=g.subject, status=g.status,
+                                            revoked_at=iso(g.ended_at) if g.ended_at else None, by=g.end_actor,
+                                            reason=g.end_reason, revocation_id=g.revocation_id) for g in reach.revoked],
+        )  # fmt: skip
+
+
+class RuleReachOut(CountsOut):
+    """What one rule let the subject reach (`rule` null: grants issued before provenance was recorded)."""
+
+    rule: str | None
+    policy_revisions: list[str]
+    boundaries: list[str]
+    scopes: list[str]
+    live_grants: list[str]  # grant ids
+
+    @classmethod
+    def of(cls, reach: RuleReach) -> RuleReachOut:
+        return cls(rule=reach.rule, policy_revisions=reach.policy_revisions, boundaries=reach.boundaries,
+                   scopes=reach.scopes, **asdict(reach.counts), live_grants=reach.live)  # fmt: skip
+
+
+class BlastRadiusOut(BaseModel):
+    """What a subject (exact, or `subject_glob` true) reached in a window."""
+
+    subject: str
+    subject_glob: bool
+    since: str
+    until: str
+    generated_at: str
+    totals: TotalsOut
+    boundaries: list[BoundaryReachOut]
+    rules: list[RuleReachOut]
+
+    @classmethod
+    def of(cls, report: BlastRadius) -> BlastRadiusOut:
+        return cls(
+            subject=report.subject, subject_glob=report.subject_glob, since=iso(report.since),
+            until=iso(report.until), generated_at=iso(report.generated_at),
+            totals=TotalsOut(**asdict(report.totals), denied=report.denied),
+            boundaries=[BoundaryReachOut.of(b) for b in report.boundaries],
+            rules=[RuleReachOut.of(r) for r in report.rules],
+        )  # fmt: skip
 
 
 # --- OAuth (RFC 8693, RFC 7662, RFC 7009): form bodies in, JSON out; for the OpenAPI document --------

@@ -11,11 +11,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from broker.cli.options import (
-    BoundaryOpt, ConfigOpt, DataDirOpt, DbOpt, GlobOpt, RevisionOpt, RuleOpt, KindOpt, SinceOpt, SubjectOpt, TaskOpt, UntilOpt,
-    offline_ledger, remote, settings_or_exit,
-)  # fmt: skip
-from broker.cli.output import TAMPERED, errors, inert, params, say
+from broker.cli.options import Local, Where, filters, offline, remote
+from broker.cli.output import TAMPERED, errors, inert, say
 from broker.cli.remote import Remote
 
 group = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
@@ -23,22 +20,17 @@ group = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
 
 @group.command("tail")
 @remote
+@filters("kind", "subject", "subject_glob", "rule", "policy_revision", "boundary")
 def audit_tail(
     broker: Remote,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
     lines: Annotated[int, typer.Option("-n", help="How many recent events first.")] = 20,
-    kind: KindOpt = None,
-    subject: SubjectOpt = None,
-    subject_glob: GlobOpt = None,
-    rule: RuleOpt = None,
-    policy_revision: RevisionOpt = None,
-    boundary: BoundaryOpt = None,
+    *,
+    where: Where,
     interval: Annotated[float, typer.Option(help="Seconds between polls with -f.")] = 1.0,
     duration: Annotated[Optional[float], typer.Option("--for", help="Stop following after N seconds.")] = None,
 ) -> None:
     """Print the newest events as JSON Lines; with -f, keep following the ledger."""
-    where = params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary, rule=rule,
-                   policy_revision=policy_revision)
     page = broker.call("GET", "/v1/audit", params={**where, "last": lines})
     _print_events(page["items"])
     cursor, stop = page["next_cursor"], time.monotonic() + (duration if duration is not None else float("inf"))
@@ -57,27 +49,17 @@ def _print_events(rows: list[dict[str, Any]]) -> None:
 
 @group.command("export")
 @remote
+@filters("kind", "subject", "subject_glob", "rule", "policy_revision", "boundary", "task", "since", "until")
+@offline
 def audit_export(
     broker: Remote,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default stdout).")] = None,
-    kind: KindOpt = None,
-    subject: SubjectOpt = None,
-    subject_glob: GlobOpt = None,
-    rule: RuleOpt = None,
-    policy_revision: RevisionOpt = None,
-    boundary: BoundaryOpt = None,
-    task: TaskOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database_url: DbOpt = None,
+    *,
+    where: Where,
+    local: Local,
 ) -> None:
     """Export events as JSON Lines (each with its hashes), from the API or offline from the ledger."""
-    where = params(kind=kind, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, rule=rule,
-                   policy_revision=policy_revision, since=since,
-                   until=until)  # fmt: skip
-    ledger = offline_ledger(config, data_dir, database_url)
+    ledger = local.ledger()
     rows = _offline_lines(ledger, where) if ledger else broker.lines("/v1/audit", where)
     sink = output.open("w") if output else sys.stdout
     count = 0
@@ -91,7 +73,7 @@ def audit_export(
     say(f"exported {count} events", console_=errors)
 
 
-def _offline_lines(ledger, where: dict[str, Any]) -> Iterator[str]:  # noqa: ANN001
+def _offline_lines(ledger, where: Where) -> Iterator[str]:  # noqa: ANN001
     from broker.config import instant
     from broker.ledger import Filter, event_dict
 
@@ -105,12 +87,12 @@ def _offline_lines(ledger, where: dict[str, Any]) -> Iterator[str]:  # noqa: ANN
 
 @group.command("verify")
 @remote
+@offline
 def audit_verify(
     broker: Remote,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Verify a JSON Lines export offline.")] = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database_url: DbOpt = None,
+    *,
+    local: Local,
     checkpoint: Annotated[Optional[str], typer.Option(
         "--checkpoint", help="Offline: prove the ledger extends this signed checkpoint (file or URL).")] = None,
     log_key: Annotated[Optional[str], typer.Option("--log-key", help="The log's verifier key (`broker log key`).")] = None,
@@ -127,12 +109,11 @@ def audit_verify(
     if checkpoint is not None:
         from broker.cli.checkpoint import verify_against_checkpoint
 
-        settings = settings_or_exit(config, data_dir, database_url)
-        return verify_against_checkpoint(settings, checkpoint, log_key, witness_key or [])
+        return verify_against_checkpoint(local.settings(), checkpoint, log_key, witness_key or [])
     if file is not None:
         result, gaps = verify_export(json.loads(line) for line in file.read_text().splitlines() if line.strip())
         report = {**result.__dict__, "gaps": gaps}
-    elif (ledger := offline_ledger(config, data_dir, database_url)) is not None:
+    elif (ledger := local.ledger()) is not None:
         report = ledger.verify().__dict__
     else:
         report = broker.call("GET", "/v1/audit/verify")

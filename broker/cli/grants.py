@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
-
 from enum import Enum
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from broker.cli.options import (
-    BoundaryOpt, GlobOpt, RevisionOpt, RuleOpt, JsonOpt, OutputOpt, SinceOpt, SubjectOpt, TaskOpt, UntilOpt, as_json, remote,
-)  # fmt: skip
+from broker.cli.options import JsonOpt, OutputOpt, Where, as_json, filters, remote
 from broker.cli.output import console, inert, params, say
 from broker.cli.remote import Remote
 from broker.ledger import FINAL_STATUSES
@@ -24,17 +21,12 @@ group = typer.Typer(help="The live inventory of grants.", no_args_is_help=True)
 
 @group.command("ls")
 @remote
+@filters("subject", "subject_glob", "rule", "policy_revision", "boundary", "task", "since", "until")
 def grants_ls(
     broker: Remote,
     status: Annotated[Optional[GrantStatus], typer.Option(help="Grant status.")] = None,
-    subject: SubjectOpt = None,
-    subject_glob: GlobOpt = None,
-    rule: RuleOpt = None,
-    policy_revision: RevisionOpt = None,
-    boundary: BoundaryOpt = None,
-    task: TaskOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
+    *,
+    where: Where,
     limit: Annotated[int, typer.Option(help="Rows per page (1-1000).")] = 50,
     cursor: Annotated[Optional[str], typer.Option(help="Continue from a previous page.")] = None,
     all_pages: Annotated[bool, typer.Option("--all", help="Follow every page.")] = False,
@@ -42,9 +34,7 @@ def grants_ls(
     json_flag: JsonOpt = False,
 ) -> None:
     """Who holds what, where, until when."""
-    query = params(status=status.value if status else None, subject=subject, subject_glob=subject_glob, boundary=boundary, task=task,
-                   rule=rule, policy_revision=policy_revision,
-                   since=since, until=until, limit=limit)  # fmt: skip
+    query = params(status=status.value if status else None, **where, limit=limit)
     rows, next_cursor = [], cursor
     while True:
         page = broker.call("GET", "/v1/grants", params={**query, **params(cursor=next_cursor)})

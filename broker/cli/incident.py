@@ -11,9 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from broker.cli.options import (
-    BoundaryOpt, GlobOpt, JsonOpt, OutputOpt, ReasonOpt, SubjectOpt, TaskOpt, as_json, remote,
-)  # fmt: skip
+from broker.cli.options import BoundaryOpt, JsonOpt, OutputOpt, ReasonOpt, Where, as_json, filters, remote
 from broker.cli.output import console, errors, inert, params, say
 from broker.cli.remote import Remote
 
@@ -21,13 +19,12 @@ ExactSubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact
 
 
 @remote
+@filters("subject", "subject_glob", "boundary", "task")
 def revoke(
     broker: Remote,
     reason: ReasonOpt,
-    subject: SubjectOpt = None,
-    subject_glob: GlobOpt = None,
-    boundary: BoundaryOpt = None,
-    task: TaskOpt = None,
+    *,
+    where: Where,
     grant_id: Annotated[Optional[str], typer.Option("--grant-id", help="One grant.")] = None,
     rule: Annotated[Optional[str], typer.Option("--rule", help="Every grant this policy rule allowed.")] = None,
     policy_revision: Annotated[
@@ -41,8 +38,7 @@ def revoke(
     json_flag: JsonOpt = False,
 ) -> None:
     """Revoke every active grant a selector matches; exit 1 if any revocation stays pending."""
-    selector = params(subject=subject, subject_glob=subject_glob, boundary=boundary, task=task, grant_id=grant_id,
-                      rule=rule, policy_revision=policy_revision) | (
+    selector = where | params(grant_id=grant_id, rule=rule, policy_revision=policy_revision) | (
         {"all": True} if everything else {}
     )
     body = {**selector, "reason": reason, "freeze": freeze}

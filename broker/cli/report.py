@@ -10,9 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from broker.cli.options import (
-    ConfigOpt, DataDirOpt, DbOpt, GlobOpt, JsonOpt, OutputOpt, as_json, SubjectOpt, UntilOpt, offline_ledger, remote,
-)  # fmt: skip
+from broker.cli.options import JsonOpt, Local, OutputOpt, UntilOpt, Where, as_json, filters, offline, remote
 from broker.cli.output import console, inert, params, say
 from broker.cli.remote import Remote
 
@@ -21,30 +19,32 @@ group = typer.Typer(help="Incident reports.", no_args_is_help=True)
 
 @group.command("blast-radius")
 @remote
+@filters("subject", "subject_glob")
+@offline
 def report_blast_radius(
     broker: Remote,
-    subject: SubjectOpt = None,
-    subject_glob: GlobOpt = None,
+    *,
+    where: Where,
     since: Annotated[str, typer.Option("--since", help="ISO 8601, epoch seconds, or ago: 24h.")] = "24h",
     until: UntilOpt = None,
     output: OutputOpt = None,
     json_flag: JsonOpt = False,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database_url: DbOpt = None,
+    local: Local,
 ) -> None:
     """What a subject reached in a window: boundaries, scopes, live and revoked grants."""
-    ledger = offline_ledger(config, data_dir, database_url)
+    ledger = local.ledger()
     if ledger is not None:
+        from broker.api.schemas import BlastRadiusOut
         from broker.config import instant
         from broker.grants.operations import blast_radius
         from broker.ledger import Filter
 
         now = time.time()
-        who = Filter(subject=subject, subject_glob=subject_glob)
-        report = blast_radius(ledger, who, instant(since, now) or 0.0, instant(until, now) or now, now)
+        who = Filter(subject=where.get("subject"), subject_glob=where.get("subject_glob"))
+        found = blast_radius(ledger, who, instant(since, now) or 0.0, instant(until, now) or now, now)
+        report = BlastRadiusOut.of(found).model_dump(mode="json")
     else:
-        query = params(subject=subject, subject_glob=subject_glob, since=since, until=until)
+        query = {**where, **params(since=since, until=until)}
         report = broker.call("GET", "/v1/reports/blast-radius", params=query)
     if as_json(output, json_flag):
         typer.echo(json.dumps(report))

@@ -7,21 +7,21 @@ from typing import Annotated
 
 import typer
 
-from broker.cli.options import ConfigOpt, DataDirOpt, DbOpt, settings_or_exit
+from broker.cli.options import Local, offline
 from broker.cli.output import inert
 
 
+@offline
 def streams(
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database_url: DbOpt = None,
+    *,
+    local: Local,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per stream.")] = False,
 ) -> None:
     """Signal streams: SETs waiting (lag), age of the oldest, sent, failed, last error."""
     from broker.app import open_ledger_read_only
     from broker.signals.outbox import SignalOutbox
 
-    settings = settings_or_exit(config, data_dir, database_url)
+    settings = local.settings()
     ledger = open_ledger_read_only(settings)
     try:
         rows = SignalOutbox(ledger.engine, settings.issuer).lag()

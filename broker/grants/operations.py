@@ -13,11 +13,10 @@ import logging
 import secrets
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from broker.backends import revoke_many
@@ -45,6 +44,59 @@ log = logging.getLogger(__name__)
 _recorded = functools.partial(recorded, record=lambda ops: ops.service.record_refusal)
 FreezeKind = Literal["subject", "boundary"]
 WITHDRAWER = "broker:policy"  # the actor of withdrawals: the policy reload, not an operator
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Grants by status: `live` are active, `pending` wait for their backend revocation."""
+
+    grants: int
+    live: int
+    pending: int
+    completed: int
+    revoked: int
+    expired: int
+    superseded: int
+
+
+@dataclass(frozen=True)
+class BoundaryReach:
+    """What a blast radius holds at one boundary: scopes, subjects, and the live and revoked grants."""
+
+    boundary: str
+    scopes: list[str]
+    subjects: list[str]
+    counts: Counts
+    first_issued_at: float
+    live: list[Grant]
+    revoked: list[Grant]  # revoked, or still revoke_pending
+
+
+@dataclass(frozen=True)
+class RuleReach:
+    """What one rule let the subject reach (`rule` None: grants issued before provenance was recorded)."""
+
+    rule: str | None
+    policy_revisions: list[str]
+    boundaries: list[str]
+    scopes: list[str]
+    counts: Counts
+    live: list[str]  # grant ids
+
+
+@dataclass(frozen=True)
+class BlastRadius:
+    """What a subject (exact, or a glob) reached in a window, read from the ledger alone."""
+
+    subject: str
+    subject_glob: bool
+    since: float
+    until: float
+    generated_at: float
+    totals: Counts
+    denied: int
+    boundaries: list[BoundaryReach]
+    rules: list[RuleReach]
 
 
 @dataclass(frozen=True)
@@ -275,7 +327,7 @@ class Operations:
 
     # --- blast radius ----------------------------------------------------------------------
 
-    def blast_radius(self, who: Filter, since: float, until: float) -> dict[str, Any]:
+    def blast_radius(self, who: Filter, since: float, until: float) -> BlastRadius:
         return blast_radius(self.ledger, who, since, until, now=self.service.clock())
 
     def _in_background(self, *call: Any) -> None:
@@ -292,7 +344,7 @@ class Operations:
             background.shutdown(wait=True)
 
 
-def blast_radius(ledger: LedgerStore, who: Filter, since: float, until: float, now: float) -> dict[str, Any]:
+def blast_radius(ledger: LedgerStore, who: Filter, since: float, until: float, now: float) -> BlastRadius:
     """For a subject (exact, or `subject_glob`) and a window: boundaries reached, scopes, counts, live and
     revoked grants.
 
@@ -305,19 +357,14 @@ def blast_radius(ledger: LedgerStore, who: Filter, since: float, until: float, n
     if since >= until:
         raise BadRequest("since must be before until")
     grants = ledger.window_grants(who, since, until)
-    boundaries = [_boundary_report(name, rows) for name, rows in _group(grants, lambda g: g.boundary).items()]
-    rules = [_rule_report(rule, rows) for rule, rows in _group(grants, lambda g: g.rule).items()]
-    totals = {**_counts(grants), "denied": ledger.denied_count(who, since, until)}
-    return {
-        "subject": who.subject if who.subject is not None else who.subject_glob,
-        "subject_glob": who.subject_glob is not None,
-        "since": _iso(since),
-        "until": _iso(until),
-        "generated_at": _iso(now),
-        "totals": totals,
-        "boundaries": boundaries,
-        "rules": sorted(rules, key=lambda r: (r["rule"] is None, r["rule"] or "")),
-    }
+    boundaries = [_boundary_reach(name, rows) for name, rows in _group(grants, lambda g: g.boundary).items()]
+    rules = [_rule_reach(rule, rows) for rule, rows in _group(grants, lambda g: g.rule).items()]
+    return BlastRadius(
+        subject=who.subject if who.subject is not None else who.subject_glob,  # type: ignore[arg-type]
+        subject_glob=who.subject_glob is not None, since=since, until=until, generated_at=now,
+        totals=_counts(grants), denied=ledger.denied_count(who, since, until), boundaries=boundaries,
+        rules=sorted(rules, key=lambda r: (r.rule is None, r.rule or "")),
+    )  # fmt: skip
 
 
 def _freeze_target(selector: Selector) -> tuple[FreezeKind, str]:
@@ -360,52 +407,31 @@ def _split(grants: list[Grant], errors: dict[str, str]) -> tuple[list[Grant], di
     return done, {g.id: errors[g.handle] for g in grants if g.handle in errors}
 
 
-def _counts(grants: Sequence[Grant]) -> dict[str, int]:
-    counts = {"grants": len(grants), "live": 0, "pending": 0, "completed": 0, "revoked": 0, "expired": 0}
-    for grant in grants:
-        key = {ACTIVE: "live", REVOKE_PENDING: "pending"}.get(grant.status, grant.status)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+def _counts(grants: Sequence[Grant]) -> Counts:
+    by_status = Counter(g.status for g in grants)
+    return Counts(grants=len(grants), live=by_status[ACTIVE], pending=by_status[REVOKE_PENDING],
+                  completed=by_status["completed"], revoked=by_status["revoked"], expired=by_status["expired"],
+                  superseded=by_status["superseded"])  # fmt: skip
 
 
-def _boundary_report(name: str, grants: list[Grant]) -> dict[str, Any]:
-    return {
-        "boundary": name,
-        "scopes": sorted({scope for g in grants for scope in g.scope_list}),
-        "subjects": sorted({g.subject for g in grants}),
-        **_counts(grants),
-        "first_issued_at": _iso(min(g.issued_at for g in grants)),
-        "live_grants": [_live(g) for g in grants if g.status == ACTIVE],
-        "revoked_grants": [_ended(g) for g in grants if g.status in ("revoked", REVOKE_PENDING)],
-    }
+def _boundary_reach(name: str, grants: list[Grant]) -> BoundaryReach:
+    return BoundaryReach(
+        boundary=name,
+        scopes=sorted({scope for g in grants for scope in g.scope_list}),
+        subjects=sorted({g.subject for g in grants}),
+        counts=_counts(grants),
+        first_issued_at=min(g.issued_at for g in grants),
+        live=[g for g in grants if g.status == ACTIVE],
+        revoked=[g for g in grants if g.status in ("revoked", REVOKE_PENDING)],
+    )
 
 
-def _rule_report(rule: str | None, grants: list[Grant]) -> dict[str, Any]:
-    """What one rule let the subject reach (`rule` None: grants issued before provenance was recorded)."""
-    return {
-        "rule": rule,
-        "policy_revisions": sorted({g.policy_revision for g in grants if g.policy_revision}),
-        "boundaries": sorted({g.boundary for g in grants}),
-        "scopes": sorted({scope for g in grants for scope in g.scope_list}),
-        **_counts(grants),
-        "live_grants": [g.id for g in grants if g.status == ACTIVE],
-    }
-
-
-def _live(grant: Grant) -> dict[str, Any]:
-    return {
-        "grant_id": grant.id, "subject": grant.subject, "task": grant.task,
-        "scopes": grant.scope_list, "expires_at": _iso(grant.expires_at),
-    }
-
-
-def _ended(grant: Grant) -> dict[str, Any]:
-    return {
-        "grant_id": grant.id, "subject": grant.subject, "status": grant.status,
-        "revoked_at": _iso(grant.ended_at) if grant.ended_at else None,
-        "by": grant.end_actor, "reason": grant.end_reason, "revocation_id": grant.revocation_id,
-    }
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat()
+def _rule_reach(rule: str | None, grants: list[Grant]) -> RuleReach:
+    return RuleReach(
+        rule=rule,
+        policy_revisions=sorted({g.policy_revision for g in grants if g.policy_revision}),
+        boundaries=sorted({g.boundary for g in grants}),
+        scopes=sorted({scope for g in grants for scope in g.scope_list}),
+        counts=_counts(grants),
+        live=[g.id for g in grants if g.status == ACTIVE],
+    )

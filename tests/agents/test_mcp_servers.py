@@ -17,9 +17,11 @@ from fastmcp import Client as McpClient
 from fastmcp import FastMCP
 from fastmcp.server.auth.providers.jwt import JWTVerifier
 
+from broker.dev_openbao import free_port
 from tests.agents.conftest import agent_token, mcp_boundaries, mcp_policy
 from tests.sdk.docs import ROOT, blocks
-from tests.sdk.live import LiveBroker, free_port
+from tests.sdk.live import LiveBroker
+from tests.support.wait import wait_started
 
 AGENT = "system:serviceaccount:agents:triage"
 
@@ -36,11 +38,9 @@ class Servers:
 
 def _serve(app, port: int) -> uvicorn.Server:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the MCP server did not start"
-        time.sleep(0.02)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_started(server, thread)
     return server
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,26 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from broker.cli import app
+from broker.dev_openbao import free_port
+from tests.support.wait import wait_serving
 
 BROKER = str(Path(sys.executable).with_name("broker"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "broker exited"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("broker did not become healthy")
 
 
 @pytest.fixture
@@ -48,7 +30,7 @@ def dev_broker(tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc)
+        wait_serving(url, proc, "/healthz")
         yield url, data_dir
     finally:
         proc.terminate()

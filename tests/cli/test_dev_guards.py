@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from broker.cli import app
 from broker.config import DEV_ISSUER
 from broker.dev import dev_config, ensure_dev_issuer
-from tests.cli.test_dev_and_config import free_port, wait_healthy
+from broker.dev_openbao import free_port
+from tests.support.wait import wait_serving
 
 BROKER = str(Path(sys.executable).with_name("broker"))
 REFUSED = "trusts the development identity issuer"
@@ -118,7 +119,7 @@ def test_dev_mode_keeps_its_data_dir_and_root_token_private(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        wait_serving(f"http://127.0.0.1:{port}", proc, "/healthz")
         token_file = data_dir / "openbao-root-token"
         root_token = token_file.read_text().strip().encode()
         assert len(root_token) > 20

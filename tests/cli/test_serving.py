@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,8 +19,9 @@ from sqlalchemy import create_engine, func, select
 
 from broker.cli.serve import default_workers
 from broker.ledger import AuditEvent
+from broker.dev_openbao import free_port
 from tests.support.broker import BOUNDARIES, BROKER_ISSUER, LOAD_TEST_LIMITS, POLICY
-from tests.cli.test_dev_and_config import free_port, wait_healthy
+from tests.support.wait import wait_serving, wait_until
 
 BROKER = str(Path(sys.executable).with_name("broker"))
 FAST_PARTS = ("uvloop/loop", "httptools/parser")  # the compiled modules, as mapped into a process
@@ -51,12 +51,8 @@ def _serving_fast(pid: int) -> bool:
     return all(part in maps for part in FAST_PARTS)
 
 
-def _until(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
-    """Wait for a condition of running processes (a worker importing its modules), bounded."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
+def _fast_workers(proc: subprocess.Popen) -> int:
+    return sum(_serving_fast(pid) for pid in _children(proc.pid))
 
 
 @contextmanager
@@ -73,7 +69,7 @@ def served(tmp_path: Path, issuers, *extra: str) -> Iterator[tuple[str, subproce
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc)
+        wait_serving(url, proc, "/healthz")
         yield url, proc, path
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -82,7 +78,7 @@ def served(tmp_path: Path, issuers, *extra: str) -> Iterator[tuple[str, subproce
 
 def test_serve_runs_one_worker_per_core_on_uvloop_and_httptools(tmp_path, issuers) -> None:
     with served(tmp_path, issuers) as (_url, proc, _path):
-        _until(lambda: sum(_serving_fast(pid) for pid in _children(proc.pid)) == default_workers())
+        wait_until(lambda: _fast_workers(proc) == default_workers(), 60, "every worker serving")
         assert default_workers() == len(os.sched_getaffinity(0))
 
 
@@ -90,7 +86,7 @@ def test_two_workers_keep_one_hash_chain_under_concurrent_load(tmp_path, issuers
     grants, concurrency = 400, 24
     token = issuers.worker()
     with served(tmp_path, issuers, "--workers", "2") as (url, proc, path):
-        _until(lambda: sum(_serving_fast(pid) for pid in _children(proc.pid)) == 2)
+        wait_until(lambda: _fast_workers(proc) == 2, 60, "two workers serving")
 
         def issue(index: int) -> int:
             body = {"task": f"t-{index % 40}", "boundary": "orders", "scopes": ["read"], "ttl": 60}
@@ -119,7 +115,7 @@ def test_dev_serves_on_uvloop_and_httptools(tmp_path) -> None:
     proc = subprocess.Popen([BROKER, "dev", "--no-vault", "--port", str(port), "--data-dir", str(tmp_path / ".broker")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        wait_serving(f"http://127.0.0.1:{port}", proc, "/healthz")
         assert _serving_fast(proc.pid)  # one process: the loop and parser are in it once it answers
     finally:
         proc.terminate()

@@ -27,6 +27,7 @@ from tests.support.broker import BOUNDARIES, POLICY
 from tests.support.openbao import kv_boundary, vault_bed  # noqa: F401 (the session's OpenBao fixture)
 from tests.support.postgres import fresh_database
 from tests.support.replicas import replica_config, serve_replicas
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow  # about 90 s on an idle 2-core machine
 
@@ -151,19 +152,18 @@ async def _outage(bao, run: Run) -> None:  # noqa: ANN001
 def _settle(url: str, timeout: float = 90.0) -> None:
     """Wait until the reapers have ended the short-TTL grants and nothing is pending."""
     engine = create_engine(url)
-    deadline = time.monotonic() + timeout
+
+    def settled() -> bool:
+        # short-TTL grants issued last may not have expired yet: wait for them too, or the
+        # reapers would still be writing while the checks below read
+        overdue = (Grant.status == "active") & (Grant.expires_at < time.time() + SHORT_TTL + 2)
+        with engine.connect() as conn:
+            return conn.scalar(
+                select(func.count()).select_from(Grant).where((Grant.status == "revoke_pending") | overdue)
+            ) == 0
+
     try:
-        while time.monotonic() < deadline:
-            # short-TTL grants issued last may not have expired yet: wait for them too, or the
-            # reapers would still be writing while the checks below read
-            overdue = (Grant.status == "active") & (Grant.expires_at < time.time() + SHORT_TTL + 2)
-            with engine.connect() as conn:
-                open_ = conn.scalar(
-                    select(func.count()).select_from(Grant).where((Grant.status == "revoke_pending") | overdue)
-                )
-            if open_ == 0:
-                return
-            time.sleep(0.5)
+        wait_until(settled, timeout, "the reapers settling", interval=0.5)
     finally:
         engine.dispose()
 

@@ -1,9 +1,10 @@
 """Clock skew at the edge of the allowed window: one second inside is accepted, one second outside refused.
 
 The attestors allow `leeway` seconds (30 by default) between the issuer's clock and ours, for
-`iat`, `nbf` and `exp` alike. The broker runs on an injected clock that stands still at NOW, and
-every claim is NOW plus an exact offset, so the edges hold however long the test takes. NOW is 20 s
-behind the wall clock: a check that still read the wall clock would refuse the accepted `exp` edge.
+`iat`, `nbf` and `exp` alike. The broker runs on an injected clock that stands still at `now`, and
+every claim is `now` plus an exact offset, so the edges hold however long the test takes. `now` is
+20 s behind the wall clock when each test starts (not at import, which a long run leaves far behind):
+a check that still read the wall clock would refuse the accepted `exp` edge.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from tests.support.broker import BrokerClient, Issuers, broker_settings, open_cl
 
 LEEWAY = 30
 SUBJECT = "system:serviceaccount:payments:worker"
-NOW = int(time.time()) - 20  # the broker's clock, fixed for the whole module
 
 # name: (claims as offsets from now, accepted?)
 EDGES = {
@@ -31,14 +31,22 @@ EDGES = {
 
 
 @pytest.fixture
-def broker(tmp_path, issuers) -> Iterator[BrokerClient]:
-    with open_client(broker_settings(tmp_path, issuers), clock=lambda: float(NOW)) as client:
+def now() -> int:
+    """The broker's clock for one test, standing still."""
+    return int(time.time()) - 20
+
+
+@pytest.fixture
+def broker(tmp_path, issuers, now: int) -> Iterator[BrokerClient]:
+    with open_client(broker_settings(tmp_path, issuers), clock=lambda: float(now)) as client:
         yield client
 
 
 @pytest.mark.parametrize(("offsets", "accepted"), EDGES.values(), ids=EDGES.keys())
-def test_skew_at_the_edge(broker: BrokerClient, issuers: Issuers, offsets: dict[str, int], accepted: bool) -> None:
-    token = issuers.k8s.token(alg="ES256", sub=SUBJECT, **{claim: NOW + delta for claim, delta in offsets.items()})
+def test_skew_at_the_edge(
+    broker: BrokerClient, issuers: Issuers, now: int, offsets: dict[str, int], accepted: bool
+) -> None:
+    token = issuers.k8s.token(alg="ES256", sub=SUBJECT, **{claim: now + delta for claim, delta in offsets.items()})
     response = broker.grant(token, task="skew")
     if accepted:
         assert response.status_code == 201, response.text

@@ -14,6 +14,7 @@ from broker.app import build
 from broker.grants import GrantRequest
 from tests.support.broker import open_client
 from tests.support.openbao import VaultBed, vault_bed  # noqa: F401 (fixture)
+from tests.support.wait import wait_until
 
 COUNT = 1000
 TTL = 2
@@ -35,12 +36,9 @@ def _issue_all(settings, token: str) -> list[dict]:  # noqa: ANN001
     return issued
 
 
-def _wait_all_ended(client, deadline: float) -> list:  # noqa: ANN001
-    while True:
-        grants = client.service.ledger.grants(boundary=BOUNDARY)
-        if all(g.status == "expired" for g in grants) or time.monotonic() > deadline:
-            return grants
-        time.sleep(0.2)
+def _all_expired(client) -> list:  # noqa: ANN001
+    grants = client.service.ledger.grants(boundary=BOUNDARY)
+    return grants if all(g.status == "expired" for g in grants) else []
 
 
 def test_grants_expiring_while_down_are_expired_and_revoked_after_restart(tmp_path, issuers, vault_bed) -> None:
@@ -49,7 +47,7 @@ def test_grants_expiring_while_down_are_expired_and_revoked_after_restart(tmp_pa
     assert len(credentials) == COUNT
     time.sleep(TTL + 0.5)  # the broker is down: every TTL runs out unobserved
     with open_client(vault_bed.settings(tmp_path, issuers, worker_interval=0.2)) as client:
-        grants = _wait_all_ended(client, time.monotonic() + 60)
+        grants = wait_until(lambda: _all_expired(client), 60, "every grant expired", interval=0.2)
         expired_events = {e.grant_id for e in client.events("expired")}
     assert len(grants) == COUNT and {g.status for g in grants} == {"expired"}
     assert {g.id for g in grants} <= expired_events

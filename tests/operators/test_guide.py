@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sdk.live import free_port
+from broker.dev_openbao import free_port
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operator-guide.md"
 

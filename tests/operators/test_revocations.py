@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from tests.operators.fleet import active, auth, issue_fleet, statuses, subject_of
+from tests.support.wait import wait_until
 
 WORKER = subject_of("worker")
 
@@ -91,13 +91,13 @@ def test_progress_is_polled_until_done(broker, issuers):
     answer = revoke(broker, issuers, all=True, wait=False)
     assert answer.status_code in (200, 202)
     revocation_id = answer.json()["revocation_id"]
-    deadline = time.monotonic() + 10
-    while (poll := broker.get(f"/v1/revocations/{revocation_id}", headers=auth(issuers.operator()))).json()[
-        "status"
-    ] != "done":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert poll.json()["revoked"] == 30 and poll.json()["pending"] == 0
+
+    def done() -> dict | None:
+        status = broker.get(f"/v1/revocations/{revocation_id}", headers=auth(issuers.operator())).json()
+        return status if status["status"] == "done" else None
+
+    status = wait_until(done, 10, "the revocation done", interval=0.05)
+    assert status["revoked"] == 30 and status["pending"] == 0
     assert broker.get("/v1/revocations/rv_missing", headers=auth(issuers.operator())).status_code == 404
 
 

@@ -17,6 +17,7 @@ from tests.operators.fleet import active, auth, issue_fleet, statuses, subject_o
 from tests.sdk.live import LiveBroker
 from tests.support.broker import BOUNDARIES, Issuers, open_client
 from tests.support.openbao import VaultBed, kv_boundary, vault_bed  # noqa: F401 (fixture)
+from tests.support.wait import wait_until
 
 WORKER = subject_of("worker")
 ALLOW = [{"boundary": name, "scopes": ["read"], "max_ttl": "10m"} for name in ("orders", "payments", "kv-ops")]
@@ -100,7 +101,7 @@ def test_cli_exits_non_zero_while_vault_hangs_then_the_outbox_finishes(tmp_path,
         assert {live.grant(h["grant_id"]).status for h in held} == {"revoke_pending"}
         metrics = httpx.get(f"{live.url}/metrics").text
         assert float(re.search(r'broker_vault_errors_total\{operation="revoke"\} (\S+)', metrics)[1]) >= 4
-        _wait_for(lambda: {live.grant(h["grant_id"]).status for h in held} == {"revoked"}, seconds=30)
+        wait_until(lambda: {live.grant(h["grant_id"]).status for h in held} == {"revoked"}, 30, "the retries revoking")
         assert {vault_bed.openbao.token_lookup(h["credential"]["token"]) for h in held} == {403}
     finally:
         live.stop()
@@ -110,12 +111,3 @@ def _live_values(bed: VaultBed, data_dir: Path, issuers: Issuers) -> dict[str, A
     settings = bed_settings(bed, data_dir, issuers, revoke_retry_max_delay=1)
     keep = ("boundaries", "policy", "vault", "revoke_retry_max_delay")
     return {name: getattr(settings, name) for name in keep}
-
-
-def _wait_for(condition, seconds: float) -> None:  # noqa: ANN001
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)

@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import yaml
 from broker.config import BoundaryConfig
 from broker.errors import ConfigError
 from broker.policy import Decision, Policy, PolicySource, compile_policy
+from tests.support.wait import wait_until
 
 BOUNDARIES = {
     "orders-db": BoundaryConfig(name="orders-db", backend="jwt", scopes=["read", "write"], max_ttl=900),
@@ -540,10 +540,7 @@ def test_sighup_reloads(tmp_path: Path, restore_sighup) -> None:
     source.install_sighup()
     rewrite(path, GOOD_2)
     os.kill(os.getpid(), signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while not allows_write(source) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert allows_write(source)
+    wait_until(lambda: allows_write(source), 5, "the reload on SIGHUP", interval=0.01)
 
 
 def test_sighup_install_off_main_thread_is_a_no_op(tmp_path: Path, restore_sighup) -> None:

@@ -18,6 +18,7 @@ from broker.policy import compile_policy
 from tests.operators.fleet import auth
 from tests.support.broker import BOUNDARIES, broker_settings, open_client
 from tests.support.openbao import VaultBed, vault_bed  # noqa: F401 (fixture)
+from tests.support.wait import wait_until
 
 OPERATORS = {"name": "operators", "match": {"attestor": "oidc", "subject": "ops-*"}, "roles": ["operator"]}
 
@@ -29,15 +30,6 @@ def _rule(name: str, namespace: str, boundary: str, scopes=("read",), max_ttl="1
 
 def _write(path: Path, *rules: dict) -> None:
     path.write_text(yaml.safe_dump({"rules": [*rules, OPERATORS]}))
-
-
-def _wait(condition, timeout: float) -> float:  # noqa: ANN001
-    """Seconds until `condition()` held; fails after `timeout` (the broker's worker acts on its own)."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not reached in time"
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 def test_reload_removing_a_rule_under_load_ends_its_grants_and_vault_tokens(tmp_path, issuers, vault_bed: VaultBed):
@@ -61,12 +53,15 @@ def test_reload_removing_a_rule_under_load_ends_its_grants_and_vault_tokens(tmp_
         thread = threading.Thread(target=issue_billing)
         thread.start()
         try:
-            _wait(lambda: len(load) >= 3, 10)
+            wait_until(lambda: len(load) >= 3, 10, "issuance under way", interval=0.02)
             _write(policy, billing)  # the payments rule is withdrawn in an incident
             ledger = broker.service.ledger
-            took = _wait(lambda: all(ledger.get_grant(g["grant_id"]).status == "revoked" for g in mine), 5)
+            started = time.monotonic()
+            wait_until(lambda: all(ledger.get_grant(g["grant_id"]).status == "revoked" for g in mine), 5,
+                       "the withdrawn grants revoked", interval=0.02)  # fmt: skip
+            took = time.monotonic() - started
             issued_during = len(load)
-            _wait(lambda: len(load) >= issued_during + 3, 10)
+            wait_until(lambda: len(load) >= issued_during + 3, 10, "issuance going on", interval=0.02)
         finally:
             stop.set()
             thread.join()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import socket
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +12,10 @@ import uvicorn
 
 from broker.app import Components, build, create_app
 from broker.config import Settings
+from broker.dev_openbao import free_port
 from broker.serving import uvicorn_tls
 from tests.support.broker import BOUNDARIES, POLICY, RECEIVERS, Issuers, broker_settings
+from tests.support.wait import wait_started
 
 # `secure` refuses a grant without a DPoP proof; payments workers may use it
 SDK_BOUNDARIES = [*BOUNDARIES, {"name": "secure", "backend": "jwt", "scopes": ["read"], "max_ttl": "10m", "require_dpop": True}]
@@ -27,12 +27,6 @@ def sdk_policy() -> dict[str, Any]:
     workers["allow"].append({"boundary": "secure", "scopes": ["read"], "max_ttl": "10m"})
     policy["rules"].append(RECEIVERS)  # signal receivers (the guide's resource server)
     return policy
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -57,11 +51,7 @@ class LiveBroker:
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="live-broker", daemon=True)
         thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the live broker did not start")
-            time.sleep(0.02)
+        wait_started(server, thread)
         return cls(url, settings, components, server, thread)
 
     def stop(self) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import httpx
 import pytest
 
+import broker_client
 import broker_client.errors as sdk_errors
 from broker.api.errors import STATUS
 from broker_client import Client, StaticToken
@@ -15,6 +18,16 @@ def test_every_broker_problem_code_has_exactly_one_exception() -> None:
     codes = set(STATUS) | {"validation_error", "internal_error"}
     assert codes <= set(sdk_errors.BY_CODE), codes - set(sdk_errors.BY_CODE)
     assert all(cls.code == code for code, cls in sdk_errors.BY_CODE.items())
+
+
+def test_the_public_names_are_the_exception_tree_and_the_listed_api() -> None:
+    tree = {name for name, value in vars(sdk_errors).items() if isinstance(value, type) and issubclass(value, Exception)}
+    assert set(sdk_errors.__all__) == tree
+    public = {name for name, value in vars(broker_client).items()
+              if not name.startswith("_") and not isinstance(value, ModuleType)}  # fmt: skip
+    assert public == set(broker_client.__all__)  # nothing leaks (typing names, BY_CODE, from_problem)
+    assert tree <= public
+    assert len(broker_client.__all__) == len(public)  # each name listed once
 
 
 @pytest.mark.parametrize(

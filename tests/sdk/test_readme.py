@@ -7,15 +7,14 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from broker.dev_openbao import free_port
 from tests.sdk.docs import ROOT, blocks, run_block
-from tests.sdk.live import free_port
+from tests.support.wait import wait_serving
 
 README = ROOT / "clients" / "python" / "README.md"
 MAKE_RUN_URL = "http://127.0.0.1:8080"
@@ -31,7 +30,7 @@ def dev_broker(tmp_path_factory) -> Iterator[tuple[Path, str]]:
     proc = subprocess.Popen([broker, "dev", "--port", str(port)], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(proc, url, folder / "dev.log")
+        wait_serving(url, proc, timeout=90, log=folder / "dev.log")
         yield folder, url
     finally:
         proc.send_signal(signal.SIGTERM)  # dev mode stops its OpenBao on SIGTERM
@@ -40,20 +39,6 @@ def dev_broker(tmp_path_factory) -> Iterator[tuple[Path, str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"broker dev exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("broker dev did not become ready")
 
 
 def test_readme_quickstart_runs_against_make_run(dev_broker) -> None:

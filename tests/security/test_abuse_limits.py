@@ -23,17 +23,19 @@ from tests.support.postgres import fresh_database
 
 WINDOW = Settings.model_fields["unverified_denial_window"].default
 PER_WINDOW = Settings.model_fields["unverified_denials_per_window"].default
-# The injected clock starts 20 s into a refusal window a few minutes back: every time it shows stays
-# in the past, so the broker's own JWTs (iat checked against real time when minted) verify.
-START = int(time.time()) // WINDOW * WINDOW - 3 * WINDOW
-T0 = START + 20.0
 
 
 class Clock:
-    """The service's clock, moved by hand: windows and expiries never depend on how fast the machine is."""
+    """The service's clock, moved by hand: windows and expiries never depend on how fast the machine is.
 
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
+    It starts 20 s into the refusal window `start`, a few minutes before the clock is made (not before
+    the module was imported: a long run would push it far back): every time it shows stays in the past,
+    so the broker's own JWTs (iat checked against real time when minted) verify.
+    """
+
+    def __init__(self) -> None:
+        self.start = int(time.time()) // WINDOW * WINDOW - 3 * WINDOW
+        self.now = self.start + 20.0
 
     def __call__(self) -> float:
         return self.now
@@ -106,13 +108,13 @@ def test_a_concurrent_burst_passes_the_rate_limit_by_at_most_the_requests_in_fli
 
 def test_the_rate_window_slides_with_the_clock(quiet, issuers) -> None:
     broker, clock = quiet
-    token = issuers.worker()
+    token, t0 = issuers.worker(), clock.now
     for n in range(3):
         assert broker.grant(token, task=f"w-{n}").status_code == 201
         clock.now += 10
     refused = broker.grant(token, task="w-3")
-    assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"  # the first leaves at T0 + 60
-    clock.now = T0 + 60.5
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"  # the first leaves at t0 + 60
+    clock.now = t0 + 60.5
     assert broker.grant(token, task="w-4").status_code == 201
     assert broker.grant(token, task="w-5").status_code == 429
 
@@ -202,10 +204,10 @@ def test_one_junk_token_repeated_is_one_row_a_window_with_its_count(quiet) -> No
     assert broker.grant(token).status_code == 401
     rows = chained_refusals(broker)
     assert [(r.detail["token_fp"], r.detail["window_start"]) for r in rows] == [
-        (fingerprint(token), START), (fingerprint(token), START + WINDOW)
+        (fingerprint(token), clock.start), (fingerprint(token), clock.start + WINDOW)
     ]
     assert rows[0].detail == {"code": "invalid_identity", "action": "POST /oauth/introspect",
-                              "token_fp": fingerprint(token), "window_start": START, "window": WINDOW,
+                              "token_fp": fingerprint(token), "window_start": clock.start, "window": WINDOW,
                               "policy_revision": broker.service.policy.current.digest, "rule": None}  # fmt: skip
     assert [w.count for w in broker.service.ledger.denial_windows()] == [50, 1]
 

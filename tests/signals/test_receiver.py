@@ -14,7 +14,8 @@ from fastapi import FastAPI, Request
 from broker.app import build, create_app
 from broker_client import InvalidSet, SignalMiddleware, SignalReceiver, Verifier
 from tests.signals.conftest import auth, signals_settings
-from tests.signals.serve import free_port, serving
+from broker.dev_openbao import free_port
+from tests.signals.serve import serving
 
 
 class Seen:

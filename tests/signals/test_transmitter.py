@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import jwt
 import pytest
+from typer.testing import CliRunner
 
+from broker.cli import app
 from tests.signals.conftest import auth
 
 SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
@@ -178,3 +182,15 @@ def test_a_freeze_alone_is_one_session_revoked_set_naming_the_subject_or_boundar
     assert boundary_set["events"][SESSION_REVOKED]["audience"] == "orders"  # the aud of its broker JWTs
     (only,) = _poll(broker, issuers.oidc.token(sub="receiver-b"), payments)["sets"].values()
     assert decoded(payments, only)["sub_id"]["user"]["id"] == worker  # not the orders freeze
+
+
+def test_broker_signals_lists_each_stream_offline(broker, issuers, tmp_path) -> None:
+    stream = _poll_stream(broker, issuers.oidc.token(sub="receiver-a"))
+    grant = broker.grant(issuers.worker(), task="t-cli").json()
+    assert broker.post(f"/v1/grants/{grant['grant_id']}/complete", headers=auth(issuers.worker())).status_code == 200
+    run = CliRunner().invoke(app, ["signals", "--data-dir", str(tmp_path), "--json"])
+    assert run.exit_code == 0, run.output
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [(r["stream_id"], r["owner"], r["method"], r["pending"]) for r in rows] == [
+        (stream["stream_id"], "receiver-a", POLL, 1)  # the completion's SET waits to be polled
+    ]

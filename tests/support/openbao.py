@@ -10,12 +10,16 @@ and idempotent revocation exist for.
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,14 +56,78 @@ class OpenBao(OpenBaoServer):
 
         Not `lookup-self` with the token: minted tokens carry no `default` policy, so they may not.
         """
-        import httpx
-
         answer = httpx.post(f"{self.addr}/v1/auth/token/lookup", json={"token": token},
                             headers={"X-Vault-Token": self.root_token})
         return answer.status_code
 
+    def accessor_exists(self, accessor: str) -> bool:
+        return self.accessor_meta(accessor) is not None
+
+    def accessor_meta(self, accessor: str) -> dict[str, str] | None:
+        """The metadata of the token behind `accessor`; None once it is gone or being revoked (403)."""
+        answer = httpx.post(f"{self.addr}/v1/auth/token/lookup-accessor", json={"accessor": accessor},
+                            headers={"X-Vault-Token": self.root_token})  # fmt: skip
+        assert answer.status_code in (200, 400, 403), answer.text  # 400: "invalid accessor"
+        return (answer.json()["data"].get("meta") or {}) if answer.status_code == 200 else None
+
     def lease_exists(self, lease_id: str) -> bool:
         return self.root().write("sys/leases/lookup", {"lease_id": lease_id}, gone=("invalid lease",)) is not None
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One call the broker made to OpenBao, as it went over the wire."""
+
+    method: str
+    path: str  # without the /v1/ prefix
+    sent: dict[str, Any]
+    status: int
+    answer: dict[str, Any]
+
+
+@contextmanager
+def recorded(openbao: OpenBaoServer) -> Iterator[tuple[str, list[Exchange]]]:
+    """A loopback proxy in front of OpenBao: its address, and every exchange made through it so far.
+
+    For what no OpenBao answer shows afterwards, such as a credential minted and revoked within one
+    request (OpenBao refuses audit devices enabled over its API, so the test side records instead).
+    """
+    exchanges: list[Exchange] = []
+
+    class Relay(BaseHTTPRequestHandler):
+        def _relay(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            keep = {k: v for k, v in self.headers.items() if k.lower().startswith("x-vault") or k.lower() == "content-type"}
+            answer = httpx.request(self.command, openbao.addr + self.path, content=body, headers=keep, timeout=30)
+            exchanges.append(Exchange(self.command, self.path.removeprefix("/v1/"), _json(body), answer.status_code,
+                                      _json(answer.content)))  # fmt: skip
+            self.send_response(answer.status_code)
+            for name in ("Content-Type", "Content-Length"):
+                if name in answer.headers:
+                    self.send_header(name, answer.headers[name])
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_LIST = _relay  # http.server dispatches on do_<METHOD>
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", exchanges
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def kv_boundary(area: str) -> dict[str, Any]:
@@ -100,6 +168,25 @@ class VaultBed:
     def settings(self, data_dir: Path, issuers: Any, timeout: float = 2.0, **overrides: Any):  # noqa: ANN201
         values = {"boundaries": self.boundaries, "policy": POLICY, "vault": self.openbao.vault_config(timeout)}
         return broker_settings(data_dir, issuers, **{**values, **overrides})
+
+    def serve_config(self, issuers: Any, **extra: Any) -> dict[str, Any]:
+        """A `broker serve` config (tests/support/replicas.py `start_replica`) on this bed's OpenBao."""
+        return {"env": "test", "issuer": "http://broker.test", "sqlite_synchronous": "NORMAL",
+                "attestors": issuers.attestors(), "boundaries": self.boundaries, "policy": POLICY,
+                "vault": self.openbao.vault_config(2.0), "worker_interval": 0.2, "reconcile_grace": 1, **extra}  # fmt: skip
+
+    def handles(self, boundary: str, task: str) -> list[str]:
+        """What OpenBao holds for this boundary now: lease ids (dynamic secrets) or, for tokens, the
+        accessors whose metadata names the task."""
+        root = self.openbao.root()
+        if boundary == "orders-db":
+            return [f"database/creds/orders-db-read/{k}" for k in root.list("sys/leases/lookup/database/creds/orders-db-read/")]
+        found = []
+        for accessor in root.list("auth/token/accessors"):
+            meta = self.openbao.accessor_meta(accessor) or {}
+            if meta.get("boundary") == boundary and meta.get("task") == task:
+                found.append(accessor)
+        return found
 
     def pg(self, user: str | None = None, password: str | None = None) -> psycopg.Connection:
         target = self.pg_url if user is None else self.pg_url.replace("postgres@", f"{user}:{password}@", 1)

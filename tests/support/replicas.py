@@ -12,20 +12,19 @@ import base64
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
+from broker.dev_openbao import free_port
 from tests.support.broker import BOUNDARIES, BROKER_ISSUER, LOAD_TEST_LIMITS, POLICY, Issuers
+from tests.support.wait import wait_serving
 
 
 def replica_config(issuers: Issuers, database_url: str, **overrides: Any) -> dict[str, Any]:
@@ -58,19 +57,20 @@ class Replica:
 def serve_replicas(directory: Path, config: dict[str, Any], count: int = 3) -> Iterator[list[Replica]]:
     """Start `count` replicas at once (they race to migrate and to create the first key), yield them."""
     with ExitStack() as stack:
-        started = [_start(directory / f"replica-{i}", config) for i in range(count)]
+        started = [start_replica(directory / f"replica-{i}", config) for i in range(count)]
         for replica in started:
-            stack.callback(_stop, replica.proc)
+            stack.callback(stop_process, replica.proc)
         for replica in started:
-            _wait_ready(replica.url, replica.proc)
+            wait_serving(replica.url, replica.proc)
         yield started
 
 
-def _start(directory: Path, config: dict[str, Any]) -> Replica:
+def start_replica(directory: Path, config: dict[str, Any]) -> Replica:
+    """One `broker serve` process on a free port, its config and log in `directory`; not waited for."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "broker.yaml"
     path.write_text(yaml.safe_dump({"data_dir": str(directory / "data"), **config}))
-    port = _free_port()
+    port = free_port()
     log = open(directory / "serve.log", "wb")  # noqa: SIM115 (the process owns it until it exits)
     broker = Path(sys.executable).with_name("broker")
     proc = subprocess.Popen(
@@ -82,21 +82,8 @@ def _start(directory: Path, config: dict[str, Any]) -> Replica:
     return Replica(f"http://127.0.0.1:{port}", proc)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"replica at {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2.0, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"replica at {url} not ready within {timeout}s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -104,9 +91,3 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

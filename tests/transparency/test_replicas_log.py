@@ -3,7 +3,6 @@ pushed to a witness; the auditor verifies the database read-only against the wit
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,6 +16,7 @@ from broker.transparency import note, tree
 from broker.transparency.log import LogReader
 from tests.support.postgres import fresh_database
 from tests.support.replicas import replica_config, serve_replicas
+from tests.support.wait import wait_until
 from tests.transparency.witnesses import running_witness
 
 
@@ -39,7 +39,7 @@ def test_three_replicas_write_one_witnessed_log(tmp_path, issuers) -> None:
                 engine = create_engine(url)
                 with engine.connect() as conn:
                     total = conn.execute(text("SELECT count(*) FROM audit_events")).scalar_one()
-                _wait(lambda: _witness_size(w.url) >= total)
+                wait_until(lambda: _witness_size(w.url) >= total, 60, "the witness catching up")
             verifier = note.Verifier.parse(log_key)
             with engine.connect() as conn:
                 notes = [r.note for r in conn.execute(text("SELECT note FROM log_checkpoints ORDER BY size"))]
@@ -74,10 +74,3 @@ def _log_key(config: dict, tmp_path) -> str:
 def _witness_size(url: str) -> int:
     answer = httpx.get(f"{url}/checkpoint")
     return int(answer.text.split("\n")[1]) if answer.status_code == 200 else 0
-
-
-def _wait(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the witness did not catch up"
-        time.sleep(0.1)

@@ -9,8 +9,6 @@ The broker's Vault clock is injected, so login backoff and renewal move only whe
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 
 import pytest
 
@@ -19,6 +17,7 @@ from broker.backends.plan import BROKER_POLICY
 from broker.backends.vault import VaultClient
 from tests.support.broker import open_client
 from tests.support.openbao import VaultBed
+from tests.support.wait import wait_until
 from tests.vault.approle import approle as _approle
 
 
@@ -40,13 +39,6 @@ def vault_clock(monkeypatch) -> Clock:
 
 def _broker_token(client) -> str:  # noqa: ANN001
     return client.service.backends["vault_token"].vault._hvac.token
-
-
-def _wait(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)
 
 
 def _metric(client, name: str) -> float:  # noqa: ANN001
@@ -77,12 +69,12 @@ def test_token_revoked_while_idle_and_no_login_possible_answers_503_then_recover
 
         done = client.post(f"/v1/grants/{first['grant_id']}/complete", headers=auth)
         assert done.status_code == 200 and done.json()["status"] == "revoke_pending"
-        _wait(lambda: client.service.ledger.get_grant(first["grant_id"]).revoke_attempts >= 2)  # the worker retries
+        wait_until(lambda: client.service.ledger.get_grant(first["grant_id"]).revoke_attempts >= 2, 20, "a retry")
         assert vault_bed.openbao.token_lookup(first["credential"]["token"]) == 200
 
         new_secret_id()
         vault_clock.now += 60  # past the login backoff
-        _wait(lambda: client.service.ledger.grant_status(first["grant_id"]) == "completed")
+        wait_until(lambda: client.service.ledger.grant_status(first["grant_id"]) == "completed", 20, "the completion")
         assert vault_bed.openbao.token_lookup(first["credential"]["token"]) == 403
         assert client.grant(identity, "kv-payments", ["read"], ttl=60).status_code == 201
         assert _metric(client, "broker_vault_auth_ok") == 1
@@ -95,7 +87,7 @@ def test_renewal_refused_after_revocation_logs_in_again(tmp_path, issuers, vault
         old = _broker_token(client)
         vault_bed.openbao.root().write("auth/token/revoke", {"token": old})
         vault_clock.now += 45  # two thirds of the 60 s TTL: the idle worker renews, is refused, logs in
-        _wait(lambda: _broker_token(client) != old)
+        wait_until(lambda: _broker_token(client) != old, 20, "a new broker token")
         assert _metric(client, 'broker_vault_auth_failures_total{reason="token_refused"}') == 1
         assert client.grant(issuers.worker(), "kv-payments", ["read"], ttl=60).status_code == 201
 
@@ -105,7 +97,7 @@ def test_approle_token_past_its_max_ttl_is_replaced_by_a_new_login(tmp_path, iss
     with open_client(vault_bed.settings(tmp_path, issuers, vault=config)) as client:
         assert client.grant(issuers.worker(), "kv-payments", ["read"], ttl=60).status_code == 201
         old = _broker_token(client)
-        _wait(lambda: vault_bed.openbao.token_lookup(old) == 403)  # OpenBao expired it (the test clock did not move)
+        wait_until(lambda: vault_bed.openbao.token_lookup(old) == 403, 20, "OpenBao expiring it")  # the test clock stood still
         answer = client.grant(issuers.worker(), "kv-payments", ["read"], ttl=60)
         assert answer.status_code == 201, answer.text
         assert _broker_token(client) != old

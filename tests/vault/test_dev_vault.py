@@ -13,7 +13,8 @@ import pytest
 from broker.dev import dev_token
 from broker.dev_openbao import free_port
 from tests.support.openbao import orders_database, pg_unavailable
-from tests.support.replicas import _stop, _wait_ready
+from tests.support.replicas import stop_process
+from tests.support.wait import wait_serving
 
 BROKER = str(Path(sys.executable).with_name("broker"))
 
@@ -27,10 +28,10 @@ def dev_broker(tmp_path):
         proc = subprocess.Popen([BROKER, "dev", "--port", url.rsplit(":", 1)[1], "--data-dir", str(tmp_path),
                                  "--postgres-url", pg_url], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(url, proc)
+            wait_serving(url, proc)
             yield url, tmp_path
         finally:
-            _stop(proc)
+            stop_process(proc)
 
 
 def test_dev_mode_demo_kv_and_demo_db(dev_broker):

@@ -18,8 +18,10 @@ from typing import Any
 import httpx
 import yaml
 
+from broker.dev_openbao import free_port
 from tests.support.openbao import POLICY, VaultBed
-from tests.support.replicas import _free_port, _stop, _wait_ready
+from tests.support.replicas import stop_process
+from tests.support.wait import wait_serving
 
 JWT_BOUNDARY = {"name": "orders", "backend": "jwt", "scopes": ["read"], "max_ttl": "10m"}
 RESOURCE_SERVER = "system:serviceaccount:payments:resource"
@@ -88,17 +90,17 @@ def _run(http: httpx.Client, issuers: Any, pg: bool) -> list[str]:
 
 
 def test_a_full_run_logs_json_lines_with_access_lines_and_no_secret(tmp_path, issuers, vault_bed: VaultBed) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = _config(vault_bed, issuers, url)
     proc, log_path = _serve(tmp_path / "broker", config, port)
     try:
-        _wait_ready(url, proc)
+        wait_serving(url, proc)
         with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
             handled = _run(http, issuers, bool(vault_bed.pg_url))
             assert http.get("/healthz", headers={"X-Request-Id": "mine-1"}).headers["x-request-id"] == "mine-1"
     finally:
-        _stop(proc)
+        stop_process(proc)
     lines = log_path.read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 import pytest
 
 from tests.support.openbao import VaultBed
+from tests.support.wait import wait_until
 
 
 def _vault_expiry(bed: VaultBed, credential: dict) -> float:
@@ -33,8 +33,6 @@ def test_vault_ttl_equals_grant_ttl(vault_broker, issuers, vault_bed: VaultBed, 
 
 def test_reaper_revokes_the_lease_of_an_expired_grant(vault_broker, issuers, pg_bed: VaultBed):
     body = vault_broker.grant(issuers.worker(), "orders-db", ["read"], ttl=2).json()
-    deadline = time.monotonic() + 10
-    while vault_broker.service.ledger.grant_status(body["grant_id"]) != "expired" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert vault_broker.service.ledger.grant_status(body["grant_id"]) == "expired"
+    wait_until(lambda: vault_broker.service.ledger.grant_status(body["grant_id"]) == "expired", 10, "the reaper",
+               interval=0.2)  # fmt: skip
     assert not pg_bed.openbao.lease_exists(body["credential"]["lease_id"])

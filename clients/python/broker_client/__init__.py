@@ -5,13 +5,13 @@
         cred = task.grant("orders-db", ["read"], ttl=300)
 """
 
+from broker_client import errors
 from broker_client.agents import requires
 from broker_client.aio import AsyncClient, AsyncTask
 from broker_client.client import Client, Task
 from broker_client.credential import Credential, Grant, TaskCompleted
 from broker_client.dpop import DpopKey, process_key
 from broker_client.errors import *  # noqa: F403 (the exception tree is part of the public surface)
-from broker_client.errors import BrokerClientError, BrokerError
 from broker_client.identity import (
     Command,
     GitHubActions,
@@ -30,8 +30,6 @@ from broker_client.verify import Verifier, verify
 __all__ = [
     "AsyncClient",
     "AsyncTask",
-    "BrokerClientError",
-    "BrokerError",
     "Client",
     "ClientCertificate",
     "Command",
@@ -39,9 +37,9 @@ __all__ = [
     "DpopKey",
     "GitHubActions",
     "Grant",
-    "Receipt",
     "IdentitySource",
     "InvalidSet",
+    "Receipt",
     "SignalMiddleware",
     "SignalReceiver",
     "StaticToken",
@@ -58,3 +56,4 @@ __all__ = [
     "verify",
     "verify_receipt",
 ]
+__all__ += errors.__all__  # one class per problem code (errors.py)

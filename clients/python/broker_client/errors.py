@@ -4,6 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "BackendUnavailable",
+    "BoundaryFrozen",
+    "BrokerClientError",
+    "BrokerError",
+    "CompletionFailed",
+    "DpopReplayFull",
+    "Forbidden",
+    "IdempotencyKeyReused",
+    "IdentityUnavailable",
+    "InternalError",
+    "InvalidAuthorizationDetails",
+    "InvalidDpop",
+    "InvalidIdentity",
+    "InvalidRequest",
+    "InvalidTarget",
+    "InvalidToken",
+    "LedgerUnavailable",
+    "MultiBoundary",
+    "NotFound",
+    "PolicyDenied",
+    "RateLimited",
+    "ReceiptInvalid",
+    "SubjectFrozen",
+    "TaskNotFound",
+    "TooManyActiveGrants",
+    "TransportError",
+    "TtlExceedsCap",
+    "UnknownBoundary",
+    "UnknownScope",
+    "ValidationFailed",
+]
+
 
 class BrokerClientError(Exception):
     """Base of every error the SDK raises."""
