@@ -11,9 +11,10 @@ from broker_client import Client, SignalReceiver
 from broker_client.mcp import BrokerTokenVerifier
 from fastmcp import FastMCP
 
+from broker.dev_openbao import free_port
 from tests.agents.conftest import agent_token, mcp_boundaries, mcp_policy
 from tests.agents.test_mcp_servers import _call, _raw_call, _serve
-from tests.sdk.live import LiveBroker, free_port
+from tests.sdk.live import LiveBroker
 from tests.support.broker import RECEIVERS
 
 AGENT = "system:serviceaccount:agents:triage"

@@ -18,7 +18,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.cli.test_dev_and_config import free_port
+from broker.dev_openbao import free_port
 
 BIN = Path(sys.executable).parent
 SUBJECT = "spiffe://dev.local/ns/demo/sa/worker"

@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.sdk.live import LiveBroker, free_port, sdk_policy
+from broker.dev_openbao import free_port
+from tests.sdk.live import LiveBroker, sdk_policy
 from tests.support import pki
 from tests.support.broker import Issuers
 

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from broker.dev_openbao import free_port
 from tests.signals.conftest import auth
-from tests.signals.serve import free_port
 
 BROKER = str(Path(sys.executable).with_name("broker"))
 PUSH, POLL = "urn:ietf:rfc:8935", "urn:ietf:rfc:8936"
