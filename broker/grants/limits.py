@@ -62,7 +62,7 @@ class IssuanceLimits:
         width = self.settings.unverified_denial_window
         window = int(now // width) * width
         token_fp = fingerprint(token) if token else "none"
-        detail = {"code": code, "action": action, "token_fp": token_fp, "window_start": window, "window": width,
+        detail = {"code": code, "action": action, "identity_fp": token_fp, "window_start": window, "window": width,
                   **(provenance or {})}  # fmt: skip
         self.ledger.record_aggregated(
             Event(kind="denied", detail=detail, request_scoped=False),  # one row for a window of requests

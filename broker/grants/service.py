@@ -291,6 +291,8 @@ class GrantService:
 
     def _one_boundary(self, requested: str | list[str]) -> BoundaryConfig:
         names = sorted(set(requested)) if isinstance(requested, list) else [requested]
+        if not names:
+            raise BadRequest("a grant names one boundary")  # not `multi_boundary`: none was named
         if len(names) != 1:
             raise MultiBoundary(f"request names {len(names)} boundaries")
         boundary = self.boundaries.get(names[0])

@@ -1,4 +1,5 @@
-"""The ledger: grants and the tamper-evident audit chain, all SQL in one place."""
+"""The ledger: grants and the tamper-evident audit chain (its SQL here; the transparency log, signals and
+keys keep theirs beside their code, in the same database and transactions)."""
 
 from broker.ledger.chain import VerifyResult, verify_export
 from broker.ledger.issuing import Committed, IdemClaim, Refused, Replayed

@@ -62,7 +62,7 @@ class LimitRecords:
                 token_fp = OVERFLOW
                 if self._bump(session, window, token_fp):
                     return False
-                event.detail = {**event.detail, "token_fp": OVERFLOW}
+                event.detail = {**event.detail, "identity_fp": OVERFLOW}
             row = {"window_start": window, "token_fp": token_fp, "count": 1, "first_at": self._clock()}
             row["last_at"] = row["first_at"]
             inserted = session.execute(self._insert_new(DenialWindow.__table__).values(**row)).rowcount

@@ -1,4 +1,5 @@
-"""All SQL of the broker: grants, the outbox of revocations, and the append-only audit chain."""
+"""The ledger store: grants, the outbox of revocations and the append-only audit chain (the transparency
+log, signals and key rows have their SQL in their own packages, inside the same database)."""
 
 from __future__ import annotations
 

@@ -56,6 +56,7 @@ REFUSALS = [
     ("unknown-subject", "other-ns", {"scopes": ["read"]}, 403, "policy_denied"),
     ("scope-not-allowed", "worker", {"scopes": ["admin"]}, 403, "policy_denied"),
     ("two-boundaries-list", "worker", {"boundary": ["orders", "payments"], "scopes": ["read"]}, 400, "multi_boundary"),
+    ("empty-boundary-list", "worker", {"boundary": [], "scopes": ["read"]}, 400, "invalid_request"),
     ("qualified-other-scope", "worker", {"scopes": ["read", "payments:write"]}, 400, "multi_boundary"),
     ("unknown-scope", "worker", {"scopes": ["delete"]}, 400, "unknown_scope"),
     ("unknown-boundary", "worker", {"boundary": "nope", "scopes": ["read"]}, 400, "unknown_boundary"),

@@ -188,8 +188,8 @@ def test_100_junk_tokens_write_few_rows(quiet) -> None:
         assert broker.grant(token).status_code == 401
     rows = chained_refusals(broker)
     assert len(rows) == PER_WINDOW + 1  # one per fingerprint up to the cap, then one shared overflow row
-    assert [r.detail["token_fp"] for r in rows[:PER_WINDOW]] == [fingerprint(t) for t in tokens[:PER_WINDOW]]
-    assert rows[-1].detail["token_fp"] == "overflow"
+    assert [r.detail["identity_fp"] for r in rows[:PER_WINDOW]] == [fingerprint(t) for t in tokens[:PER_WINDOW]]
+    assert rows[-1].detail["identity_fp"] == "overflow"
     counts = {w.token_fp: w.count for w in broker.service.ledger.denial_windows()}
     assert sum(counts.values()) == 100 and counts["overflow"] == 100 - PER_WINDOW
 
@@ -203,11 +203,11 @@ def test_one_junk_token_repeated_is_one_row_a_window_with_its_count(quiet) -> No
     clock.now += WINDOW
     assert broker.grant(token).status_code == 401
     rows = chained_refusals(broker)
-    assert [(r.detail["token_fp"], r.detail["window_start"]) for r in rows] == [
+    assert [(r.detail["identity_fp"], r.detail["window_start"]) for r in rows] == [
         (fingerprint(token), clock.start), (fingerprint(token), clock.start + WINDOW)
     ]
     assert rows[0].detail == {"code": "invalid_identity", "action": "POST /oauth/introspect",
-                              "token_fp": fingerprint(token), "window_start": clock.start, "window": WINDOW,
+                              "identity_fp": fingerprint(token), "window_start": clock.start, "window": WINDOW,
                               "policy_revision": broker.service.policy.current.digest, "rule": None}  # fmt: skip
     assert [w.count for w in broker.service.ledger.denial_windows()] == [50, 1]
 

@@ -172,7 +172,7 @@ def assert_refused(client: BrokerClient, response: Any, token: str, grants_befor
     assert body["code"] == "invalid_identity" and "detail" not in body
     assert body.get("error") == ("invalid_grant" if exchange else None)
     assert token[-40:] not in response.text and "Traceback" not in response.text
-    fingerprints = [e.detail.get("token_fp") for e in client.events("denied")]
+    fingerprints = [e.detail.get("identity_fp") for e in client.events("denied")]
     assert token_fingerprint(token) in fingerprints
     assert _grant_count(client) == grants_before
 
@@ -203,4 +203,4 @@ def test_a_one_megabyte_token_is_refused_without_a_stack_trace(client: BrokerCli
     assert "Traceback" not in response.text and len(response.content) < 4096
     assert _grant_count(client) == before
     if response.status_code in (400, 401):
-        assert token_fingerprint(token) in [e.detail.get("token_fp") for e in client.events("denied")]
+        assert token_fingerprint(token) in [e.detail.get("identity_fp") for e in client.events("denied")]

@@ -53,7 +53,7 @@ def _assert_refused(client: BrokerClient, token: str) -> float:
     response = _ask(client, token)
     elapsed = time.monotonic() - started
     assert response.status_code == 401 and response.json()["code"] == "invalid_identity", response.text
-    assert token_fingerprint(token) in [e.detail.get("token_fp") for e in client.events("denied")]
+    assert token_fingerprint(token) in [e.detail.get("identity_fp") for e in client.events("denied")]
     assert len(client.service.ledger.grants()) == before
     return elapsed
 
