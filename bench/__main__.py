@@ -21,7 +21,9 @@ from pathlib import Path
 
 import psycopg
 
+from bench import mtls as mtls_rows
 from bench import scenarios as sc
+from bench import signals as signal_rows
 from bench.harness import Result, audit_verify, broker_server, ensure_wrk, openbao, wrk_run, wrk_sweep
 from bench.signing import floor
 from tests.support.issuer import TestIssuer
@@ -205,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp, token = Path(tmp_name), sc.identity_token(issuer)
         rows += _run("HTTP rows", lambda out: http_rows(out, tmp, issuer, token, args))
         rows += _run("signing floor", lambda out: out.extend(floor()))
+        rows += _run("pushed revocation", lambda out: out.extend(signal_rows.rows(args.seconds, args.quick)))
+        rows += _run("mTLS", lambda out: out.extend(mtls_rows.rows(args.seconds, args.quick)))
         left = 0 if args.skip_vault else args.budget - (time.monotonic() - started)
         rows += _run("mass revocation", lambda out: mass_revocation(out, tmp, args.quick, left))
     judge(rows)

@@ -22,9 +22,10 @@ from fastmcp import Client as McpClient
 from fastmcp.client.auth import BearerAuth
 from fastmcp.server.auth.providers.jwt import JWTVerifier
 
+from broker.dev_openbao import free_port
 from tests.agents.conftest import agent_token, mcp_boundaries, mcp_policy
 from tests.agents.test_mcp_servers import _mcp, _serve
-from tests.sdk.live import LiveBroker, free_port
+from tests.sdk.live import LiveBroker
 from tests.support.broker import Issuers
 
 
