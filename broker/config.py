@@ -90,6 +90,10 @@ class AttestorConfig(Strict):
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"], min_length=1)
     jwks_uri: str | None = None
     jwks_file: Path | None = None
+    # fetched keys from a server with its own CA that wants a caller token: the Kubernetes API server
+    # in-cluster (its kube-root-ca.crt bundle, the pod's service-account token; re-read every fetch)
+    jwks_ca_file: Path | None = None
+    jwks_token_file: Path | None = None
     subject_claim: str = "sub"
     trust_domain: str | None = None
     allow_extra_audiences: bool = False
@@ -119,6 +123,8 @@ class AttestorConfig(Strict):
     def _preset_needs(self) -> AttestorConfig:
         if self.jwks_uri and self.jwks_file:
             raise ValueError("set jwks_uri or jwks_file, not both")
+        if self.jwks_file and (self.jwks_ca_file or self.jwks_token_file):
+            raise ValueError("jwks_ca_file and jwks_token_file are for fetched keys, not jwks_file")
         if self.preset == "spiffe_jwt" and not self.trust_domain:
             raise ValueError("preset spiffe_jwt needs trust_domain")
         for url in filter(None, [self.jwks_uri, self.issuer if not self.jwks_file else None]):
@@ -538,9 +544,9 @@ def _resolve_paths(settings: Settings) -> Settings:
         updates["policy_file"] = base / settings.policy_file
     attestors = []
     for att in settings.attestors:
-        if att.jwks_file and not att.jwks_file.is_absolute():
-            att = att.model_copy(update={"jwks_file": base / att.jwks_file})
-        attestors.append(att)
+        files = {"jwks_file": att.jwks_file, "jwks_ca_file": att.jwks_ca_file, "jwks_token_file": att.jwks_token_file}
+        relative = {name: base / path for name, path in files.items() if path and not path.is_absolute()}
+        attestors.append(att.model_copy(update=relative) if relative else att)
     updates["attestors"] = attestors
     updates["x509_attestors"] = resolve_bundles(settings.x509_attestors, base)
     if settings.tls:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from broker.errors import InvalidIdentity
 log = logging.getLogger(__name__)
 
 STALE_FACTOR = 10
+MAX_BEARER_BYTES = 16_384
 MAX_KEYS = 100
 MIN_RSA_BITS = 2048
 _CHUNK = 16_384
@@ -67,10 +69,15 @@ class KeySet(Protocol):
     def key(self, kid: str) -> VerificationKey: ...
 
 
-def build_http_client(timeout: float = 5.0) -> httpx.Client:
-    """The one outbound HTTP client for JWKS and discovery: bounded time, no redirects, no env proxies."""
+def build_http_client(timeout: float = 5.0, ca_file: Path | None = None) -> httpx.Client:
+    """The one outbound HTTP client for JWKS and discovery: bounded time, no redirects, no env proxies.
+
+    With `ca_file`, servers are verified against that bundle only (not the system's roots).
+    """
     # trust_env=False: no module reads the environment on its own (ARCHITECTURE); proxies come from config.
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
     return httpx.Client(
+        verify=verify,
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,
         trust_env=False,
@@ -112,10 +119,11 @@ def same_origin(a: str, b: str) -> bool:
 class JsonFetcher:
     """GET a small JSON object over the shared client, within a total deadline and a byte cap."""
 
-    def __init__(self, http: httpx.Client, *, timeout: float, max_bytes: int) -> None:
+    def __init__(self, http: httpx.Client, *, timeout: float, max_bytes: int, token_file: Path | None = None) -> None:
         self._http = http
         self._timeout = timeout
         self._max_bytes = max_bytes
+        self._token_file = token_file  # sent as a bearer token; read at each fetch (the kubelet rotates it)
 
     def get(self, url: str) -> dict[str, Any]:
         check_fetch_url(url)
@@ -130,7 +138,8 @@ class JsonFetcher:
     def _read(self, url: str) -> bytes:
         # httpx timeouts are per operation; the deadline bounds the whole body of a trickling server.
         deadline = time.monotonic() + self._timeout
-        with self._http.stream("GET", url, timeout=self._timeout, follow_redirects=False) as resp:
+        headers = {"Authorization": f"Bearer {_bearer(self._token_file)}"} if self._token_file else None
+        with self._http.stream("GET", url, headers=headers, timeout=self._timeout, follow_redirects=False) as resp:
             if resp.status_code != 200:
                 raise JwksError(f"{url}: HTTP {resp.status_code}")
             if resp.headers.get("content-encoding", "identity").lower() != "identity":
@@ -147,6 +156,18 @@ class JsonFetcher:
                 if time.monotonic() > deadline:
                     raise JwksError(f"{url}: response slower than {self._timeout}s")
             return bytes(body)
+
+
+def _bearer(path: Path) -> str:
+    """The caller token in `path`, or JwksError naming the file (never its content)."""
+    try:
+        with path.open("rb") as handle:
+            token = handle.read(MAX_BEARER_BYTES + 1).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        raise JwksError(f"{path}: jwks_token_file cannot be read") from None
+    if not token or len(token) > MAX_BEARER_BYTES or any(ch.isspace() for ch in token):
+        raise JwksError(f"{path}: jwks_token_file does not hold one token")
+    return token
 
 
 def parse_json_object(body: bytes, where: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -89,12 +90,13 @@ class Attestors:
         self._http = http or build_http_client()
         self._broker_issuer = broker_issuer
         self._by_issuer: dict[str, _Attestor] = {}
+        self._own_clients: list[httpx.Client] = []  # one per attestor with its own CA bundle
         for config in configs:
             _check_config(config, broker_issuer)
             if config.issuer in self._by_issuer:
                 other = self._by_issuer[config.issuer].name
                 raise ConfigError(f"attestors {other!r} and {config.name!r} share an issuer")
-            self._by_issuer[config.issuer] = _Attestor(config, _key_set(config, self._http, clock), clock)
+            self._by_issuer[config.issuer] = _Attestor(config, _key_set(config, self._client_for(config), clock), clock)
         self._verified = VerifiedTokens(MAX_CACHED_TOKENS, clock)
 
     def verify(self, token: str) -> Identity:
@@ -131,6 +133,19 @@ class Attestors:
     def close(self) -> None:
         if self._owns_http:
             self._http.close()
+        for client in self._own_clients:
+            client.close()
+
+    def _client_for(self, config: AttestorConfig) -> httpx.Client:
+        """The shared client, or (with jwks_ca_file) one that trusts that bundle only."""
+        if config.jwks_ca_file is None:
+            return self._http
+        try:
+            client = build_http_client(config.jwks_timeout, ca_file=config.jwks_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"attestor {config.name!r}: jwks_ca_file {config.jwks_ca_file}: {exc}") from None
+        self._own_clients.append(client)
+        return client
 
     def _route(self, token: Any) -> _Attestor:
         if not isinstance(token, str) or not token:
@@ -224,7 +239,8 @@ def _key_set(config: AttestorConfig, http: httpx.Client, clock: Callable[[], flo
     label = f"attestor {config.name}"
     if config.jwks_file:
         return FileKeySet(config.jwks_file, max_bytes=config.jwks_max_bytes, label=label)
-    fetcher = JsonFetcher(http, timeout=config.jwks_timeout, max_bytes=config.jwks_max_bytes)
+    fetcher = JsonFetcher(http, timeout=config.jwks_timeout, max_bytes=config.jwks_max_bytes,
+                          token_file=config.jwks_token_file)  # fmt: skip
     if config.jwks_uri:
         try:
             check_fetch_url(config.jwks_uri)

@@ -603,3 +603,81 @@ def test_the_cache_is_bounded(fresh, make, monkeypatch) -> None:
     first, second, third = (attestors.verify(t) for t in tokens)
     assert attestors.verify(tokens[2]) is third and attestors.verify(tokens[1]) is second
     assert attestors.verify(tokens[0]) is not first  # the least recently used one was dropped
+
+
+# --- in-cluster Kubernetes: the API server's own CA, the pod's token for discovery and JWKS ------------
+
+
+@pytest.fixture
+def api_server(tmp_path: Path) -> Iterator[tuple[TestIssuer, Path, Path]]:
+    """An HTTPS issuer under a private CA that, like the API server, serves its keys only to a token holder."""
+    from tests.support import pki
+
+    root = pki.ca("cluster.local")
+    leaf = pki.server(root)
+    (tmp_path / "server.pem").write_bytes(leaf.pem)
+    (tmp_path / "server.key").write_bytes(leaf.key_pem)
+    (tmp_path / "ca.crt").write_bytes(root.pem)
+    (tmp_path / "token").write_text("sa-token-1\n")
+    with TestIssuer(tls=(tmp_path / "server.pem", tmp_path / "server.key")) as running:
+        running.bearer = "sa-token-1"
+        yield running, tmp_path / "ca.crt", tmp_path / "token"
+
+
+@pytest.mark.parametrize("source", ["discovery", "jwks_uri"])
+def test_in_cluster_kubernetes_attestor_uses_the_cluster_ca_and_the_pod_token(api_server, source) -> None:
+    issuer, ca_file, token_file = api_server
+    config = issuer.attestor_config("kubernetes", source=source, jwks_ca_file=ca_file, jwks_token_file=token_file)
+    clock = FakeClock()
+    attestors = Attestors([config], broker_issuer=BROKER_ISSUER, clock=clock)
+    try:
+        identity = attestors.verify(issuer.k8s_token("payments", "worker"))
+        assert identity.subject == "system:serviceaccount:payments:worker"
+        assert set(issuer.authorizations) == {"Bearer sa-token-1"}  # discovery and JWKS alike
+        # the kubelet rotates the token: the next fetch (here: a new kid) sends the new one
+        token_file.write_text("sa-token-2")
+        issuer.bearer = "sa-token-2"
+        issuer.rotate()
+        clock.advance(config.jwks_min_refresh_interval)
+        assert attestors.verify(issuer.k8s_token("payments", "worker")).subject == identity.subject
+        assert issuer.authorizations[-1] == "Bearer sa-token-2"
+    finally:
+        attestors.close()
+
+
+@pytest.mark.parametrize(
+    ("drop", "match"), [("jwks_token_file", "HTTP 401"), ("jwks_ca_file", "ConnectError")], ids=["no-token", "system-roots"]
+)
+def test_in_cluster_attestor_without_its_token_or_ca_fails_closed(api_server, drop, match) -> None:
+    issuer, ca_file, token_file = api_server
+    files = {"jwks_ca_file": ca_file, "jwks_token_file": token_file}
+    del files[drop]
+    attestors = Attestors([issuer.attestor_config("kubernetes", source="jwks_uri", **files)], broker_issuer=BROKER_ISSUER)
+    try:
+        with pytest.raises(InvalidIdentity, match=match) as refused:
+            attestors.verify(issuer.k8s_token("payments", "worker"))
+        assert "sa-token" not in refused.value.detail
+    finally:
+        attestors.close()
+
+
+def test_an_unreadable_or_bad_token_file_fails_closed_without_echoing_it(api_server) -> None:
+    issuer, ca_file, token_file = api_server
+    token_file.write_text("two tokens\n")
+    config = issuer.attestor_config("kubernetes", source="jwks_uri", jwks_ca_file=ca_file, jwks_token_file=token_file)
+    attestors = Attestors([config], broker_issuer=BROKER_ISSUER)
+    try:
+        with pytest.raises(InvalidIdentity, match="does not hold one token") as refused:
+            attestors.verify(issuer.k8s_token("payments", "worker"))
+        assert "two tokens" not in refused.value.detail and issuer.authorizations == []  # nothing was sent
+    finally:
+        attestors.close()
+
+
+def test_a_bad_ca_file_is_a_config_error_and_token_files_need_fetched_keys(api_server, tmp_path) -> None:
+    issuer, _, token_file = api_server
+    (tmp_path / "bad.crt").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="jwks_ca_file"):
+        Attestors([issuer.attestor_config("kubernetes", source="jwks_uri", jwks_ca_file=tmp_path / "bad.crt")])
+    with pytest.raises(ValueError, match="not jwks_file"):
+        issuer.attestor_config("kubernetes", jwks_file=tmp_path / "jwks.json", jwks_token_file=token_file)

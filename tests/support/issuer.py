@@ -17,18 +17,23 @@ no Content-Length), "html" (a 200 text/html page), "error" (HTTP 503), "redirect
 `redirect_to`, by default the same document). `fetch_count` counts JWKS
 requests, `discovery_count` discovery requests. `rotate()` replaces every key (new kids); `reset()`
 restores normal serving and zeroes the counters so a module-scoped issuer can serve many tests.
+`TestIssuer(tls=(cert.pem, key.pem))` serves HTTPS (as the Kubernetes API server does in-cluster);
+with `bearer` set, discovery and JWKS answer 401 unless `Authorization: Bearer <bearer>` is sent;
+`authorizations` lists the Authorization headers received.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 
 import jwt
@@ -91,7 +96,9 @@ class TestIssuer:
 
     __test__ = False  # not a test class, despite the name
 
-    def __init__(self, *, slow_seconds: float = 2.0, huge_bytes: int = 2 * 1024 * 1024) -> None:
+    def __init__(
+        self, *, slow_seconds: float = 2.0, huge_bytes: int = 2 * 1024 * 1024, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.serve_mode: ServeMode = "normal"
         self.slow_seconds = slow_seconds
         self.huge_bytes = huge_bytes
@@ -99,13 +106,19 @@ class TestIssuer:
         self.discovery_overrides: dict[str, Any] = {}  # e.g. {"jwks_uri": "http://elsewhere/"}
         self.fetch_count = 0
         self.discovery_count = 0
+        self.bearer: str | None = None
+        self.authorizations: list[str | None] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.keys = _new_keys()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._server.block_on_close = False  # a "slow" handler must not hold up close()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._server.server_address[1]}"
         self.jwks_uri = self.url + "/jwks.json"
         # A short poll interval keeps close() (server.shutdown) fast: tests start many issuers.
         self._thread = threading.Thread(
@@ -258,6 +271,9 @@ def _handler_for(issuer: TestIssuer) -> type[BaseHTTPRequestHandler]:
             if self.path not in documents:
                 return self._send(404, b"{}", "application/json")
             issuer._count(self.path)
+            issuer.authorizations.append(self.headers.get("Authorization"))
+            if issuer.bearer is not None and self.headers.get("Authorization") != f"Bearer {issuer.bearer}":
+                return self._send(401, b'{"kind":"Status","code":401}', "application/json")
             mode = issuer.serve_mode
             try:
                 if mode == "slow":
