@@ -1,8 +1,10 @@
 """The container image, the compose file, the Helm chart and the Vault plan: checked for what they promise.
 
 Docker cannot run here, so the Dockerfile is parsed (and linted with hadolint); the chart is linted
-and rendered with helm (installed by `make test`, see deploy/tools/install-helm.sh); every config
-they carry is loaded through the broker's own settings and policy code.
+and rendered with helm (installed by `make test`, see deploy/tools/install-helm.sh), with its options
+off and on, and every object is checked against Kubernetes' own JSON schemas (kubernetes-validate,
+which bundles them: kubeconform would download its schemas, and this machine has no network); every
+config they carry is loaded through the broker's own settings and policy code.
 """
 
 from __future__ import annotations
@@ -161,8 +163,12 @@ def rendered() -> dict[str, dict[str, Any]]:
     return {doc["kind"]: doc for doc in yaml.safe_load_all(done.stdout) if doc}
 
 
-def test_helm_lint_strict() -> None:
-    done = subprocess.run([_helm(), "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("which", ["defaults", "everything-on"])
+def test_helm_lint_strict(which: str, tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(EVERYTHING_ON if which == "everything-on" else {}))
+    done = subprocess.run([_helm(), "lint", "--strict", str(CHART), "-f", str(path)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -244,5 +250,202 @@ def test_helm_test_hook_calls_readyz_through_the_service(rendered) -> None:
 )
 def test_values_schema_refuses_bad_values(value: str, complaint: str) -> None:
     done = subprocess.run([_helm(), "template", "rel", str(CHART), "--set", value], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode != 0 and complaint in done.stderr, done.stderr
+
+
+# --- the chart's optional objects and knobs (off by default, each rendered and checked when on) -------
+
+EVERYTHING_ON: dict[str, Any] = {
+    "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5, "targetMemoryUtilizationPercentage": 80},
+    "ingress": {
+        "enabled": True, "className": "nginx", "annotations": {"nginx.ingress.kubernetes.io/ssl-redirect": "true"},
+        "hosts": [{"host": "broker.acme.internal", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+        "tls": [{"secretName": "broker-tls", "hosts": ["broker.acme.internal"]}],
+    },
+    "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "kube-prometheus-stack"}},
+    "networkPolicy": {
+        "enabled": True,
+        "ingressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "payments"}}}],
+        "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}], "ports": [{"port": 5432, "protocol": "TCP"}]}],
+    },
+    "extraEnv": [{"name": "BROKER_DEPLOYMENT_ID", "value": "prod-eu1"}],
+    "extraVolumes": [{"name": "spire-bundle", "configMap": {"name": "spire-bundle"}}],
+    "extraVolumeMounts": [{"name": "spire-bundle", "mountPath": "/run/spire/bundle", "readOnly": True}],
+    "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "topology.kubernetes.io/zone",
+         "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "broker"}}}]}},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "security", "effect": "NoSchedule"}],
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "priorityClassName": "system-cluster-critical",
+    "podAnnotations": {"sidecar.istio.io/inject": "false"},
+    "podLabels": {"team": "platform"},
+}  # fmt: skip
+# Kubernetes releases checked: the oldest whose schemas kubernetes-validate ships, and the newest
+K8S_VERSIONS = ("1.25.0", "1.37.0")
+CRDS = {"ServiceMonitor"}  # no upstream schema offline (checked field by field below)
+
+
+def _render_with(tmp_path: Path, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The chart rendered with a values file: {kind: object} (one object per kind in this chart)."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = subprocess.run([_helm(), "template", "rel", str(CHART), "-f", str(path)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(done.stdout) if doc}
+
+
+@pytest.fixture(scope="module")
+def everything(tmp_path_factory) -> dict[str, dict[str, Any]]:
+    return _render_with(tmp_path_factory.mktemp("chart"), EVERYTHING_ON)
+
+
+@pytest.mark.parametrize("which", ["defaults", "everything-on"])
+def test_rendered_objects_pass_the_kubernetes_schemas(which, rendered, everything) -> None:
+    """kubeconform's check (strict: unknown fields refused), from the schemas kubernetes-validate bundles."""
+    import kubernetes_validate
+
+    docs = rendered if which == "defaults" else everything
+    for version in K8S_VERSIONS:
+        for kind, doc in docs.items():
+            if kind in CRDS:
+                continue
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{kind} on Kubernetes {version}: {exc.message} at {list(exc.path)}")
+    assert set(docs) - CRDS - {"Deployment"}, "validated more than one kind"
+
+
+def test_the_schema_check_refuses_an_unknown_field(rendered) -> None:
+    """The check above is not vacuous: a misspelt field is refused."""
+    import kubernetes_validate
+
+    broken = {**rendered["Deployment"], "spec": {**rendered["Deployment"]["spec"], "replica": 3}}
+    with pytest.raises(kubernetes_validate.ValidationError, match="'replica' was unexpected"):
+        kubernetes_validate.validate(broken, K8S_VERSIONS[-1], strict=True)
+
+
+def test_optional_objects_are_off_by_default(rendered) -> None:
+    assert not {"Ingress", "ServiceMonitor", "NetworkPolicy", "HorizontalPodAutoscaler"} & set(rendered)
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    assert "affinity" not in pod and "priorityClassName" not in pod and "tolerations" not in pod
+    assert rendered["Deployment"]["spec"]["replicas"] == 3
+
+
+def test_ingress_routes_every_host_to_the_service_http_port(everything) -> None:
+    ingress, service = everything["Ingress"], everything["Service"]
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx" and spec["tls"] == EVERYTHING_ON["ingress"]["tls"]
+    assert ingress["metadata"]["annotations"] == EVERYTHING_ON["ingress"]["annotations"]
+    (rule,) = spec["rules"]
+    (path,) = rule["http"]["paths"]
+    assert rule["host"] == "broker.acme.internal" and path["path"] == "/" and path["pathType"] == "Prefix"
+    assert path["backend"]["service"] == {"name": service["metadata"]["name"], "port": {"name": "http"}}
+    assert "http" in {port["name"] for port in service["spec"]["ports"]}
+
+
+def test_service_monitor_scrapes_metrics_through_the_service(everything) -> None:
+    monitor, service = everything["ServiceMonitor"], everything["Service"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # Prometheus's selector
+    assert _selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["default"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint == {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+
+
+def test_network_policy_admits_the_listed_peers_on_the_http_port_only(everything) -> None:
+    policy, deployment = everything["NetworkPolicy"]["spec"], everything["Deployment"]
+    assert _selects(policy["podSelector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"])
+    assert not _selects(policy["podSelector"]["matchLabels"], everything["Job"]["spec"]["template"]["metadata"]["labels"])
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    listed, own_test = rule["from"]
+    assert listed == EVERYTHING_ON["networkPolicy"]["ingressFrom"][0]
+    assert _selects(own_test["podSelector"]["matchLabels"], everything["Pod"]["metadata"]["labels"])  # helm test
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    dns, database = policy["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns
+    assert database == EVERYTHING_ON["networkPolicy"]["egress"][0]
+
+
+def test_network_policy_without_egress_rules_leaves_egress_open(tmp_path) -> None:
+    policy = _render_with(tmp_path, {"networkPolicy": {"enabled": True}})["NetworkPolicy"]["spec"]
+    assert policy["policyTypes"] == ["Ingress"] and "egress" not in policy
+    assert policy["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]  # any peer, that port only
+
+
+def test_autoscaling_takes_over_replicas_and_the_pdb_follows_min_replicas(everything, tmp_path) -> None:
+    hpa, deployment = everything["HorizontalPodAutoscaler"]["spec"], everything["Deployment"]
+    assert "replicas" not in deployment["spec"]  # a fixed count would fight the HPA on every upgrade
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
+    targets = {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in hpa["metrics"]}
+    assert targets == {"cpu": 70, "memory": 80}
+    assert everything["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    one = _render_with(tmp_path, {"autoscaling": {"enabled": True, "minReplicas": 1}, "replicaCount": 3})
+    assert "PodDisruptionBudget" not in one and "HorizontalPodAutoscaler" in one
+
+
+def test_extra_env_volumes_and_scheduling_reach_the_pods(everything) -> None:
+    pod = everything["Deployment"]["spec"]["template"]
+    spec, (container,) = pod["spec"], pod["spec"]["containers"]
+    assert {"name": "BROKER_DEPLOYMENT_ID", "value": "prod-eu1"} in container["env"]
+    assert container["env"][0]["name"] == "BROKER_CONFIG"  # the chart's own env stays
+    (migrate,) = everything["Job"]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "BROKER_DEPLOYMENT_ID", "value": "prod-eu1"} in migrate["env"]
+    assert EVERYTHING_ON["extraVolumes"][0] in spec["volumes"]
+    assert EVERYTHING_ON["extraVolumeMounts"][0] in container["volumeMounts"]
+    for key in ("affinity", "tolerations", "nodeSelector", "priorityClassName"):
+        assert spec[key] == EVERYTHING_ON[key], key
+    assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert "checksum/config" in pod["metadata"]["annotations"]
+    assert pod["metadata"]["labels"]["team"] == "platform"
+    assert _selects(everything["Service"]["spec"]["selector"], pod["metadata"]["labels"])
+
+
+def test_kubernetes_attestor_gets_the_api_servers_ca_and_a_pod_token(rendered, tmp_path, monkeypatch) -> None:
+    """In-cluster: the files the k8s attestor names are the projected API-audience token and kube-root-ca.crt."""
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "kubernetes-api")["projected"]["sources"]
+    token, bundle = volume[0]["serviceAccountToken"], volume[1]["configMap"]
+    assert "audience" not in token and token["path"] == "token"  # the API server's own audience, not Vault's
+    assert bundle == {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "kubernetes-api"]
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    data = rendered["ConfigMap"]["data"]
+    (tmp_path / "broker.yaml").write_text(data["broker.yaml"])
+    (tmp_path / "policy.yaml").write_text(data["policy.yaml"])
+    (k8s,) = [a for a in load_settings(tmp_path / "broker.yaml").attestors if a.preset == "kubernetes"]
+    assert str(k8s.jwks_token_file) == f"{mount['mountPath']}/token" and mount["readOnly"] is True
+    assert str(k8s.jwks_ca_file) == f"{mount['mountPath']}/ca.crt"
+    assert k8s.jwks_uri == "https://kubernetes.default.svc/openid/v1/jwks"
+    vault = next(v for v in pod["volumes"] if v["name"] == "vault-token")["projected"]["sources"][0]
+    assert vault["serviceAccountToken"]["audience"] == "vault"  # the two tokens never mix
+
+
+def test_kubernetes_attestor_volume_is_left_out_when_disabled(tmp_path) -> None:
+    pod = _render_with(tmp_path, {"kubernetesAttestor": {"enabled": False}})["Deployment"]["spec"]["template"]["spec"]
+    assert "kubernetes-api" not in {v["name"] for v in pod["volumes"]}
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"autoscaling": {"targetCPUUtilizationPercentage": 150}}, "maximum"),
+        ({"ingress": {"hosts": [{"host": "b", "paths": [{"path": "api"}]}]}}, "pattern"),
+        ({"extraEnv": [{"value": "x"}]}, "missing property 'name'"),
+        ({"serviceMonitor": {"interval": "often"}}, "pattern"),
+        ({"networkPolicy": {"egres": []}}, "additional properties"),
+    ],
+    ids=["hpa-over-100", "relative-ingress-path", "env-without-name", "bad-scrape-interval", "misspelt-policy-key"],
+)
+def test_values_schema_refuses_bad_optional_values(values, complaint, tmp_path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = subprocess.run([_helm(), "template", "rel", str(CHART), "-f", str(path)], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert done.returncode != 0 and complaint in done.stderr, done.stderr

@@ -41,3 +41,12 @@ app.kubernetes.io/component: server
   valueFrom:
     secretKeyRef: {name: {{ .Values.existingSecret }}, key: database-url}
 {{- end -}}
+
+{{/* the fewest serving pods there may be: replicaCount, or the HPA's floor */}}
+{{- define "broker.minReplicas" -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- .Values.autoscaling.minReplicas -}}
+{{- else -}}
+{{- .Values.replicaCount -}}
+{{- end -}}
+{{- end -}}
