@@ -144,15 +144,32 @@ def build_backends(
     return backends
 
 
+def preflight(settings: Settings, clock: Callable[[], float] = time.time) -> tuple[PolicySource, Attestors]:
+    """Everything a start can refuse without writing anything: the policy, the attestors, the KEK, witnesses.
+
+    Run before the ledger is created or a key is made, so a broken config leaves nothing behind.
+    """
+    policy = open_policy(settings)
+    certificates = SvidAttestors(settings.x509_attestors, clock=clock) if settings.x509_attestors else None
+    attestors = Attestors(settings.attestors, broker_issuer=settings.issuer, clock=clock, certificates=certificates)
+    try:
+        if settings.key_repository == "database":
+            read_kek(settings.key_encryption_key, settings.key_encryption_key_file)
+        for witness in settings.log_witnesses:
+            _witness(witness)
+    except ConfigError:
+        attestors.close()
+        raise
+    return policy, attestors
+
+
 def build(settings: Settings, clock: Callable[[], float] = time.time) -> Components:
     """Build every component from settings; nothing here runs at import time. `clock`: tests inject theirs."""
+    policy, attestors = preflight(settings, clock)
     ledger = open_ledger(settings)
     keys = open_keys(settings, ledger)
     transparency = open_log(settings, ledger)
     vault = VaultClient(settings.vault) if settings.vault else None
-    policy = open_policy(settings)
-    certificates = SvidAttestors(settings.x509_attestors, clock=clock) if settings.x509_attestors else None
-    attestors = Attestors(settings.attestors, broker_issuer=settings.issuer, clock=clock, certificates=certificates)
     service = GrantService(
         settings=settings,
         attestors=attestors,

@@ -484,6 +484,15 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
     return _resolve_paths(settings)
 
 
+def refuse_embedded_ledger(settings: Settings) -> None:
+    """`env: production` serves from a named database: the SQLite default would be one pod's private evidence,
+    lost with the pod and invisible to the other replicas."""
+    if settings.env == "production" and not settings.database_url:
+        where = settings.config or "settings"
+        raise ConfigError(f"{where}: env is production but no database_url is set (BROKER_DATABASE_URL or "
+                          "`database_url:`); the embedded SQLite ledger is for env: development or test")  # fmt: skip
+
+
 # read by the CLI and the SDK (`broker_client`), not settings of the broker
 CLIENT_ENV = frozenset({"BROKER_URL", "BROKER_IDENTITY_TOKEN", "BROKER_IDENTITY_FILE", "BROKER_IDENTITY_COMMAND",
                         "BROKER_SPIFFE_JWT_FILE"})  # fmt: skip

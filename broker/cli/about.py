@@ -8,6 +8,7 @@ import typer
 
 from broker.cli.options import ConfigOpt, OutputOpt, as_json, settings_or_exit
 from broker.cli.output import USAGE, emit_json, fail
+from broker.config import refuse_embedded_ledger
 from broker.errors import ConfigError
 
 config_group = typer.Typer(help="The broker's configuration.", no_args_is_help=True)
@@ -44,6 +45,7 @@ def config_validate(config: ConfigOpt = None) -> None:
     settings = settings_or_exit(config)
     try:
         policy = open_policy(settings).current
+        refuse_embedded_ledger(settings)
     except ConfigError as exc:
         fail(str(exc), USAGE)
     typer.echo(f"ok: {settings.config or 'environment'}: {len(settings.boundaries)} boundaries, "

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +15,7 @@ import typer
 
 from broker.cli.options import ConfigOpt, settings_or_exit
 from broker.cli.x509 import serve_options
-from broker.config import Settings
+from broker.config import Settings, refuse_embedded_ledger
 from broker.errors import BrokerError, ConfigError
 
 
@@ -47,11 +50,11 @@ def serve(
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--log-format")
 
     settings = settings_or_exit(config)  # validate before forking workers: errors name file and field
+    _preflight(settings)
     if settings.config:
         os.environ["BROKER_CONFIG"] = str(settings.config)
     workers = workers or default_workers()
-    if workers > 1:
-        _prepare_shared_state(settings)
+    _prepare_shared_state(settings)
     uvicorn.run(
         "broker.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         log_level=log_level, access_log=False, proxy_headers=False,  # the broker's own access line replaces uvicorn's
@@ -63,18 +66,53 @@ def serve(
     )
 
 
+def _preflight(settings: Settings) -> None:
+    """Refuse a config that cannot serve before anything is written (exit 2, naming file and field)."""
+    from broker.app import preflight
+
+    try:
+        refuse_embedded_ledger(settings)
+        preflight(settings)[1].close()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _prepare_shared_state(settings: Settings) -> None:
     """Schema and first signing key, once, before the workers fork: otherwise each would race to make them
-    (two first keys, each worker signing with one the others have not loaded)."""
+    (two first keys, each worker signing with one the others have not loaded). A failure removes what it made."""
     from broker.app import open_keys, open_ledger
 
     try:
-        ledger = open_ledger(settings)
-        open_keys(settings, ledger)
-        ledger.engine.dispose()
+        with _undone_on_failure(settings.data_dir):
+            ledger = open_ledger(settings)
+            open_keys(settings, ledger)
+            ledger.engine.dispose()
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # the data dir: not writable, a file where a folder should be, a full disk
+        typer.echo(f"error: {exc.filename or settings.data_dir}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+
+
+@contextmanager
+def _undone_on_failure(data_dir: Path) -> Iterator[None]:
+    """On an exception, remove what appeared in `data_dir` meanwhile (all of it, if this made the folder)."""
+    existed = data_dir.exists()
+    before = set(data_dir.iterdir()) if existed else set()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        elif data_dir.exists():
+            for path in set(data_dir.iterdir()) - before:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
 
 
 def dev(

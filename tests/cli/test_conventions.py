@@ -84,3 +84,54 @@ def test_config_validate_reports_every_error(tmp_path):
     assert all(field in result.output for field in ("max_body_bytes", "worker_interval", "colour"))
     good = _config_with_policy(tmp_path, "rules:\n  - name: r\n    match: {subject: a}\n    allow: [{boundary: db, scopes: [read]}]\n")
     assert run("config", "validate", "--config", str(good)).output.startswith("ok: ")
+
+
+JWT_BOUNDARY = {"name": "db", "backend": "jwt", "scopes": ["read"]}
+ALLOW = {"rules": [{"name": "r", "match": {"subject": "a"}, "allow": [{"boundary": "db", "scopes": ["read"]}]}]}
+
+
+def _serve_config(tmp_path, **fields):  # noqa: ANN202
+    config = tmp_path / "broker.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "boundaries": [JWT_BOUNDARY],
+                                      "policy": ALLOW, **fields}))  # fmt: skip
+    return config
+
+
+def test_serve_refuses_production_without_a_database_url(tmp_path):
+    """The default env is production: an embedded SQLite ledger there would be one pod's private evidence."""
+    config = _serve_config(tmp_path)
+    result = run("serve", "--config", str(config))
+    assert result.exit_code == 2 and "env is production but no database_url is set" in result.output
+    assert not (tmp_path / "data").exists()
+    validated = run("config", "validate", "--config", str(config))
+    assert validated.exit_code == 2 and "no database_url" in validated.output
+    # the Helm chart and compose file pass it from a Secret: then the config is fine
+    with_url = run("config", "validate", "--config", str(config), BROKER_DATABASE_URL="postgresql+psycopg://u@db/b")
+    assert with_url.exit_code == 0, with_url.output
+
+
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ({"policy": {"rules": [{"name": "r", "match": {"subject": "a"}, "allow": [{"boundary": "nope", "scopes": ["read"]}]}]}}, "nope"),
+        ({"signing_keys": "database"}, "key_encryption_key"),
+        ({"attestors": [{"name": "k8s", "preset": "kubernetes", "issuer": "https://kubernetes.default.svc",
+                         "audiences": ["broker"], "jwks_uri": "https://kubernetes.default.svc/openid/v1/jwks",
+                         "jwks_ca_file": "missing-ca.crt"}]}, "jwks_ca_file"),
+    ],
+    ids=["broken-policy", "no-kek", "missing-ca-bundle"],
+)
+def test_a_failed_start_leaves_no_ledger_or_keys_behind(tmp_path, fields, complaint):
+    result = run("serve", "--config", str(_serve_config(tmp_path, env="development", **fields)), "--workers", "2")
+    assert result.exit_code == 2 and complaint in result.output, result.output
+    assert not (tmp_path / "data").exists()  # checked before the ledger was created or a key was made
+
+
+def test_a_start_that_fails_after_writing_removes_what_it_wrote(tmp_path):
+    """A file where the keys folder goes: the ledger was already created, and is removed again; the file stays."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keys").write_text("not a folder")
+    result = run("serve", "--config", str(_serve_config(tmp_path, env="development")))
+    assert result.exit_code == 1 and "keys: File exists" in result.output and result.exception is not None
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["keys"]
+    assert (tmp_path / "data" / "keys").read_text() == "not a folder"
