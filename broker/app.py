@@ -39,7 +39,7 @@ from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.ledger.replay import ReplayStore
 from broker.policy import PolicySource
 from broker.signals.transmitter import Transmitter, build_transmitter
-from broker.signing import FileKeyRepository, KeyRepository, KeyStore
+from broker.signing import FileKeyRepository, KeyRepository, KeyStore, SigningKey
 from broker.transparency.checkpoint import CosignatureVerifier
 from broker.transparency.checkpoints import Checkpointer
 from broker.transparency.keys import DatabaseLogKeys, FileLogKeys, LogKeyRepository, load_or_create
@@ -107,6 +107,14 @@ def open_keys(settings: Settings, ledger: LedgerStore | None = None) -> KeyStore
         kek = read_kek(settings.key_encryption_key, settings.key_encryption_key_file)
         repo = DatabaseKeyRepository((ledger or open_ledger(settings)).engine, kek)
     return KeyStore(repo, algorithm=settings.signing_algorithm, max_token_ttl=max_ttl)
+
+
+def read_keys(settings: Settings) -> list[SigningKey]:
+    """The stored signing keys, read-only: never makes a key, a folder or a database (`broker keys list`)."""
+    if settings.key_repository == "database":
+        kek = read_kek(settings.key_encryption_key, settings.key_encryption_key_file)
+        return DatabaseKeyRepository(open_ledger_read_only(settings).engine, kek).load_all()
+    return FileKeyRepository(settings.data_dir / "keys").load_all()
 
 
 def open_log(settings: Settings, ledger: LedgerStore) -> TransparencyLog:

@@ -6,7 +6,9 @@ Exit codes: 0 verified, 5 tampered (the first bad index printed), 1 cannot read,
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from sqlalchemy import Engine, create_engine, inspect
@@ -17,7 +19,10 @@ from broker.config import Settings
 VERIFIED, CANNOT_READ, USAGE, TAMPERED = 0, 1, 2, 5
 
 
-def verify_against_checkpoint(settings: Settings, source: str, log_key: str | None, witness_keys: list[str]) -> None:
+def verify_against_checkpoint(
+    settings: Settings, source: str, log_key: str | None, witness_keys: list[str],
+    show: Callable[[dict[str, Any]], None] = lambda report: typer.echo(json.dumps(report)),
+) -> None:  # fmt: skip
     from broker.transparency.audit import open_and_check, verify_ledger
     from broker.transparency.checkpoint import CosignatureVerifier
     from broker.transparency.note import NoteError, Verifier
@@ -43,7 +48,7 @@ def verify_against_checkpoint(settings: Settings, source: str, log_key: str | No
         _fail(CANNOT_READ, f"error: cannot read the ledger: {type(exc).__name__}")
     finally:
         engine.dispose()
-    typer.echo(json.dumps({**report.as_dict(), "witnesses": cosigned}))
+    show({**report.as_dict(), "witnesses": cosigned})
     if not report.ok:
         first = report.first
         index = first.index if first.index is not None else "unknown"

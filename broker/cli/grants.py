@@ -11,7 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from broker.cli.options import JsonOpt, OutputOpt, Where, as_json, filters, remote
-from broker.cli.output import console, inert, params, say
+from broker.cli.output import inert, params, print_table, say
+from broker.cli.output import table as output_table
 from broker.cli.remote import Remote
 from broker.ledger import FINAL_STATUSES
 
@@ -45,15 +46,14 @@ def grants_ls(
     if as_json(output, json_flag):
         typer.echo(json.dumps({"items": rows, "next_cursor": next_cursor}))
         return
-    console.print(_grants_table(rows))
+    print_table(_grants_table(rows))
     if next_cursor:
         say("more: --cursor ", inert(next_cursor))
 
 
 def _grants_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"{len(rows)} grants", title_justify="left")
-    for column in ("grant", "subject", "task", "boundary", "scopes", "status", "expires"):
-        table.add_column(column, overflow="fold")
+    columns = ("grant", "subject", "task", "boundary", "scopes", "status", "expires")
+    table = output_table(f"{len(rows)} grants", *columns, ids=("grant", "subject", "task", "boundary"))
     styles = {"active": "green", "revoke_pending": "yellow", "revoked": "red"}
     for row in rows:
         status = row["status"]

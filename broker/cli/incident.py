@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from broker.cli.options import BoundaryOpt, JsonOpt, OutputOpt, ReasonOpt, Where, as_json, filters, remote
-from broker.cli.output import console, errors, inert, params, say
+from broker.cli.output import console, errors, inert, params, print_table, say
+from broker.cli.output import table as output_table
 from broker.cli.remote import Remote
 
 ExactSubjectOpt = Annotated[Optional[str], typer.Option("--subject", help="Exact subject.")]
@@ -113,12 +114,10 @@ def freezes(broker: Remote, output: OutputOpt = None, json_flag: JsonOpt = False
     if as_json(output, json_flag):
         typer.echo(json.dumps(items))
         return
-    table = Table(title=f"{len(items)} freezes", title_justify="left")
-    for column in ("kind", "value", "reason", "by", "since"):
-        table.add_column(column, overflow="fold")
+    table = output_table(f"{len(items)} freezes", "kind", "value", "reason", "by", "since", ids=("value", "by"))
     for item in items:
         table.add_row(*(inert(item[k]) for k in ("kind", "value", "reason", "actor")), inert(item["created_at"][:19]))
-    console.print(table)
+    print_table(table)
 
 
 def register(app: typer.Typer) -> None:

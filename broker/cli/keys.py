@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 import typer
 
-from broker.cli.options import ConfigOpt, DataDirOpt, settings_or_exit
+from broker.cli.options import ConfigOpt, DataDirOpt, OutputOpt, as_json, settings_or_exit
+from broker.cli.output import emit_json, fail, inert, print_table, table
+from broker.errors import ConfigError
+from broker.signing import SigningKey
 
 group = typer.Typer(help="Signing keys.", no_args_is_help=True)
 
@@ -19,15 +25,34 @@ def keys_rotate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
 
 
 @group.command("list")
-def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """List signing keys and their state."""
-    from broker.app import open_keys
+def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None, output: OutputOpt = None) -> None:
+    """List signing keys and their state; read-only (never makes a key, a folder or a ledger)."""
+    from broker.app import read_keys
 
-    store = open_keys(settings_or_exit(config, data_dir))
-    active = store.active.kid
-    for key in store.keys():
-        state = "active" if key.kid == active else f"retired at {int(key.retired_at or 0)}"
-        typer.echo(f"{key.kid}\t{key.alg}\t{state}")
+    try:
+        rows = key_rows(read_keys(settings_or_exit(config, data_dir)))
+    except ConfigError as exc:
+        fail(str(exc))
+    if as_json(output, False):
+        emit_json({"items": rows})
+        return
+    shown = table(f"{len(rows)} signing keys", "kid", "alg", "state", "created", "retired", ids=("kid",))
+    for row in rows:
+        shown.add_row(*(inert(row[k] or "-") for k in ("kid", "alg", "state", "created_at", "retired_at")))
+    print_table(shown)
+
+
+def key_rows(keys: list[SigningKey]) -> list[dict[str, Any]]:
+    """Newest first; `active` is the newest unretired key (the one that signs), as the key store decides."""
+    live = [k for k in keys if k.retired_at is None]
+    active = max(live, key=lambda k: k.created_at).kid if live else None
+    return [{"kid": k.kid, "alg": k.alg, "state": "active" if k.kid == active else "retired",
+             "created_at": _iso(k.created_at), "retired_at": _iso(k.retired_at)}
+            for k in sorted(keys, key=lambda k: k.created_at, reverse=True)]  # fmt: skip
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else dt.datetime.fromtimestamp(moment, dt.UTC).isoformat(timespec="seconds")
 
 
 def register(app: typer.Typer) -> None:

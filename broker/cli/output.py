@@ -8,6 +8,8 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 from rich.text import Text
 
 # exit codes of every `broker` command (listed in `broker --help` and docs/operator-guide.md)
@@ -40,6 +42,21 @@ def say(*parts: object, console_: Console | None = None) -> None:
     """One line of fixed text and inert values (str parts are ours; others go through `inert`)."""
     line = Text.assemble(*(part if isinstance(part, str | Text) else inert(part) for part in parts))
     (console_ or console).print(line, highlight=False, soft_wrap=True)  # an id or path is never broken
+
+
+def table(title: str, *columns: str, ids: tuple[str, ...] = ()) -> Table:
+    """A table whose `ids` columns are never wrapped nor cut (`print_table` widens it); the others fold."""
+    shown = Table(title=title, title_justify="left")
+    for column in columns:
+        shown.add_column(column, no_wrap=column in ids, overflow="ignore" if column in ids else "fold")
+    return shown
+
+
+def print_table(shown: Table) -> None:
+    """Print at least as wide as the unbreakable cells need: an id stays whole and copyable on a narrow terminal."""
+    needed = Measurement.get(console, console.options.update_width(10_000), shown).minimum
+    wide = console if needed <= console.width else Console(width=needed)
+    wide.print(shown)
 
 
 def emit_json(value: Any) -> None:

@@ -135,3 +135,27 @@ def test_a_start_that_fails_after_writing_removes_what_it_wrote(tmp_path):
     assert result.exit_code == 1 and "keys: File exists" in result.output and result.exception is not None
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["keys"]
     assert (tmp_path / "data" / "keys").read_text() == "not a folder"
+
+
+def test_keys_list_reads_only_and_prints_json_or_a_table(tmp_path):
+    config = tmp_path / "broker.yaml"
+    config.write_text(yaml.safe_dump({"env": "development", "data_dir": str(tmp_path / "data")}))
+    empty = run("keys", "list", "--config", str(config), "-o", "json")
+    assert empty.exit_code == 0 and json.loads(empty.output) == {"items": []}
+    assert not (tmp_path / "data").exists()  # listing made no key, no folder
+    rotated = run("keys", "rotate", "--config", str(config)).output.split()[2]  # "active key: KID (ES256)"
+    items = json.loads(run("keys", "list", "--config", str(config), "-o", "json").output)["items"]
+    assert [k["state"] for k in items] == ["active", "retired"] and items[0]["kid"] == rotated
+    assert items[0]["retired_at"] is None and items[1]["retired_at"]
+    shown = run("keys", "list", "--config", str(config), COLUMNS="30")
+    assert "2 signing keys" in shown.output
+    assert all(any(k["kid"] in line for line in shown.output.splitlines()) for k in items)  # whole, on one line
+
+
+def test_keys_list_of_database_keys_needs_an_existing_ledger(tmp_path):
+    config = tmp_path / "broker.yaml"
+    config.write_text(yaml.safe_dump({"env": "development", "data_dir": str(tmp_path / "data"),
+                                      "signing_keys": "database", "key_encryption_key": "ab" * 32}))  # fmt: skip
+    result = run("keys", "list", "--config", str(config))
+    assert result.exit_code == 2 and "no broker ledger" in result.output
+    assert not (tmp_path / "data").exists()

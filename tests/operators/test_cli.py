@@ -84,6 +84,38 @@ def test_each_filter_narrows_grants_ls_and_audit_export_online_and_offline(cli, 
         assert sorted(json.loads(line)["grant_id"] for line in run.stdout.splitlines()) == wanted
 
 
+def test_grants_table_never_wraps_or_cuts_ids(cli, held):
+    """On a terminal narrower than the table (CliRunner's 80 columns), ids stay whole on one line."""
+    table = cli("grants", "ls", "--subject", WORKER, "--limit", "5", COLUMNS="60")
+    assert table.exit_code == 0, table.output
+    rows = [line for line in table.output.splitlines() if WORKER in line]
+    assert len(rows) == 5  # the subject is whole on each row, never folded onto a second line
+    shown = json.loads(cli("grants", "ls", "--subject", WORKER, "--limit", "5", "-o", "json").output)["items"]
+    for grant in shown:
+        assert any(grant["grant_id"] in line and grant["task"] in line for line in rows), grant["grant_id"]
+    assert "…" not in table.output
+
+
+def test_audit_verify_and_tail_print_json_or_a_table(cli, held):
+    assert json.loads(cli("audit", "verify").output)["ok"] is True  # JSON stays the default: scripts read it
+    assert json.loads(cli("audit", "verify", "-o", "json").output)["ok"] is True
+    verified = cli("audit", "verify", "-o", "table")
+    assert verified.exit_code == 0 and "ledger verified" in verified.output
+    cells = {tuple(cell.strip() for cell in line.split("│")[1:3]) for line in verified.output.splitlines()}
+    assert ("ok", "True") in cells
+    assert any(name == "checked" and int(value) >= len(held) for name, value in cells)
+    lines = cli("audit", "tail", "-n", "3", "--kind", "issued").output.splitlines()
+    events = [json.loads(line) for line in lines]  # JSON Lines by default, as before
+    tail = cli("audit", "tail", "-n", "3", "--kind", "issued", "-o", "table")
+    assert tail.exit_code == 0, tail.output
+    rows = [line for line in tail.output.splitlines() if "issued" in line]
+    assert len(rows) == 3 and "…" not in tail.output
+    for event, row in zip(events, rows, strict=True):
+        assert event["grant_id"] in row and event["subject"] in row and str(event["seq"]) in row
+    bogus = cli("audit", "tail", "-o", "yaml")
+    assert bogus.exit_code == 2 and "yaml" in bogus.output
+
+
 def test_revoke_asks_first_and_a_no_changes_nothing(cli, live, held):
     before = statuses(live)
     refused = cli("revoke", "--subject", WORKER, "--reason", "leak", input="n\n")
