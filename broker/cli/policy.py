@@ -25,7 +25,8 @@ from broker.policy.engine import Policy, Rule
 
 policy_app = typer.Typer(help="Test, compare and explain policies before they ship.", no_args_is_help=True)
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Broker config: boundaries, attestors.")]
-OutputOpt = Annotated[Literal["text", "json"], typer.Option("--output", "-o", help="text or json.")]
+# the word every command uses (json|table); `text`, this group's first word for the human form, still works
+OutputOpt = Annotated[Literal["table", "json", "text"], typer.Option("--output", "-o", help="table or json.")]
 CasesOpt = Annotated[Optional[Path], typer.Option("--cases", help="Also list the cases whose decision changes.")]
 AgainstOpt = Annotated[bool, typer.Option("--against-ledger", help="List the live grants the new policy withdraws.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="With --against-ledger: the data directory.")]
@@ -103,7 +104,7 @@ def policy_test(
     policy_file: Annotated[Path, typer.Argument(help="The policy YAML to test.")],
     cases_file: Annotated[Path, typer.Argument(help="Cases YAML: a `cases:` list.")],
     config: ConfigOpt = None,
-    output: OutputOpt = "text",
+    output: OutputOpt = "table",
 ) -> None:
     """Run every case against the policy; exit 1 if any fails, naming the rule that decided."""
     settings = _settings(config)
@@ -140,7 +141,7 @@ def policy_diff(
     against_ledger: AgainstOpt = False,
     data_dir: DataDirOpt = None,
     database_url: DbOpt = None,
-    output: OutputOpt = "text",
+    output: OutputOpt = "table",
 ) -> None:
     """What changes between two policies: rules, the decisions of the cases, the live grants withdrawn; exit 1 if any."""
     settings = _settings(config, data_dir, database_url)
@@ -166,7 +167,7 @@ def policy_explain(
     ttl: Annotated[Optional[str], typer.Option("--ttl", help="Requested TTL: seconds, 10m, or max.")] = None,
     policy_file: Annotated[Optional[Path], typer.Option("--policy", help="Policy YAML (default: the config's).")] = None,
     config: ConfigOpt = None,
-    output: OutputOpt = "text",
+    output: OutputOpt = "table",
 ) -> None:
     """Every rule in order and what it did for this request, then the decision; exit 1 when denied."""
     settings = _settings(config)

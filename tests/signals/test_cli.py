@@ -31,8 +31,8 @@ def _failed_once(broker, stream_id: str, timeout: float = 10) -> None:
     raise AssertionError("the push to the dead endpoint never failed")
 
 
-def _signals(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {"PATH": str(Path(sys.executable).parent), "COLUMNS": "250", "HOME": str(data_dir)}
+def _signals(data_dir: Path, *args: str, COLUMNS: str = "250") -> subprocess.CompletedProcess:  # noqa: N803
+    env = {"PATH": str(Path(sys.executable).parent), "COLUMNS": COLUMNS, "HOME": str(data_dir)}
     return subprocess.run([BROKER, "signals", "--data-dir", str(data_dir), *args], capture_output=True, text=True,
                           env=env, timeout=180, check=False)  # fmt: skip
 
@@ -48,6 +48,7 @@ def test_broker_signals_shows_each_streams_lag_and_last_error(broker, issuers, t
 
     done = _signals(tmp_path, "--json")
     assert done.returncode == 0, done.stderr
+    assert _signals(tmp_path, "-o", "json").stdout == done.stdout  # the word every command takes
     rows = {r["stream_id"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert rows.keys() == {push["stream_id"], poll["stream_id"]}
     assert rows[push["stream_id"]]["pending"] == 1 and rows[push["stream_id"]]["failed"] >= 1
@@ -60,6 +61,8 @@ def test_broker_signals_shows_each_streams_lag_and_last_error(broker, issuers, t
     line = next(x for x in table.stdout.splitlines() if push["stream_id"] in x)
     assert "push" in line and "unreachable" in line
     assert any(poll["stream_id"] in x and "poll" in x for x in table.stdout.splitlines())
+    narrow = _signals(tmp_path, COLUMNS="40")  # stream ids and receivers stay whole on their line
+    assert any(push["stream_id"] in x and "receiver-a" in x for x in narrow.stdout.splitlines()), narrow.stdout
 
 
 def test_broker_signals_with_no_streams_says_so(broker, tmp_path) -> None:
