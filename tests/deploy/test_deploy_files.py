@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -201,7 +201,21 @@ def test_configmap_carries_a_loadable_config_and_policy(rendered, tmp_path: Path
     (tmp_path / "policy.yaml").write_text(data["policy.yaml"])
     settings = load_settings(tmp_path / "broker.yaml")
     assert settings.vault.auth_method == "kubernetes"
-    assert str(settings.vault.kubernetes_token_file).endswith("vault-token")
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "vault-token"]
+    token = next(v for v in pod["volumes"] if v["name"] == "vault-token")["projected"]["sources"][0]
+    assert str(settings.vault.kubernetes_token_file) == f"{mount['mountPath']}/{token['serviceAccountToken']['path']}"
+
+
+@pytest.mark.parametrize("which", ["defaults", "everything-on"])
+def test_no_volume_is_mounted_inside_another(which, rendered, everything) -> None:
+    """A mount inside a read-only volume needs a mount point the runtime cannot create there: each gets its own folder."""
+    docs = rendered if which == "defaults" else everything
+    for kind in ("Deployment", "Job"):
+        (container,) = docs[kind]["spec"]["template"]["spec"]["containers"]
+        paths = [PurePosixPath(m["mountPath"]) for m in container["volumeMounts"]]
+        nested = [(str(a), str(b)) for a in paths for b in paths if a != b and a in b.parents]
+        assert not nested and len(set(paths)) == len(paths), (kind, nested)
 
 
 def _render(*sets: str) -> list[dict[str, Any]]:
