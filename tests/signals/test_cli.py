@@ -31,7 +31,7 @@ def _failed_once(broker, stream_id: str, timeout: float = 10) -> None:
     raise AssertionError("the push to the dead endpoint never failed")
 
 
-def _signals(data_dir: Path, *args: str, COLUMNS: str = "250") -> subprocess.CompletedProcess:  # noqa: N803
+def _signals(data_dir: Path, *args: str, COLUMNS: str = "250") -> subprocess.CompletedProcess:
     env = {"PATH": str(Path(sys.executable).parent), "COLUMNS": COLUMNS, "HOME": str(data_dir)}
     return subprocess.run([BROKER, "signals", "--data-dir", str(data_dir), *args], capture_output=True, text=True,
                           env=env, timeout=180, check=False)  # fmt: skip
