@@ -39,17 +39,25 @@ class Parent:
 
 
 def verified(service: GrantService, token: str | None, types: tuple[str, ...]) -> dict[str, Any] | None:
-    """The claims of a valid, unexpired broker token of one of `types`, or None."""
+    """The claims of a valid, unexpired broker token of one of `types`; None when it is not one.
+
+    A broker token that has expired (its signature holds: PyJWT checks it before `exp`) is refused.
+    """
     if not token:
         return None
     try:
         return service.keys.verify(token, issuer=service.settings.issuer, types=types)
+    except jwt.ExpiredSignatureError:
+        raise InvalidSubjectToken("the subject token has expired") from None
     except (jwt.InvalidTokenError, ValueError):
         return None
 
 
 def is_broker_token(service: GrantService, token: str | None) -> bool:
-    return verified(service, token, (TOKEN_TYPE, TXN_TOKEN_TYPE)) is not None
+    try:
+        return verified(service, token, (TOKEN_TYPE, TXN_TOKEN_TYPE)) is not None
+    except InvalidSubjectToken:
+        return True
 
 
 def parent_of(service: GrantService, token: str | None, types: tuple[str, ...] = (TOKEN_TYPE,)) -> Parent:
