@@ -59,6 +59,7 @@ OAUTH_ERROR = {
     "impersonation_refused": "invalid_request",
     "delegation_depth_exceeded": "invalid_request",
     "scope_exceeds_subject": "invalid_scope",
+    "forbidden": "unauthorized_client",  # a workload that may not request transaction tokens
 }
 TOKEN_PATH = "/oauth/token"
 

@@ -43,5 +43,7 @@ class TxnTokenBackend:
     def revoke(self, boundary: BoundaryConfig, handle: str) -> None:
         """Nothing to call: the grant's status is the deny list that introspection answers from."""
 
-    def revoke_many(self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False) -> dict[str, str]:
+    def revoke_many(
+        self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False
+    ) -> dict[str, str]:
         return {}

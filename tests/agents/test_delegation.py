@@ -3,10 +3,12 @@ have, a depth cap, impersonation refused, freezes and policy for every party, an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 
+from tests.agents.conftest import EXCHANGE, JWT_TYPE, SERVER_A
 from tests.agents.delegation import (
     ORCHESTRATOR,
     SUMMARIZER,
@@ -16,7 +18,6 @@ from tests.agents.delegation import (
     policy,
     subject,
 )
-from tests.agents.conftest import EXCHANGE, JWT_TYPE, SERVER_A
 from tests.operators.fleet import auth
 from tests.support.broker import BrokerClient, broker_settings, open_client
 
@@ -28,17 +29,17 @@ def agents(tmp_path, issuers) -> Iterator[BrokerClient]:
         yield client
 
 
-def identity(issuers, sa: str) -> str:  # noqa: ANN001
+def identity(issuers, sa: str) -> str:
     return issuers.k8s.k8s_token("agents", sa)
 
 
-def parent_grant(agents, issuers, scopes=("read", "write", "admin"), task="plan-1", sa="orchestrator") -> dict:  # noqa: ANN001
+def parent_grant(agents, issuers, scopes=("read", "write", "admin"), task="plan-1", sa="orchestrator") -> dict:
     answer = agents.grant(identity(issuers, sa), "orders", list(scopes), task=task)
     assert answer.status_code == 201, answer.text
     return answer.json()
 
 
-def delegate(agents, issuers, parent: str, actor_sa: str, caller_sa: str = "orchestrator", **form: str):  # noqa: ANN001, ANN201
+def delegate(agents, issuers, parent: str, actor_sa: str, caller_sa: str = "orchestrator", **form: str):
     body = delegation(parent, identity(issuers, actor_sa), **form)
     return agents.post("/oauth/token", data=body, headers=auth(identity(issuers, caller_sa)))
 
@@ -54,11 +55,19 @@ def test_a_sub_agent_gets_a_nested_act_token_with_the_scopes_both_may_have(agent
     assert token["act"] == {"sub": SUMMARIZER, "act": {"sub": ORCHESTRATOR}}  # RFC 8693 §4.1, current actor outermost
     assert token["exp"] <= claims(parent["credential"]["token"])["exp"]  # never outlives its parent
     derived = agents.service.ledger.get_grant(body["grant_id"])
-    assert (derived.subject, derived.parent_grant_id, derived.scope_list) == (SUMMARIZER, parent["grant_id"], ["read", "write"])
+    assert (derived.subject, derived.parent_grant_id, derived.scope_list) == (
+        SUMMARIZER,
+        parent["grant_id"],
+        ["read", "write"],
+    )
+    shown = agents.get(f"/v1/grants/{derived.id}", headers=auth(identity(issuers, "summarizer"))).json()
+    assert shown["parent_grant_id"] == parent["grant_id"] and shown["subject"] == SUMMARIZER
     [issued] = [e for e in agents.events("issued") if e.grant_id == derived.id]
     assert issued.detail["parent_grant_id"] == parent["grant_id"]
     assert issued.detail["actors"] == [SUMMARIZER, ORCHESTRATOR] and issued.detail["principal"] == ORCHESTRATOR
-    seen = agents.post("/oauth/introspect", data={"token": body["access_token"]}, headers=auth(identity(issuers, "summarizer")))
+    seen = agents.post(
+        "/oauth/introspect", data={"token": body["access_token"]}, headers=auth(identity(issuers, "summarizer"))
+    )
     assert seen.json()["active"] is True and seen.json()["act"] == token["act"]
 
 
@@ -110,8 +119,10 @@ def test_the_depth_cap_is_a_setting(tmp_path, issuers):
 
 IMPERSONATIONS = [
     ("broker-token-as-identity", lambda parent, me: {"subject_token": parent, "subject_token_type": JWT_TYPE}),
-    ("access-token-type", lambda parent, me: {"subject_token": me, "subject_token_type":
-                                              "urn:ietf:params:oauth:token-type:access_token"}),
+    (
+        "access-token-type",
+        lambda parent, me: {"subject_token": me, "subject_token_type": "urn:ietf:params:oauth:token-type:access_token"},
+    ),
 ]
 
 
@@ -129,7 +140,9 @@ def test_impersonation_without_an_actor_token_is_refused(agents, issuers, shape)
 
 def test_only_the_holder_of_the_parent_may_delegate_it(agents, issuers):
     parent = parent_grant(agents, issuers)["credential"]["token"]
-    answer = delegate(agents, issuers, parent, "summarizer", caller_sa="summarizer")  # holds an identity, not the parent
+    answer = delegate(
+        agents, issuers, parent, "summarizer", caller_sa="summarizer"
+    )  # holds an identity, not the parent
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
     assert answer.json()["code"] == "invalid_subject_token"
 
@@ -166,7 +179,7 @@ def test_a_derived_token_lives_no_longer_than_its_parent(agents, issuers):
 
 def test_a_sub_agent_gets_a_call_token_derived_from_the_orchestrators_server_grant(agents, issuers):
     parent = agents.grant(identity(issuers, "orchestrator"), "mcp-a", ["search", "delete"], task="plan-2").json()
-    detail = '[{"type":"mcp_tool_call","server":"%s","tool":"search"}]' % SERVER_A
+    detail = json.dumps([{"type": "mcp_tool_call", "server": SERVER_A, "tool": "search"}])
     answer = delegate(agents, issuers, parent["credential"]["token"], "summarizer", authorization_details=detail)
     assert answer.status_code == 200, answer.text
     token = claims(answer.json()["access_token"])
@@ -186,7 +199,7 @@ def test_a_delegated_token_is_for_its_parents_boundary_only(agents, issuers):
 # --- the cascade ------------------------------------------------------------------------------------
 
 
-def _chain(agents, issuers) -> tuple[dict, str, str]:  # noqa: ANN001
+def _chain(agents, issuers) -> tuple[dict, str, str]:
     """The orchestrator's grant, a sub-agent's token derived from it, and a helper's derived from that."""
     parent = parent_grant(agents, issuers)
     child = delegate(agents, issuers, parent["credential"]["token"], "summarizer", task="plan-1").json()
@@ -194,7 +207,7 @@ def _chain(agents, issuers) -> tuple[dict, str, str]:  # noqa: ANN001
     return parent, child["grant_id"], grandchild["grant_id"]
 
 
-def _ended(agents, grant_id: str) -> tuple[str, str]:  # noqa: ANN001
+def _ended(agents, grant_id: str) -> tuple[str, str]:
     grant = agents.service.ledger.get_grant(grant_id)
     return grant.status, grant.end_reason
 

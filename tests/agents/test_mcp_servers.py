@@ -219,7 +219,7 @@ def test_the_auth_hook_fetches_a_call_token_per_tools_call(servers, issuers):
 # --- delegation through the SDK: `task.delegate` -------------------------------------------------------
 
 
-def _orchestrator(servers: Servers, issuers, dpop: bool = False) -> Client:  # noqa: ANN001
+def _orchestrator(servers: Servers, issuers, dpop: bool = False) -> Client:
     return Client(servers.broker.url, agent_token(issuers), dpop=dpop)
 
 
@@ -238,26 +238,26 @@ def test_a_delegated_call_token_works_for_the_sub_agent_until_the_orchestrators_
 
 
 def test_delegate_gives_a_nested_act_token_the_sub_agent_can_introspect(servers, issuers):
-    with _orchestrator(servers, issuers) as agent, agent.task("delegating") as task:
+    sub_agent = Client(servers.broker.url, sub_agent_token(issuers), dpop=False)
+    with _orchestrator(servers, issuers) as agent, agent.task("delegating") as task, sub_agent:
         parent = task.grant("mcp-a", ["search"])
         credential = task.delegate(sub_agent_token(issuers))  # default: the parent's scopes, the latest grant
         assert credential.token not in repr(credential) and credential.grant.scopes == ["search"]
-        with Client(servers.broker.url, sub_agent_token(issuers), dpop=False) as sub_agent:
-            seen = sub_agent.introspect(credential.token)
+        seen = sub_agent.introspect(credential.token)
         assert seen["active"] is True and seen["client_id"] == SUB_AGENT and seen["sub"] == AGENT
         assert seen["act"] == {"sub": SUB_AGENT, "act": {"sub": AGENT}}
         assert servers.broker.grant(credential.grant_id).parent_grant_id == parent.grant_id
 
 
 def test_delegating_a_dpop_bound_grant_proves_its_key_and_binds_the_token_to_it(servers, issuers):
-    with _orchestrator(servers, issuers, dpop=True) as agent, agent.task("delegating") as task:
+    unproven = Client(servers.broker.url, agent_token(issuers), dpop=False)  # the orchestrator, without the key
+    with _orchestrator(servers, issuers, dpop=True) as agent, agent.task("delegating") as task, unproven:
         parent = task.grant("mcp-a", ["search"])
         assert parent.grant.dpop_bound
         credential = task.delegate(sub_agent_token(issuers))
         assert credential.grant.dpop_bound and credential.token_type == "DPoP"
-        with Client(servers.broker.url, agent_token(issuers), dpop=False) as unproven:
-            with pytest.raises(InvalidDpop):  # the same orchestrator without the parent's key: refused
-                unproven.delegate(task.id, parent, sub_agent_token(issuers))
+        with pytest.raises(InvalidDpop):
+            unproven.delegate(task.id, parent, sub_agent_token(issuers))
 
 
 def test_delegation_refusals_surface_as_sdk_errors(servers, issuers):
@@ -270,12 +270,11 @@ def test_delegation_refusals_surface_as_sdk_errors(servers, issuers):
         with pytest.raises(PolicyDenied):
             task.delegate(issuers.worker("resource"))  # the resource server may use no tool of server A
         token = task.delegate(sub_agent_token(issuers))
-        with Client(servers.broker.url, sub_agent_token(issuers), dpop=False) as sub_agent:
-            with pytest.raises(BrokerError) as impersonating:  # its token, presented without an actor
-                sub_agent.call("POST", "/oauth/token", idempotent=False, form={
-                    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "resource": "mcp-a",
-                    "subject_token": token.token, "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-                    "scope": "search"})  # fmt: skip
+    form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "resource": "mcp-a", "scope": "search",
+            "subject_token": token.token, "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}  # fmt: skip
+    sub_agent = Client(servers.broker.url, sub_agent_token(issuers), dpop=False)
+    with sub_agent, pytest.raises(BrokerError) as impersonating:  # its token, presented without an actor
+        sub_agent.call("POST", "/oauth/token", idempotent=False, form=form)
     assert impersonating.value.code == "impersonation_refused"
 
 
@@ -283,12 +282,12 @@ def test_the_async_task_delegates_too(servers, issuers):
     from broker_client import AsyncClient
 
     async def run() -> str:
-        async with AsyncClient(servers.broker.url, agent_token(issuers), dpop=False) as agent:
-            async with agent.task("delegating") as task:
-                await task.grant("mcp-a", ["search"])
-                credential = await task.delegate(sub_agent_token(issuers), ["search"])
-                assert servers.broker.grant(credential.grant_id).status == "active"
-                return credential.grant_id
+        agent = AsyncClient(servers.broker.url, agent_token(issuers), dpop=False)
+        async with agent, agent.task("delegating") as task:
+            await task.grant("mcp-a", ["search"])
+            credential = await task.delegate(sub_agent_token(issuers), ["search"])
+            assert servers.broker.grant(credential.grant_id).status == "active"
+            return credential.grant_id
 
     derived = servers.broker.grant(asyncio.run(run()))
     assert derived.subject == SUB_AGENT and derived.status == "revoked"  # ended with the async task's exit

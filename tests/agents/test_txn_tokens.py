@@ -37,23 +37,23 @@ def tts(tmp_path, issuers) -> Iterator[BrokerClient]:
         yield client
 
 
-def me(issuers) -> str:  # noqa: ANN001
+def me(issuers) -> str:
     return issuers.k8s.k8s_token("agents", "orchestrator")
 
 
-def access_token(tts, issuers, scopes=("read", "write"), ttl=None, task="order-77") -> dict:  # noqa: ANN001
+def access_token(tts, issuers, scopes=("read", "write"), ttl=None, task="order-77") -> dict:
     body = {"ttl": ttl} if ttl else {}
     answer = tts.grant(me(issuers), "orders", list(scopes), task=task, **body)
     assert answer.status_code == 201, answer.text
     return answer.json()
 
 
-def ask(tts, issuers, form: dict, caller: str | None = None):  # noqa: ANN001, ANN201
+def ask(tts, issuers, form: dict, caller: str | None = None):
     headers = auth(caller or me(issuers)) if caller != "" else {}
     return tts.post("/oauth/token", data=form, headers=headers)
 
 
-def independent(tts, token: str, audience: str = TRUST_DOMAIN) -> dict:  # noqa: ANN001
+def independent(tts, token: str, audience: str = TRUST_DOMAIN) -> dict:
     """PyJWT with the key from the published JWKS: the draft's validation, not the broker's code."""
     kid = jwt.get_unverified_header(token)["kid"]
     [jwk] = [k for k in tts.get("/.well-known/jwks.json").json()["keys"] if k["kid"] == kid]
@@ -61,7 +61,7 @@ def independent(tts, token: str, audience: str = TRUST_DOMAIN) -> dict:  # noqa:
     return jwt.decode(token, key.key, algorithms=[jwk["alg"]], audience=audience, options={"require": ["exp", "iat"]})
 
 
-def issued(tts, issuers, **extra) -> tuple[dict, dict]:  # noqa: ANN001
+def issued(tts, issuers, **extra) -> tuple[dict, dict]:
     parent = access_token(tts, issuers)
     answer = ask(tts, issuers, txn_request(parent["credential"]["token"], **extra))
     assert answer.status_code == 200, answer.text
@@ -142,14 +142,20 @@ def _without(form: dict, name: str) -> dict:
 
 
 BAD_REQUESTS = [
-    ("grant-type-must-be-token-exchange", lambda f: {**f, "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer"},
-     "invalid_request"),
+    (
+        "grant-type-must-be-token-exchange",
+        lambda f: {**f, "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer"},
+        "invalid_request",
+    ),
     ("audience-must-be-the-trust-domain", lambda f: {**f, "audience": "other.example"}, "invalid_target"),
     ("audience-is-required", lambda f: _without(f, "audience"), "invalid_request"),
     ("scope-is-required", lambda f: _without(f, "scope"), "invalid_request"),
     ("subject-token-type-is-required", lambda f: _without(f, "subject_token_type"), "invalid_request"),
-    ("never-a-refresh-token", lambda f: {**f, "subject_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
-     "invalid_request"),
+    (
+        "never-a-refresh-token",
+        lambda f: {**f, "subject_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
+        "invalid_request",
+    ),
     ("subject-token-is-required", lambda f: _without(f, "subject_token"), "invalid_request"),
     ("no-actor-token", lambda f: {**f, "actor_token": "x", "actor_token_type": ACCESS_TYPE}, "invalid_request"),
 ]
@@ -174,6 +180,7 @@ def test_the_requesting_workload_must_be_authorized(tts, issuers):
     form = txn_request(access_token(tts, issuers)["credential"]["token"])
     stranger = ask(tts, issuers, form, caller=issuers.k8s.k8s_token("agents", "outsider"))
     assert stranger.status_code == 403 and stranger.json()["code"] == "forbidden"
+    assert stranger.json()["error"] == "unauthorized_client"
     gateway = issuers.worker("resource")  # the resource_server role: a gateway that received the access token
     answer = ask(tts, issuers, form, caller=gateway)
     assert answer.status_code == 200, answer.text
@@ -191,8 +198,10 @@ def test_the_subject_token_must_be_validated_including_its_signature(tts, issuer
 
 UNKNOWN_SCOPE = [
     ("an-identity-token", lambda issuers: (issuers.k8s.k8s_token("agents", "orchestrator"), ACCESS_TYPE)),
-    ("a-self-signed-jwt", lambda issuers: (issuers.oidc.token(sub="agent-7", aud="https://tts"),
-                                           "urn:ietf:params:oauth:token-type:jwt")),
+    (
+        "a-self-signed-jwt",
+        lambda issuers: (issuers.oidc.token(sub="agent-7", aud="https://tts"), "urn:ietf:params:oauth:token-type:jwt"),
+    ),
     ("unsigned-json", lambda issuers: (json.dumps({"sub": "x", "scope": "read"}), ACCESS_TYPE)),
 ]
 
@@ -257,7 +266,7 @@ def test_the_response_is_n_a_txn_token_type_and_never_a_refresh_token(tts, issue
 # --- replacement --------------------------------------------------------------------------------------
 
 
-def _replace(tts, issuers, token: str, caller: str | None = None, **extra):  # noqa: ANN001, ANN201
+def _replace(tts, issuers, token: str, caller: str | None = None, **extra):
     return ask(tts, issuers, txn_request(token, subject_type=TXN_TYPE, **extra), caller=caller)
 
 
@@ -292,8 +301,11 @@ def test_no_replacement_of_an_expired_txn_token(tts, issuers):
 
 def test_a_replacement_keeps_aud_so_a_token_of_another_trust_domain_is_refused(tmp_path, issuers):
     """The same broker (same keys, same ledger) after its trust domain was renamed: the old tokens stay there."""
-    def settings(domain: str):  # noqa: ANN202
-        return broker_settings(tmp_path, issuers, boundaries=boundaries(), policy=policy(), txn_token_trust_domain=domain)
+
+    def settings(domain: str):
+        return broker_settings(
+            tmp_path, issuers, boundaries=boundaries(), policy=policy(), txn_token_trust_domain=domain
+        )
 
     with open_client(settings("old.example")) as before:
         parent = access_token(before, issuers)
