@@ -4,7 +4,9 @@ have, a depth cap, impersonation refused, freezes and policy for every party, an
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 
@@ -20,6 +22,7 @@ from tests.agents.delegation import (
 )
 from tests.operators.fleet import auth
 from tests.support.broker import BrokerClient, broker_settings, open_client
+from tests.support.postgres import fresh_database
 
 
 @pytest.fixture
@@ -27,6 +30,17 @@ def agents(tmp_path, issuers) -> Iterator[BrokerClient]:
     settings = broker_settings(tmp_path, issuers, boundaries=boundaries(), policy=policy())
     with open_client(settings) as client:
         yield client
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledgers(request, tmp_path, issuers) -> Iterator[BrokerClient]:
+    """The cascade on both ledgers: PostgreSQL takes row locks and the chain head's, SQLite its write lock."""
+    with ExitStack() as stack:
+        extra = {}
+        if request.param == "postgresql":
+            extra = {"database_url": stack.enter_context(fresh_database()), "key_encryption_key": secrets.token_hex(32)}
+        settings = broker_settings(tmp_path, issuers, boundaries=boundaries(), policy=policy(), **extra)
+        yield stack.enter_context(open_client(settings))
 
 
 def identity(issuers, sa: str) -> str:
@@ -212,28 +226,28 @@ def _ended(agents, grant_id: str) -> tuple[str, str]:
     return grant.status, grant.end_reason
 
 
-def test_completing_the_orchestrators_task_ends_every_derived_grant_in_the_same_operation(agents, issuers):
-    parent, child, grandchild = _chain(agents, issuers)
-    done = agents.post("/v1/tasks/plan-1/complete", headers=auth(identity(issuers, "orchestrator")))
+def test_completing_the_orchestrators_task_ends_every_derived_grant_in_the_same_operation(ledgers, issuers):
+    parent, child, grandchild = _chain(ledgers, issuers)
+    done = ledgers.post("/v1/tasks/plan-1/complete", headers=auth(identity(issuers, "orchestrator")))
     assert done.status_code == 200, done.text
-    assert agents.service.ledger.get_grant(parent["grant_id"]).status == "completed"
-    assert _ended(agents, child) == ("revoked", f"parent grant {parent['grant_id']} ended: task completed")
-    assert _ended(agents, grandchild)[0] == "revoked" and child in _ended(agents, grandchild)[1]
-    ends = {e.grant_id: e for e in agents.events("revoked")}
+    assert ledgers.service.ledger.get_grant(parent["grant_id"]).status == "completed"
+    assert _ended(ledgers, child) == ("revoked", f"parent grant {parent['grant_id']} ended: task completed")
+    assert _ended(ledgers, grandchild)[0] == "revoked" and child in _ended(ledgers, grandchild)[1]
+    ends = {e.grant_id: e for e in ledgers.events("revoked")}
     assert ends[child].detail["parent_grant_id"] == parent["grant_id"]
     assert ends[grandchild].detail["parent_grant_id"] == child
-    assert agents.get("/v1/audit/verify", headers=auth(issuers.operator())).json()["ok"] is True
+    assert ledgers.get("/v1/audit/verify", headers=auth(issuers.operator())).json()["ok"] is True
 
 
-def test_an_operator_revoking_the_orchestrators_task_ends_the_sub_agents_grants(agents, issuers):
-    parent, child, grandchild = _chain(agents, issuers)
+def test_an_operator_revoking_the_orchestrators_task_ends_the_sub_agents_grants(ledgers, issuers):
+    parent, child, grandchild = _chain(ledgers, issuers)
     body = {"task": "plan-1", "reason": "orchestrator compromised"}
-    answer = agents.post("/v1/revocations", json=body, headers=auth(issuers.operator()))
+    answer = ledgers.post("/v1/revocations", json=body, headers=auth(issuers.operator()))
     assert answer.status_code == 200, answer.text
     assert answer.json()["revoked"] == 3 and answer.json()["pending"] == 0  # the task's grant and its two descendants
     for grant_id in (parent["grant_id"], child, grandchild):
-        assert agents.service.ledger.get_grant(grant_id).status == "revoked"
-    assert "orchestrator compromised" in _ended(agents, grandchild)[1]
+        assert ledgers.service.ledger.get_grant(grant_id).status == "revoked"
+    assert "orchestrator compromised" in _ended(ledgers, grandchild)[1]
 
 
 def test_a_derived_token_of_an_ended_parent_is_refused(agents, issuers):
@@ -243,13 +257,13 @@ def test_a_derived_token_of_an_ended_parent_is_refused(agents, issuers):
     assert answer.status_code == 400 and answer.json()["code"] == "invalid_subject_token"
 
 
-def test_the_issuing_transaction_refuses_a_child_whose_parent_ended_meanwhile(agents, issuers):
+def test_the_issuing_transaction_refuses_a_child_whose_parent_ended_meanwhile(ledgers, issuers):
     """The race the cascade leaves open: the parent ends between the child's checks and its commit.
     Driven through the use case's own steps (prepare, then commit), the parent completed in between."""
     from broker.grants.delegation import _derived_request, _held_parent
 
-    service = agents.service
-    parent = parent_grant(agents, issuers)
+    service = ledgers.service
+    parent = parent_grant(ledgers, issuers)
     caller = service.authenticate(identity(issuers, "orchestrator"), action="test")
     actor = service.authenticate(identity(issuers, "summarizer"), action="test")
     form = {k: [v] for k, v in delegation(parent["credential"]["token"], identity(issuers, "summarizer")).items()}
@@ -261,4 +275,4 @@ def test_the_issuing_transaction_refuses_a_child_whose_parent_ended_meanwhile(ag
     assert getattr(refused.value, "code", None) == "invalid_subject_token"
     child = service.ledger.get_grant(prepared.grant.id)
     assert child.status == "revoked" and "parent_grant_ended" in child.end_reason
-    assert agents.events("denied")[-1].detail["code"] == "parent_grant_ended"
+    assert ledgers.events("denied")[-1].detail["code"] == "parent_grant_ended"
