@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import broker_client.errors as sdk_errors
 import httpx
 import pytest
 import uvicorn
@@ -276,6 +277,7 @@ def test_delegation_refusals_surface_as_sdk_errors(servers, issuers):
     with sub_agent, pytest.raises(BrokerError) as impersonating:  # its token, presented without an actor
         sub_agent.call("POST", "/oauth/token", idempotent=False, form=form)
     assert impersonating.value.code == "impersonation_refused"
+    assert isinstance(impersonating.value, sdk_errors.ImpersonationRefused)
 
 
 def test_the_async_task_delegates_too(servers, issuers):

@@ -168,14 +168,8 @@ def exchanged(body: dict[str, Any], task: str, boundary: str, backend: str = "jw
 
 
 def call_token(body: dict[str, Any], task: str, server: str, tool: str) -> Credential:
-    """The token endpoint's answer as a Credential (its repr shows a fingerprint only)."""
-    now = time.time()
-    grant = Grant(grant_id=str(body.get("grant_id", "")), task=task, boundary=server, scopes=[tool], subject="",
-                  status="active", backend="mcp", issued_at=datetime.fromtimestamp(now, timezone.utc),
-                  expires_at=datetime.fromtimestamp(now + int(body.get("expires_in", 0)), timezone.utc),
-                  dpop_bound=body.get("token_type") == "DPoP")  # fmt: skip
-    secret = {"type": "jwt", "token": body["access_token"], "token_type": body.get("token_type", "Bearer")}
-    return Credential(grant, secret)
+    """The token endpoint's answer for a call token as a Credential (its repr shows a fingerprint only)."""
+    return exchanged({**body, "scope": tool}, task, server, backend="mcp")
 
 
 def credential(body: dict[str, Any]) -> Credential:

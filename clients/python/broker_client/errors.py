@@ -142,6 +142,30 @@ class InvalidAuthorizationDetails(InvalidRequest):
     code = "invalid_authorization_details"
 
 
+class InvalidSubjectToken(InvalidRequest):
+    """The `subject_token` of a delegation or transaction token is not an active broker token the caller holds."""
+
+    code = "invalid_subject_token"
+
+
+class ImpersonationRefused(InvalidRequest):
+    """A broker token was presented to act as its subject without an `actor_token`."""
+
+    code = "impersonation_refused"
+
+
+class DelegationTooDeep(InvalidRequest):
+    """The delegation would carry more `act` hops than the broker's `max_delegation_depth`."""
+
+    code = "delegation_depth_exceeded"
+
+
+class ScopeExceedsSubject(InvalidRequest):
+    """A transaction token's scope is wider than its subject token's, or that scope is unknown."""
+
+    code = "scope_exceeds_subject"
+
+
 class UnknownScope(InvalidRequest):
     """A scope is not in the boundary's list."""
 
