@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -276,3 +278,30 @@ def test_the_issuing_transaction_refuses_a_child_whose_parent_ended_meanwhile(le
     child = service.ledger.get_grant(prepared.grant.id)
     assert child.status == "revoked" and "parent_grant_ended" in child.end_reason
     assert ledgers.events("denied")[-1].detail["code"] == "parent_grant_ended"
+
+
+def test_delegations_racing_the_orchestrators_completion_leave_no_live_orphan(ledgers, issuers):
+    """Sub-agents keep asking while the orchestrator completes its task: every derived grant that
+    committed is ended by the cascade, every later one is refused; none stays active."""
+    parent = parent_grant(ledgers, issuers)["credential"]["token"]
+    tokens = [identity(issuers, f"helper-{i}") for i in range(6)]
+    orchestrator = identity(issuers, "orchestrator")
+    barrier = threading.Barrier(len(tokens) + 1)
+
+    def keep_delegating(actor: str) -> list[int]:
+        barrier.wait()
+        form = delegation(parent, actor)
+        return [ledgers.post("/oauth/token", data=form, headers=auth(orchestrator)).status_code for _ in range(4)]
+
+    def complete() -> int:
+        barrier.wait()
+        return ledgers.post("/v1/tasks/plan-1/complete", headers=auth(orchestrator)).status_code
+
+    with ThreadPoolExecutor(len(tokens) + 1) as pool:
+        asked = [pool.submit(keep_delegating, token) for token in tokens]
+        done = pool.submit(complete)
+        statuses = [status for future in asked for status in future.result(60)]
+    assert done.result(60) == 200 and set(statuses) <= {200, 400}, statuses
+    derived = [g for g in ledgers.service.ledger.grants() if g.parent_grant_id]
+    assert len(derived) >= statuses.count(200)
+    assert {g.status for g in derived} <= {"revoked"}, [(g.id, g.status, g.end_reason) for g in derived]
