@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
