@@ -18,7 +18,7 @@ from broker.api import errors, grants, health, oauth, openapi, operators, signal
 from broker.api import log as log_routes
 from broker.api.access import AccessLog
 from broker.api.limits import BodyLimit
-from broker.backends import Backend, JwtBackend, McpBackend
+from broker.backends import Backend, JwtBackend, McpBackend, TxnTokenBackend
 from broker.backends.vault import VaultClient
 from broker.backends.vault_secret import VaultSecretBackend
 from broker.backends.vault_token import VaultTokenBackend
@@ -145,7 +145,8 @@ def _witness(config: WitnessConfig) -> WitnessTarget:
 def build_backends(
     settings: Settings, keys: KeyStore, vault: VaultClient | None = None, deployment: str = ""
 ) -> dict[str, Backend]:
-    backends: dict[str, Backend] = {"jwt": JwtBackend(keys, settings.issuer), "mcp": McpBackend(keys, settings.issuer)}
+    backends: dict[str, Backend] = {"jwt": JwtBackend(keys, settings.issuer), "mcp": McpBackend(keys, settings.issuer),
+                                    "txn_token": TxnTokenBackend(keys, settings.issuer)}  # fmt: skip
     if vault is not None:  # one Vault client (one login, one token) serves both Vault backends
         backends["vault_token"] = VaultTokenBackend(vault, deployment)
         backends["vault_secret"] = VaultSecretBackend(vault)

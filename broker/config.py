@@ -318,6 +318,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=65_536, gt=0)
     dpop_replay_capacity: int = Field(default=500_000, ge=1)
     revoke_retry_max_delay: Duration = 60
+    # RFC 8693 delegation: how many `act` hops a delegated token may carry (broker/grants/delegation.py)
+    max_delegation_depth: int = Field(default=3, ge=1, le=16)
+    # draft-ietf-oauth-transaction-tokens: the trust domain (`aud`) of transaction tokens; unset: none issued
+    txn_token_trust_domain: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")
     worker_interval: float = Field(default=1.0, gt=0)
     signal_push_allow_http: bool = False  # Shared Signals push to http:// endpoints (loopback tests, dev)
     reconcile_grace: Duration = 30

@@ -91,6 +91,34 @@ class InvalidAuthorizationDetails(BadRequest):
     public_message = "The authorization_details are invalid."
 
 
+class InvalidSubjectToken(BadRequest):
+    """The `subject_token` is not an active broker token the caller may exchange (RFC 6749 §5.2 `invalid_grant`)."""
+
+    code = "invalid_subject_token"
+    public_message = "The subject token is not an active token this caller may exchange."
+
+
+class ImpersonationRefused(BadRequest):
+    """A token for another party's subject was asked for without an `actor_token` (RFC 8693 §1.1)."""
+
+    code = "impersonation_refused"
+    public_message = "Impersonation is refused: name the acting party with an actor_token."
+
+
+class DelegationTooDeep(BadRequest):
+    """The delegated token would carry more `act` hops than `max_delegation_depth`."""
+
+    code = "delegation_depth_exceeded"
+    public_message = "The delegation chain would exceed the configured depth."
+
+
+class ScopeExceedsSubject(BadRequest):
+    """A transaction token's scope would be wider than its subject token's, or that scope is unknown."""
+
+    code = "scope_exceeds_subject"
+    public_message = "The requested scope is not within the subject token's scope."
+
+
 class UnknownScope(BadRequest):
     """A scope is not in the boundary's closed list."""
 

@@ -29,6 +29,10 @@ STATUS = {
     "invalid_target": 400,
     "invalid_authorization_details": 400,
     "unknown_scope": 400,
+    "invalid_subject_token": 400,
+    "impersonation_refused": 400,
+    "delegation_depth_exceeded": 400,
+    "scope_exceeds_subject": 400,
     "ttl_exceeds_cap": 400,
     "not_found": 404,
     "idempotency_key_reused": 422,
@@ -51,6 +55,11 @@ OAUTH_ERROR = {
     "unknown_scope": "invalid_scope",
     "invalid_target": "invalid_target",  # RFC 8707 §2
     "invalid_authorization_details": "invalid_authorization_details",  # RFC 9396 §5
+    "invalid_subject_token": "invalid_grant",  # RFC 8693 §2.2.2: the subject_token is invalid or unacceptable
+    "impersonation_refused": "invalid_request",
+    "delegation_depth_exceeded": "invalid_request",
+    "scope_exceeds_subject": "invalid_scope",
+    "forbidden": "unauthorized_client",  # a workload that may not request transaction tokens
 }
 TOKEN_PATH = "/oauth/token"
 

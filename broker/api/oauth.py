@@ -11,8 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from broker.api.deps import Service, bearer, dpop_key, form_body
 from broker.api.tls import tls_facts
 from broker.api.schemas import IntrospectionOut, TokenExchangeForm, TokenForm, TokenOut
-from broker.grants.exchange import exchange, identity_token, one
+from broker.grants.delegation import delegate
+from broker.grants.exchange import exchange, identity_token, mode, one, refuse_impersonation
 from broker.grants import introspection
+from broker.grants.service import Issued
+from broker.grants.txn_tokens import issue_txn_token
 
 router = APIRouter(prefix="/oauth", tags=["oauth"], dependencies=[Depends(form_body)])
 
@@ -23,7 +26,8 @@ def _form_body(model: type) -> dict:
 
 
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-ISSUED_TYPE = {"jwt": JWT_TYPE, "mcp": JWT_TYPE, "vault_token": "urn:broker:token-type:vault_token"}
+ISSUED_TYPE = {"jwt": JWT_TYPE, "mcp": JWT_TYPE, "vault_token": "urn:broker:token-type:vault_token",
+               "txn_token": "urn:ietf:params:oauth:token-type:txn_token"}
 
 
 async def _form(request: Request) -> dict[str, list[str]]:
@@ -36,9 +40,7 @@ async def _form(request: Request) -> dict[str, list[str]]:
 @router.post("/token", responses={200: {"model": TokenOut}}, openapi_extra=_form_body(TokenExchangeForm))
 async def token_exchange(request: Request, svc: Service) -> dict:
     form = await _form(request)
-    identity = await run_in_threadpool(svc.authenticate, identity_token(form), action="POST /oauth/token")
-    jkt = await run_in_threadpool(dpop_key, request, svc, identity, None)
-    issued = await run_in_threadpool(exchange, svc, identity, form, jkt)
+    issued = await run_in_threadpool(_issue, request, svc, form)
     credential, grant = issued.credential, issued.grant
     answer = {
         "access_token": credential["token"],
@@ -47,11 +49,28 @@ async def token_exchange(request: Request, svc: Service) -> dict:
         "expires_in": int(grant.expires_at - grant.issued_at),
         "scope": grant.scopes,
         "grant_id": grant.id,
-    }
+    }  # never a refresh_token (transaction tokens: draft-ietf-oauth-transaction-tokens, Txn-Token Response)
     details = form.get("authorization_details")
     if details:  # RFC 9396 §7: the granted details are answered (what was asked, checked and bound)
         answer["authorization_details"] = json.loads(details[0])
     return answer
+
+
+def _issue(request: Request, svc: Service, form: dict[str, list[str]]) -> Issued:
+    """An identity token for a grant's token; or, with the caller's own identity in `Authorization`, a held
+    broker token for a sub-agent's (`actor_token`) or for a transaction token."""
+    kind = mode(form)
+    if kind == "exchange":
+        refuse_impersonation(svc, form)
+        identity = svc.authenticate(identity_token(form), action="POST /oauth/token")
+        return exchange(svc, identity, form, dpop_key(request, svc, identity, None))
+    caller = svc.authenticate(bearer(request), action="POST /oauth/token", tls=tls_facts(request))
+    jkt = dpop_key(request, svc, caller, bearer(request))
+    if kind == "txn_token":
+        return issue_txn_token(svc, caller, form, jkt)
+    actors = form.get("actor_token", [])
+    actor = svc.authenticate(actors[0] if len(actors) == 1 else None, action="POST /oauth/token actor_token")
+    return delegate(svc, caller, actor, form, jkt)
 
 
 @router.post("/introspect", responses={200: {"model": IntrospectionOut}}, openapi_extra=_form_body(TokenForm))

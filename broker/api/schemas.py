@@ -45,6 +45,7 @@ class GrantOut(BaseModel):
     end_reason: str | None = None
     revoke_attempts: int = 0
     dpop_bound: bool = False
+    parent_grant_id: str | None = None  # a delegated or transaction token: the grant it was derived from
 
     @classmethod
     def of(cls, grant: Grant, **extra: Any) -> Self:
@@ -64,6 +65,7 @@ class GrantOut(BaseModel):
             end_reason=grant.end_reason,
             revoke_attempts=grant.revoke_attempts,
             dpop_bound=grant.cnf_jkt is not None,
+            parent_grant_id=grant.parent_grant_id,
         )
 
 
@@ -196,13 +198,23 @@ class TokenExchangeForm(BaseModel):
     """`POST /oauth/token` form (RFC 8693 §2.1): the identity token in, one boundary as `resource`."""
 
     grant_type: Literal["urn:ietf:params:oauth:grant-type:token-exchange"]
-    subject_token: str = Field(description="The workload's identity token (never stored, never echoed).")
-    subject_token_type: Literal["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"]
+    subject_token: str = Field(description="The workload's identity token (never stored, never echoed); for a "
+                               "delegation or a transaction token, a broker token the caller holds.")  # fmt: skip
+    subject_token_type: Literal["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token",
+                                "urn:ietf:params:oauth:token-type:access_token",
+                                "urn:ietf:params:oauth:token-type:txn_token"]  # fmt: skip
     resource: BoundaryName | None = Field(None, description="The boundary (or use `audience`).")
-    audience: BoundaryName | None = None
+    audience: BoundaryName | None = Field(None, description="A boundary, or the trust domain of a transaction token.")
     scope: str = Field(description="Space-separated scopes of that boundary.")
     requested_ttl: str | None = Field(None, pattern=r"^([0-9]{1,5}|max)$")
     task: TaskId | None = None
+    requested_token_type: str | None = Field(None, description="`urn:ietf:params:oauth:token-type:txn_token` for a "
+                                             "transaction token (the caller's identity in `Authorization`).")  # fmt: skip
+    actor_token: str | None = Field(None, description="Delegation (RFC 8693): the sub-agent's identity token; the "
+                                    "orchestrator's identity goes in `Authorization`.")  # fmt: skip
+    actor_token_type: Literal["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"] | None = None
+    request_details: str | None = Field(None, description="Transaction token: a JSON object, becomes `tctx`.")
+    request_context: str | None = Field(None, description="Transaction token: a JSON object, becomes `rctx`.")
 
 
 class TokenOut(BaseModel):

@@ -3,5 +3,7 @@
 from broker.backends.base import Backend, BatchRevoker, MintRequest, Minted, revoke_each, revoke_many
 from broker.backends.jwt import JwtBackend
 from broker.backends.mcp import McpBackend
+from broker.backends.txn_token import TxnTokenBackend
 
-__all__ = ["Backend", "BatchRevoker", "JwtBackend", "McpBackend", "MintRequest", "Minted", "revoke_each", "revoke_many"]
+__all__ = ["Backend", "BatchRevoker", "JwtBackend", "McpBackend", "MintRequest", "Minted", "TxnTokenBackend", "revoke_each",
+           "revoke_many"]

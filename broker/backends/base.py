@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +26,9 @@ class MintRequest:
     cnf_jkt: str | None = None
     cnf_x5t: str | None = None
     authorization_details: tuple[dict[str, str], ...] = ()  # RFC 9396, e.g. one mcp_tool_call binding
+    principal: str | None = None  # a derived token's `sub`: whom it acts for (None: `subject` itself)
+    act: Mapping[str, Any] | None = None  # RFC 8693 §4.1: the delegation chain, current actor outermost
+    txn: Mapping[str, Any] | None = None  # a transaction token's own claims: aud, txn, req_wl, tctx, rctx
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ class JwtBackend:
             cnf_jkt=request.cnf_jkt,
             cnf_x5t=request.cnf_x5t,
             authorization_details=request.authorization_details,
+            principal=request.principal,
+            act=request.act,
         )
         token = self._keys.sign(claims)
         try:

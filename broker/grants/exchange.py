@@ -1,6 +1,9 @@
 """RFC 8693 token exchange as a grant request: the form's parameters, checked like any other input.
 
-The use case, not the HTTP layer, validates them, so every refusal is recorded (promise 4).
+The use case, not the HTTP layer, validates them, so every refusal is recorded (promise 4). Three
+kinds of exchange share the endpoint (`mode`): an identity token for a grant's token (here), a held
+broker token plus an `actor_token` for a sub-agent's token (broker/grants/delegation.py), and a held
+broker token for a transaction token (broker/grants/txn_tokens.py).
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from broker.config import BoundaryConfig, Settings
 from broker.errors import (
     BadRequest,
     BrokerError,
+    ImpersonationRefused,
     InvalidAuthorizationDetails,
     InvalidTarget,
     MultiBoundary,
     TtlExceedsCap,
 )
+from broker.grants.parent import ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TXN_TOKEN, is_broker_token
 from broker.grants.service import BAD_TASK, TASK, GrantRequest, GrantService, Issued
 from broker.identity import Identity
 
@@ -32,8 +37,24 @@ CALL_TOKEN_TTL = 60  # an MCP call token lives at most this long
 TOOL_CALL = "mcp_tool_call"
 TOOL_CALL_KEYS = frozenset({"type", "server", "tool", "args_sha256"})
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+ISSUED_TYPES = frozenset({ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE})  # what a `requested_token_type` may ask besides txn
 
 Form = Mapping[str, Sequence[str]]
+
+
+def mode(form: Form) -> str:
+    """`txn_token`, `delegation` (an `actor_token` is present) or `exchange` (an identity token for a grant)."""
+    if form.get("requested_token_type") == [TXN_TOKEN]:
+        return "txn_token"
+    return "delegation" if "actor_token" in form else "exchange"
+
+
+def refuse_impersonation(service: GrantService, form: Form) -> None:
+    """A broker token presented as the identity, without an `actor_token`, asks to act as its subject: refused."""
+    given = (form.get("subject_token_type") or [None])[0]
+    if given == ACCESS_TOKEN_TYPE or is_broker_token(service, identity_token(form)):
+        service.record_refusal(None, "token_exchange", code=ImpersonationRefused.code)
+        raise ImpersonationRefused("a broker token is exchanged only for another actor, named by actor_token")
 
 
 def exchange(service: GrantService, identity: Identity, form: Form, cnf_jkt: str | None) -> Issued:
@@ -81,15 +102,26 @@ def exchange_request(form: Form, cnf_jkt: str | None, settings: Settings) -> Gra
         raise BadRequest("grant_type must be token-exchange or jwt-bearer")
     if grant_type == TOKEN_EXCHANGE and one(form, "subject_token_type") not in SUBJECT_TOKEN_TYPES:
         raise BadRequest("subject_token_type must be a JWT or id_token type")
-    boundary = _target(form, settings)
+    request = request_for(form, _target(form, settings), cnf_jkt)
+    if not request.scopes:
+        raise BadRequest("scope is required")
+    return request
+
+
+def requested_type(form: Form) -> None:
+    if one(form, "requested_token_type", required=False) not in (None, *ISSUED_TYPES):
+        raise BadRequest("requested_token_type must be an access_token, jwt or txn_token type")
+
+
+def request_for(form: Form, boundary: BoundaryConfig, cnf_jkt: str | None) -> GrantRequest:
+    """Scopes (or one tool call), task and TTL of a token request for `boundary`; scopes may be empty."""
+    requested_type(form)
     scopes = tuple((one(form, "scope", required=False) or "").split())
     details = _tool_call(form, boundary)
     if details:
         if scopes and scopes != (details[0]["tool"],):
             raise InvalidAuthorizationDetails("scope, when given with a tool call, is that one tool")
         scopes = (details[0]["tool"],)
-    if not scopes:
-        raise BadRequest("scope is required")
     task = one(form, "task", required=False) or "token-exchange"
     if not TASK.fullmatch(task):
         raise BadRequest(BAD_TASK)  # refused, never truncated
@@ -98,6 +130,11 @@ def exchange_request(form: Form, cnf_jkt: str | None, settings: Settings) -> Gra
         raise TtlExceedsCap(f"a call token lives at most {CALL_TOKEN_TTL}s")
     return GrantRequest(task=task, boundary=boundary.name, scopes=scopes, ttl=ttl, cnf_jkt=cnf_jkt,
                         authorization_details=details, ttl_ceiling=CALL_TOKEN_TTL if details else None)  # fmt: skip
+
+
+def target(form: Form, settings: Settings) -> BoundaryConfig | None:
+    """The boundary named by `resource` or `audience`, or None when neither is given."""
+    return _target(form, settings) if form.get("resource") or form.get("audience") else None
 
 
 def _target(form: Form, settings: Settings) -> BoundaryConfig:

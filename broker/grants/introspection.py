@@ -9,9 +9,10 @@ import jwt
 from broker.grants.service import GrantService, owns, recorded_use_case
 from broker.identity import Identity
 from broker.ledger import ACTIVE, Grant
+from broker.signing import TOKEN_TYPE, TXN_TOKEN_TYPE
 
 CLAIMS_SHOWN = ("sub", "client_id", "aud", "scope", "exp", "iat", "nbf", "jti", "iss", "task", "cnf",
-                "authorization_details")
+                "authorization_details", "act", "txn", "req_wl")  # `act`: RFC 8693 §4.1
 
 
 @recorded_use_case("introspect")
@@ -47,6 +48,6 @@ def grant_of_token(service: GrantService, token: str) -> Grant | None:
 
 def _claims(service: GrantService, token: str) -> dict[str, Any] | None:
     try:
-        return service.keys.verify(token, issuer=service.settings.issuer)
+        return service.keys.verify(token, issuer=service.settings.issuer, types=(TOKEN_TYPE, TXN_TOKEN_TYPE))
     except (jwt.InvalidTokenError, ValueError):
         return None

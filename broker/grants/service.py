@@ -28,6 +28,7 @@ from broker.errors import (
     BrokerError,
     IdempotencyKeyReused,
     InvalidDpop,
+    InvalidSubjectToken,
     InvalidIdentity,
     LedgerUnavailable,
     MultiBoundary,
@@ -74,6 +75,24 @@ class GrantRequest:
     cnf_x5t: str | None = None  # RFC 8705: the client certificate the caller was proven by
     authorization_details: tuple[dict[str, str], ...] = ()  # RFC 9396: an MCP call token's tool binding
     ttl_ceiling: int | None = None  # a kind's own cap below policy and boundary (call tokens: 60 s)
+    derived: Derived | None = None  # a token exchanged from another grant's (broker/grants/delegation.py)
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What a grant derived from a parent grant carries: the parent, whom it is for, the other parties.
+
+    `authority` is the parent's decision when the derived grant takes its rights from the parent alone
+    (a transaction token); None means policy decides for the grant's own subject as for any grant.
+    """
+
+    parent_grant_id: str
+    principal: str  # the `sub` of the minted token
+    guard_subjects: tuple[str, ...]  # a freeze of any of these refuses the grant (orchestrator, actors)
+    act: dict[str, Any] | None = None
+    txn: dict[str, Any] | None = None
+    backend: str | None = None  # minted by this backend instead of the boundary's (`txn_token`)
+    authority: Decision | None = None
 
 
 @dataclass(frozen=True)
@@ -211,12 +230,15 @@ class GrantService:
             cnf_jkt=request.cnf_jkt,
             cnf_x5t=request.cnf_x5t,
             authorization_details=request.authorization_details,
+            principal=request.derived.principal if request.derived else None,
+            act=request.derived.act if request.derived else None,
+            txn=request.derived.txn if request.derived else None,
         )
         minted = self._mint(identity, request, mint, decision)
         if "crash_after_mint" in self.settings.fault_injection:  # env=test only: a crash before the ledger commit
             os.kill(os.getpid(), signal.SIGKILL)
-        grant = self._grant_row(identity, mint, minted, decision)
-        event = _issued_event(grant, minted, identity)
+        grant = self._grant_row(identity, mint, minted, decision, request.derived)
+        event = _issued_event(grant, minted, identity, request.derived)
         return Prepared(identity, request, grant, grant_values(grant), minted, event, claim)
 
     def commit(self, prepared: Prepared) -> Future:
@@ -225,7 +247,9 @@ class GrantService:
             failed: Future = Future()
             failed.set_exception(LedgerUnavailable("fault injection: ledger write fails after mint"))
             return failed
-        return self.ledger.submit_issued(prepared.row, prepared.event, idem=prepared.claim)
+        derived = prepared.request.derived
+        guard = derived.guard_subjects if derived else ()
+        return self.ledger.submit_issued(prepared.row, prepared.event, idem=prepared.claim, guard_subjects=guard)
 
     def conclude(self, prepared: Prepared, committed: Future) -> Issued:
         """Answer from the commit's outcome; fail closed: an unrecorded or refused credential is revoked."""
@@ -248,7 +272,8 @@ class GrantService:
             raise REFUSED_AT_COMMIT[outcome.code](outcome.detail)
         if outcome is not None and outcome.superseded:
             self._revoke_refused(outcome.superseded)
-        if self.withdrawal is not None and grant.policy_revision != self.policy.current.digest:
+        borrowed = prepared.request.derived is not None and prepared.request.derived.authority is not None
+        if self.withdrawal is not None and grant.policy_revision != self.policy.current.digest and not borrowed:
             try:  # the policy was reloaded while this was being issued: the new one decides
                 self.withdrawal.issued_meanwhile(identity, grant)
             except PolicyDenied as exc:
@@ -279,7 +304,10 @@ class GrantService:
             if boundary.require_dpop and not request.cnf_jkt:
                 raise InvalidDpop(f"boundary {boundary.name!r} requires a DPoP proof")
             self._check_not_frozen(identity, boundary)
-            decision = self._decide(identity, boundary, scopes)
+            derived = request.derived
+            for other in derived.guard_subjects if derived else ():
+                self._check_not_frozen(identity, boundary, subject=other)
+            decision = derived.authority if derived and derived.authority else self._decide(identity, boundary, scopes)
             if not decision.allowed:
                 raise PolicyDenied(decision.reason)
             cap = min(decision.max_ttl or boundary.max_ttl, request.ttl_ceiling or boundary.max_ttl, boundary.max_ttl)
@@ -300,11 +328,12 @@ class GrantService:
             raise UnknownBoundary(f"boundary {names[0]!r} is not configured")
         return boundary
 
-    def _check_not_frozen(self, identity: Identity, boundary: BoundaryConfig) -> None:
+    def _check_not_frozen(self, identity: Identity, boundary: BoundaryConfig, subject: str | None = None) -> None:
         """Operator freezes (broker/grants/operations.py) refuse new grants until lifted."""
-        frozen = self.ledger.frozen(identity.subject, boundary.name)
+        subject = subject or identity.subject
+        frozen = self.ledger.frozen(subject, boundary.name)
         if frozen == "subject":
-            raise SubjectFrozen(f"subject {identity.subject!r} is frozen")
+            raise SubjectFrozen(f"subject {subject!r} is frozen")
         if frozen == "boundary":
             raise BoundaryFrozen(f"boundary {boundary.name!r} is frozen")
 
@@ -320,19 +349,21 @@ class GrantService:
 
     def _mint(self, identity: Identity, request: GrantRequest, mint: MintRequest, decision: Decision) -> Minted:
         try:
-            return self.backends[mint.boundary.backend].mint(mint)
+            return self.backends[_backend(mint.boundary, request.derived)].mint(mint)
         except BrokerError as exc:  # BackendUnavailable, or scopes a backend cannot serve in one credential
             self.record_denial(identity, request, exc, decision=decision)
             raise
 
-    def _grant_row(self, identity: Identity, mint: MintRequest, minted: Minted, decision: Decision) -> Grant:
+    def _grant_row(
+        self, identity: Identity, mint: MintRequest, minted: Minted, decision: Decision, derived: Derived | None = None
+    ) -> Grant:
         return Grant(
             id=mint.grant_id,
             subject=identity.subject,
             attestor=identity.attestor,
             task=mint.task,
             boundary=mint.boundary.name,
-            backend=mint.boundary.backend,
+            backend=_backend(mint.boundary, derived),
             scopes=" ".join(mint.scopes),
             handle=minted.handle,
             fingerprint=minted.fingerprint,
@@ -342,6 +373,7 @@ class GrantService:
             cnf_x5t=mint.cnf_x5t,
             policy_revision=decision.revision,
             rule=decision.rule,
+            parent_grant_id=derived.parent_grant_id if derived else None,
         )
 
     def _idem_claim(self, identity: Identity, request: GrantRequest, boundary: BoundaryConfig) -> IdemClaim | None:
@@ -505,10 +537,15 @@ REFUSED_AT_COMMIT: dict[str, type[BrokerError]] = {
     "subject_frozen": SubjectFrozen,
     "boundary_frozen": BoundaryFrozen,
     "idempotency_key_reused": IdempotencyKeyReused,
+    "parent_grant_ended": InvalidSubjectToken,
 }
 
 
-def _issued_event(grant: Grant, minted: Minted, identity: Identity) -> Event:
+def _backend(boundary: BoundaryConfig, derived: Derived | None) -> str:
+    return derived.backend if derived is not None and derived.backend else boundary.backend
+
+
+def _issued_event(grant: Grant, minted: Minted, identity: Identity, derived: Derived | None = None) -> Event:
     detail = {
         "scopes": grant.scope_list,
         "expires_at": grant.expires_at,
@@ -518,8 +555,21 @@ def _issued_event(grant: Grant, minted: Minted, identity: Identity) -> Event:
         "policy_revision": grant.policy_revision,
         "rule": grant.rule,
     }
+    if derived is not None:  # from which grant, for whom, and the delegation chain (current actor first)
+        detail.update(parent_grant_id=derived.parent_grant_id, principal=derived.principal, actors=actors(derived.act))
+        if derived.txn:
+            detail["txn"] = derived.txn["txn"]
     return Event(kind="issued", subject=grant.subject, boundary=grant.boundary, task=grant.task,
                  grant_id=grant.id, actor=grant.subject, detail=detail)  # fmt: skip
+
+
+def actors(act: Any) -> list[str]:
+    """The subjects of an RFC 8693 `act` chain, current actor first."""
+    chain: list[str] = []
+    while isinstance(act, dict) and len(chain) < 64:
+        chain.append(str(act.get("sub")))
+        act = act.get("act")
+    return chain
 
 
 def _key_hash(identity: Identity, key: str) -> str:

@@ -93,7 +93,7 @@ class Withdrawal:
         active = self._active()
         live = {g.id for g in active}
         for grant in active:
-            if still_allowed(grant, old, new):
+            if grant.backend == "txn_token" or still_allowed(grant, old, new):  # a txn token: only its parent's rights
                 kept.add(grant.id)
             else:
                 lost[grant.rule].append(grant)

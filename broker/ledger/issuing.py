@@ -3,8 +3,13 @@
 Two checks must happen inside the transaction that appends to the chain, or a concurrent operator
 or a concurrent duplicate slips past them:
 
-- a freeze of the grant's subject or boundary refuses the grant (promise 8). The credential was
+- a freeze of the grant's subject or boundary refuses the grant (promise 8), and so does a freeze
+  of any other party it names (a delegated token's orchestrator and actors). The credential was
   already minted, so the row is kept as `revoke_pending`: the outbox revokes it like any other.
+- a derived grant (delegated token, transaction token) is refused when its parent is no longer
+  active: a parent that ends cascades to its children in the revoking transaction, and both take
+  the chain head's lock, so a child committed first is found by the cascade and one committed
+  after sees its parent ended.
 - an `Idempotency-Key` already bound to a live grant of the same request either replays that grant
   (backends that can hand the credential out again: the broker's JWTs) or supersedes it (Vault
   tokens and leases, whose secret the broker never keeps): the earlier grant is revoked, so one key
@@ -42,6 +47,7 @@ class Write:
     grant: dict[str, Any] | None = None
     guard: bool = False  # refuse the grant when its subject or boundary is frozen
     idem: IdemClaim | None = None
+    guard_subjects: tuple[str, ...] = ()  # other parties whose freeze refuses the grant too
 
 
 @dataclass
@@ -91,6 +97,7 @@ class IssueBatch:
     now: float
     frozen: set[tuple[str, str]]
     keys: dict[str, KeyState]
+    parents: dict[str, tuple[str, float]] = field(default_factory=dict)  # parent id -> (status, expires_at)
     events: list[Event] = field(default_factory=list)
     grants: list[dict[str, Any]] = field(default_factory=list)
     supersede: list[str] = field(default_factory=list)
@@ -102,7 +109,8 @@ class IssueBatch:
         if write.grant is None:
             self.events += write.events
             return None
-        refusal = self._freeze(write.grant) if write.guard else None
+        refusal = self._freeze(write.grant, write.guard_subjects) if write.guard else None
+        refusal = refusal or self._parent(write.grant)
         if refusal is not None:
             self._refuse(write, refusal)
             return refusal
@@ -138,11 +146,21 @@ class IssueBatch:
             session.execute(delete(IdempotencyKey.__table__).where(IdempotencyKey.key_hash.in_(list(self.bound))))
             session.execute(insert(IdempotencyKey.__table__), [_key_row(h, k) for h, k in self.bound.items()])
 
-    def _freeze(self, grant: dict[str, Any]) -> Refused | None:
-        for kind, code in (("subject", "subject_frozen"), ("boundary", "boundary_frozen")):
-            if (kind, grant[kind]) in self.frozen:
-                self.frozen_seen.add((kind, grant[kind]))
-                return Refused(code, f"{kind} was frozen while the grant was being issued")
+    def _freeze(self, grant: dict[str, Any], others: tuple[str, ...] = ()) -> Refused | None:
+        targets = [("subject", grant["subject"]), *(("subject", other) for other in others)]
+        for kind, value in [*targets, ("boundary", grant["boundary"])]:
+            if (kind, value) in self.frozen:
+                self.frozen_seen.add((kind, value))
+                return Refused(f"{kind}_frozen", f"{kind} was frozen while the grant was being issued")
+        return None
+
+    def _parent(self, grant: dict[str, Any]) -> Refused | None:
+        parent = grant.get("parent_grant_id")
+        if parent is None:
+            return None
+        status, expires_at = self.parents.get(parent, (None, 0.0))
+        if status != ACTIVE or expires_at <= self.now:
+            return Refused("parent_grant_ended", "the grant it is derived from ended while it was being issued")
         return None
 
     def _key(self, write: Write) -> Outcome:

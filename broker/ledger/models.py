@@ -71,6 +71,8 @@ class Grant(Base):
     # provenance: the policy revision (content hash) and the id of the rule that allowed the grant
     policy_revision: Mapped[str | None] = mapped_column(String(64), default=None)
     rule: Mapped[str | None] = mapped_column(String(128), default=None)
+    # a derived grant (a delegated token, a transaction token): the grant it was exchanged from; it ends with it
+    parent_grant_id: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (
         Index("ix_grants_status_expires", "status", "expires_at"),
@@ -82,6 +84,7 @@ class Grant(Base):
         Index("ix_grants_revocation", "revocation_id"),
         Index("ix_grants_rule_status", "rule", "status"),
         Index("ix_grants_policy_revision_status", "policy_revision", "status"),
+        Index("ix_grants_parent", "parent_grant_id"),  # the cascade: every grant derived from one that ends
     )
 
     @property

@@ -188,19 +188,24 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         """Append events on their own (denials, operator actions)."""
         self._write(Write(events=list(events)))
 
-    def record_issued(self, grant: Grant, issued: Event, *, idem: IdemClaim | None = None) -> Outcome:
+    def record_issued(
+        self, grant: Grant, issued: Event, *, idem: IdemClaim | None = None, guard_subjects: tuple[str, ...] = ()
+    ) -> Outcome:
         """The grant row and its `issued` event commit together, or neither does.
 
-        Inside that transaction a freeze of the grant's subject or boundary refuses it (promise 8):
-        the row is kept as `revoke_pending` so the minted credential is revoked through the outbox.
+        Inside that transaction a freeze of the grant's subject or boundary (or of `guard_subjects`)
+        refuses it (promise 8), and so does its parent having ended: the row is kept as
+        `revoke_pending` so the minted credential is revoked through the outbox.
         """
-        return self._write(Write(events=[issued], grant=grant_values(grant), guard=True, idem=idem))
+        return self._write(Write([issued], grant_values(grant), guard=True, idem=idem, guard_subjects=guard_subjects))
 
-    def submit_issued(self, row: dict[str, Any], issued: Event, *, idem: IdemClaim | None = None) -> Future:
+    def submit_issued(
+        self, row: dict[str, Any], issued: Event, *, idem: IdemClaim | None = None, guard_subjects: tuple[str, ...] = ()
+    ) -> Future:
         """`record_issued` for the event loop: a future of the outcome, awaited without a thread hop.
 
         `row` is `grant_values(grant)`, taken by the caller before it reaches the event loop."""
-        return self._writer.submit(Write(events=[issued], grant=row, guard=True, idem=idem))
+        return self._writer.submit(Write([issued], row, guard=True, idem=idem, guard_subjects=guard_subjects))
 
     def _write(self, write: Write) -> Outcome:
         return self._writer.run(write)
@@ -213,7 +218,8 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         try:
             with turn(self._turns), self.engine.begin() as conn:
                 head = self._lock(conn)
-                batch = IssueBatch(self._clock(), self._frozen_among(conn, writes), self._keys_among(conn, writes))
+                batch = IssueBatch(self._clock(), self._frozen_among(conn, writes), self._keys_among(conn, writes),
+                                   self._parents_among(conn, writes))  # fmt: skip
                 outcomes = [batch.decide(write) for write in writes]
                 batch.apply(conn)
                 rows = self._append(conn, batch.events, head=head)
@@ -231,11 +237,45 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         if not guarded:
             return set()
         pairs = {(g["subject"], g["boundary"]) for g in guarded}  # a batch holds few distinct pairs
+        # the other parties a derived grant names (orchestrator, earlier actors): their freeze refuses it too
+        pairs |= {(other, w.grant["boundary"]) for w in writes if w.guard and w.grant for other in w.guard_subjects}
         return {
             (kind, value)
             for subject, boundary in pairs
             for kind, value in compiled.fetch(conn, _FROZEN_ONE, {"subject": subject, "boundary": boundary})
         }
+
+    def _parents_among(self, conn: Connection, writes: Sequence[Write]) -> dict[str, tuple[str, float]]:
+        """Status and expiry of the parents of this batch's derived grants, read after the head lock (see
+        `_lock_cascade`: a revocation that ends a parent holds it too, so its commit is always seen here)."""
+        ids = {w.grant["parent_grant_id"] for w in writes if w.grant and w.grant.get("parent_grant_id")}
+        if not ids:
+            return {}
+        query = select(Grant.id, Grant.status, Grant.expires_at).where(Grant.id.in_(ids))
+        return {gid: (status, expires) for gid, status, expires in conn.execute(query).all()}
+
+    def _lock_cascade(self, session: Session) -> None:
+        """A revocation ends derived grants too; it takes the chain head's lock (PostgreSQL: SQLite's
+        BEGIN IMMEDIATE already serializes) so no derived grant commits between its cascade and its end."""
+        if self._lock_head:
+            self._lock(session)
+
+    def _derived(self, session: Session, ids: Sequence[str], *, rows: bool = False) -> list[Any]:
+        """The active grants derived from these, transitively, locked in id order level by level."""
+        found: list[Any] = []
+        seen, frontier = set(ids), list(ids)
+        while frontier:
+            where = (Grant.parent_grant_id.in_(frontier), Grant.status == ACTIVE)
+            if rows:
+                query = select(Grant.__table__).where(*where).order_by(Grant.id)
+                children = [c for c in session.execute(_for_update(query, self._lock_head)).all() if c.id not in seen]
+            else:
+                query = select(Grant).where(*where).order_by(Grant.id)
+                children = [c for c in session.scalars(_for_update(query, self._lock_head)).all() if c.id not in seen]
+            seen.update(c.id for c in children)
+            found += children
+            frontier = [c.id for c in children]
+        return found
 
     def _keys_among(self, conn: Connection, writes: Sequence[Write]) -> dict[str, KeyState]:
         hashes = [w.idem.key_hash for w in writes if w.idem]
@@ -252,19 +292,26 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
     ) -> list[Grant]:
         """Outbox step 1: mark active grants `revoke_pending` with the intended final status.
 
-        Returns the grants this call moved; grants already ending are left as they are (idempotent).
+        Every active grant derived from them (transitively) is moved in the same transaction, to end
+        as `revoked` with the reason `parent grant <id> ended`. Returns the grants this call moved;
+        grants already ending are left as they are (idempotent).
         """
         now = self._clock()
         with self._tx() as session:
+            self._lock_cascade(session)
             # lock rows in one order (by id) so two overlapping revocations never deadlock
             query = select(Grant).where(Grant.id.in_(grant_ids), Grant.status == ACTIVE).order_by(Grant.id)
-            rows = session.scalars(_for_update(query, self._lock_head)).all()
-            for grant in rows:
-                grant.status, grant.end_status, grant.end_actor = REVOKE_PENDING, end_status, actor
+            rows = list(session.scalars(_for_update(query, self._lock_head)).all())
+            derived = self._derived(session, [g.id for g in rows])
+            asked = {g.id for g in rows}
+            for grant in rows + derived:
+                ending = end_status if grant.id in asked else "revoked"
+                why = reason if grant.id in asked else f"parent grant {grant.parent_grant_id} ended: {reason}"
+                grant.status, grant.end_status, grant.end_actor = REVOKE_PENDING, ending, actor
                 # the caller executes it now; other replicas' outbox workers wait out this lease first
-                grant.end_reason, grant.ended_at, grant.next_attempt_at = reason[:256], now, now + OWNER_LEASE
+                grant.end_reason, grant.ended_at, grant.next_attempt_at = why[:256], now, now + OWNER_LEASE
                 grant.revocation_id = revocation_id
-            return list(rows)
+            return rows + derived
 
     def finish_revoke(self, grant_id: str, extra: dict[str, Any] | None = None) -> Grant | None:
         """Outbox step 2 succeeded: the grant reaches its final status and the event is chained."""
@@ -292,15 +339,22 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
     ) -> list[Row]:
         """Outbox step 1 for a batch (operator revocations): one SELECT and one UPDATE, no ORM objects.
 
-        Returns the moved grants as rows (id, backend, boundary, handle, revoke_attempts, ...).
+        Returns the moved grants as rows (id, backend, boundary, handle, revoke_attempts, ...), with the
+        grants derived from them (see `begin_revoke`), which end as `revoked`.
         """
         now = self._clock()
         values = {"status": REVOKE_PENDING, "end_status": end_status, "end_actor": actor, "end_reason": reason[:256],
                   "ended_at": now, "next_attempt_at": now + OWNER_LEASE, "revocation_id": revocation_id}  # fmt: skip
         with self._tx() as session:
+            self._lock_cascade(session)
             rows = session.execute(_for_update(_batch(grant_ids, ACTIVE), self._lock_head)).all()
             session.execute(update(Grant.__table__).where(Grant.id.in_([r.id for r in rows])).values(**values))
-            return list(rows)
+            derived = self._derived(session, [r.id for r in rows], rows=True)
+            for parent, children in _by_parent(derived).items():
+                why = f"parent grant {parent} ended: {reason}"[:256]
+                session.execute(update(Grant.__table__).where(Grant.id.in_([c.id for c in children]))
+                                .values(**{**values, "end_status": "revoked", "end_reason": why}))  # fmt: skip
+            return list(rows) + derived
 
     def finish_revoke_many(self, grant_ids: Sequence[str], extra: dict[str, Any] | None = None) -> int:
         """Outbox step 2 for a batch: one transaction, one UPDATE, one chained event per grant; returns how many moved."""
@@ -440,10 +494,19 @@ def _event_row(item: Event, seq: int, now: float, prev_hash: str) -> dict[str, A
     return {**body, "prev_hash": prev_hash, "hash": link(prev_hash, body)}
 
 
+def _by_parent(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    grouped: dict[str, list[Row]] = {}
+    for row in rows:
+        grouped.setdefault(row.parent_grant_id, []).append(row)
+    return grouped
+
+
 def _end_event(grant: Grant, kind: str, detail: dict[str, Any]) -> Event:
     base = {"reason": grant.end_reason, "backend": grant.backend, "handle_fp": fingerprint(grant.handle, short=True)}
     if grant.revocation_id:
         base["revocation_id"] = grant.revocation_id
+    if grant.parent_grant_id:  # a derived grant: which grant it came from (its end may be that grant's cascade)
+        base["parent_grant_id"] = grant.parent_grant_id
     return Event(
         kind=kind,
         subject=grant.subject,

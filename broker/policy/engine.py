@@ -90,6 +90,14 @@ class Policy:
         rule, allowance = max(qualifying, key=lambda offer: offer[1].max_ttl)
         return Decision(allowed=True, rule=rule.id, max_ttl=allowance.max_ttl, reason="allowed", revision=self.digest)
 
+    def best_scopes(
+        self, *, attestor: str, subject: str, claims: Mapping[str, Any], boundary: str, within: frozenset[str]
+    ) -> frozenset[str]:
+        """The largest part of `within` that one matching rule allows at this boundary (never a union of rules)."""
+        offers = [rule.allows[boundary].scopes & within for rule in self._matching(attestor, subject, claims)
+                  if boundary in rule.allows]  # fmt: skip
+        return max(offers, key=lambda offer: (len(offer), sorted(offer)), default=frozenset())
+
     def explain(
         self, *, attestor: str, subject: str, claims: Mapping[str, Any], boundary: str, scopes: frozenset[str]
     ) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, get_default_algorithms
 
 TOKEN_TYPE = "at+jwt"  # RFC 9068: marks broker credentials so they are never taken as identity tokens
+TXN_TOKEN_TYPE = "txntoken+jwt"  # draft-ietf-oauth-transaction-tokens: a transaction token, never an access token
 ALGORITHMS = ("ES256", "EdDSA")
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,13 @@ class _Prepared:
         private = serialization.load_pem_private_key(key.private_pem, password=None)
         header = json.dumps({"alg": key.alg, "kid": key.kid, "typ": TOKEN_TYPE}, separators=(",", ":"), sort_keys=True)
         return cls(key, private, private.public_key(), get_default_algorithms()[key.alg], _b64(header.encode()))
+
+    def header_of(self, typ: str) -> bytes:
+        """The protected header for a token of this `typ` (the prepared one for `at+jwt`)."""
+        if typ == TOKEN_TYPE:
+            return self.header
+        fields = {"alg": self.key.alg, "kid": self.key.kid, "typ": typ}
+        return _b64(json.dumps(fields, separators=(",", ":"), sort_keys=True).encode())
 
 
 def _b64(data: bytes) -> bytes:
@@ -205,13 +213,11 @@ class KeyStore:
         `typ` tells token kinds apart (RFC 8725 §3.11): `at+jwt` credentials, `secevent+jwt` SETs.
         """
         prepared = self._active()
-        header = prepared.header if typ == TOKEN_TYPE else _b64(json.dumps(
-            {"alg": prepared.key.alg, "kid": prepared.key.kid, "typ": typ}, separators=(",", ":"), sort_keys=True
-        ).encode())  # fmt: skip
+        header = prepared.header_of(typ)
         signing_input = header + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
         return (signing_input + b"." + _b64(prepared.algorithm.sign(signing_input, prepared.private))).decode()
 
-    def check_signed(self, token: str, claims: dict[str, Any]) -> None:
+    def check_signed(self, token: str, claims: dict[str, Any], typ: str = TOKEN_TYPE) -> None:
         """The self-check of a JWT this store just signed, before it is handed out: the signature holds
         under the prepared public key of its kid, and the payload is exactly `claims`. Raises
         jwt.InvalidTokenError. (Cheaper than `verify`: no claim rules to apply to our own claims.)"""
@@ -220,7 +226,7 @@ class KeyStore:
             kid = json.loads(_unb64(header)).get("kid")
             prepared = self._loaded[str(kid)]
             signed = (header + "." + payload).encode()
-            if not hmac.compare_digest(header.encode(), prepared.header):
+            if not hmac.compare_digest(header.encode(), prepared.header_of(typ)):
                 raise jwt.InvalidTokenError("unexpected header")
             if not prepared.algorithm.verify(signed, prepared.public, _unb64(signature)):
                 raise jwt.InvalidSignatureError("signature does not verify")
@@ -229,11 +235,13 @@ class KeyStore:
         except (ValueError, KeyError, AttributeError, binascii.Error) as exc:
             raise jwt.InvalidTokenError(f"malformed: {type(exc).__name__}") from None
 
-    def verify(self, token: str, *, issuer: str, audience: str | None = None) -> dict[str, Any]:
-        """Verify a broker-minted JWT; raises jwt.InvalidTokenError."""
+    def verify(
+        self, token: str, *, issuer: str, audience: str | None = None, types: tuple[str, ...] = (TOKEN_TYPE,)
+    ) -> dict[str, Any]:
+        """Verify a broker-minted JWT of one of `types` (`typ` header); raises jwt.InvalidTokenError."""
         header = jwt.get_unverified_header(token)
         entry = self._loaded.get(str(header.get("kid"))) or self._reload_for(str(header.get("kid")))
-        if entry is None or header.get("typ") != TOKEN_TYPE:
+        if entry is None or header.get("typ") not in types:
             raise jwt.InvalidTokenError("unknown key or type")
         return jwt.decode(
             token,

@@ -13,6 +13,7 @@ SERVER_A = "https://mcp-a.test/mcp"
 SERVER_B = "https://mcp-b.test/mcp"
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+SUB_AGENT = "system:serviceaccount:agents:summarizer"
 
 
 def mcp_boundaries(a: str = SERVER_A, b: str = SERVER_B) -> list[dict[str, Any]]:
@@ -32,7 +33,16 @@ def mcp_policy() -> dict[str, Any]:
             {"boundary": "mcp-b", "scopes": ["search"], "max_ttl": "5m"},
         ],
     }
-    return {"rules": [agent, *[r for r in POLICY["rules"] if "roles" in r]]}
+    sub_agent = {  # a sub-agent the triage agent delegates to (docs/agents.md, section 6)
+        "name": "summarizer-agent",
+        "match": {"attestor": "k8s", "subject": SUB_AGENT},
+        "allow": [{"boundary": "mcp-a", "scopes": ["search"], "max_ttl": "5m"}],
+    }
+    return {"rules": [agent, sub_agent, *[r for r in POLICY["rules"] if "roles" in r]]}
+
+
+def sub_agent_token(issuers) -> str:
+    return issuers.k8s.k8s_token("agents", "summarizer")
 
 
 def agent_token(issuers) -> str:

@@ -8,17 +8,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import broker_client.errors as sdk_errors
 import httpx
 import pytest
 import uvicorn
 from broker_client import Client
+from broker_client.errors import InvalidDpop
 from broker_client.mcp import BrokerTokenVerifier, CallTokenAuth
 from fastmcp import Client as McpClient
 from fastmcp import FastMCP
 from fastmcp.server.auth.providers.jwt import JWTVerifier
 
 from broker.dev_openbao import free_port
-from tests.agents.conftest import agent_token, mcp_boundaries, mcp_policy
+from tests.agents.conftest import SUB_AGENT, agent_token, mcp_boundaries, mcp_policy, sub_agent_token
 from tests.sdk.docs import ROOT, blocks
 from tests.sdk.live import LiveBroker
 from tests.support.wait import wait_started
@@ -168,12 +170,13 @@ def test_the_call_tokens_are_in_the_ledger_under_the_agents_task(servers, issuer
 def test_the_agents_guide_runs_end_to_end(servers, issuers, monkeypatch, capsys):
     guide = ROOT / "docs" / "agents.md"
     env = {"BROKER_URL": servers.broker.url, "BROKER_IDENTITY_TOKEN": agent_token(issuers),
-           "MCP_SERVER_A": servers.a, "MCP_SERVER_B": servers.b, "RESOURCE_SERVER_TOKEN": issuers.worker("resource")}
+           "MCP_SERVER_A": servers.a, "MCP_SERVER_B": servers.b, "RESOURCE_SERVER_TOKEN": issuers.worker("resource"),
+           "MCP_BOUNDARY_A": "mcp-a", "SUB_AGENT_TOKEN": sub_agent_token(issuers), "OPERATOR_TOKEN": issuers.operator()}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     namespace: dict = {"__name__": "__guide__"}
     code = [block for lang, block in blocks(guide) if lang == "python"]
-    assert len(code) == 4
+    assert len(code) == 5
     for block in code:  # one script, in order, as a reader runs it
         exec(compile(block, guide.name, "exec"), namespace)  # noqa: S102
     out = capsys.readouterr().out.splitlines()
@@ -181,6 +184,8 @@ def test_the_agents_guide_runs_end_to_end(servers, issuers, monkeypatch, capsys)
     assert out[2].startswith(f"{servers.b} refused:")
     assert out[3] == f"{servers.a} A found x" and out[4].startswith(f"{servers.a} refused:")
     assert out[5].startswith("refused after completion:")
+    assert out[6] == "A found by the sub-agent" and out[7] == "revoked: 3"
+    assert out[8].startswith("sub-agent refused after the revocation:")
     assert "triage-ticket-42" in {g.task.rsplit(".", 1)[0] for g in servers.broker.ledger.grants()}
 
 
@@ -210,3 +215,81 @@ def test_the_auth_hook_fetches_a_call_token_per_tools_call(servers, issuers):
         assert asyncio.run(session(task)) == ["A found a", "A found b", "A found c"]
     grants = servers.broker.task_grants(AGENT, task.id)
     assert len(grants) == 4 and {g.scope_list[0] for g in grants} == {"search"}  # the session's token + one per call
+
+
+# --- delegation through the SDK: `task.delegate` -------------------------------------------------------
+
+
+def _orchestrator(servers: Servers, issuers, dpop: bool = False) -> Client:
+    return Client(servers.broker.url, agent_token(issuers), dpop=dpop)
+
+
+def test_a_delegated_call_token_works_for_the_sub_agent_until_the_orchestrators_task_completes(servers, issuers):
+    with _orchestrator(servers, issuers) as agent:
+        with agent.task("delegating") as task:
+            task.grant("mcp-a", ["search"])
+            first = task.delegate(sub_agent_token(issuers), ["search"], server=servers.a, tool="search")
+            assert asyncio.run(_call(servers.a, first.token, "search", q="sub")) == "A found sub"
+            second = task.delegate(sub_agent_token(issuers), server=servers.a, tool="search")
+        started = time.monotonic()  # the block's exit completed the task: both derived tokens ended with it
+        refused = _raw_call(servers.a, second.token, "search", q="after")
+        assert refused.status_code == 401 and time.monotonic() - started < 1.0
+    derived = servers.broker.grant(second.grant_id)
+    assert derived.subject == SUB_AGENT and derived.status == "revoked" and derived.parent_grant_id
+
+
+def test_delegate_gives_a_nested_act_token_the_sub_agent_can_introspect(servers, issuers):
+    sub_agent = Client(servers.broker.url, sub_agent_token(issuers), dpop=False)
+    with _orchestrator(servers, issuers) as agent, agent.task("delegating") as task, sub_agent:
+        parent = task.grant("mcp-a", ["search"])
+        credential = task.delegate(sub_agent_token(issuers))  # default: the parent's scopes, the latest grant
+        assert credential.token not in repr(credential) and credential.grant.scopes == ["search"]
+        seen = sub_agent.introspect(credential.token)
+        assert seen["active"] is True and seen["client_id"] == SUB_AGENT and seen["sub"] == AGENT
+        assert seen["act"] == {"sub": SUB_AGENT, "act": {"sub": AGENT}}
+        assert servers.broker.grant(credential.grant_id).parent_grant_id == parent.grant_id
+
+
+def test_delegating_a_dpop_bound_grant_proves_its_key_and_binds_the_token_to_it(servers, issuers):
+    unproven = Client(servers.broker.url, agent_token(issuers), dpop=False)  # the orchestrator, without the key
+    with _orchestrator(servers, issuers, dpop=True) as agent, agent.task("delegating") as task, unproven:
+        parent = task.grant("mcp-a", ["search"])
+        assert parent.grant.dpop_bound
+        credential = task.delegate(sub_agent_token(issuers))
+        assert credential.grant.dpop_bound and credential.token_type == "DPoP"
+        with pytest.raises(InvalidDpop):
+            unproven.delegate(task.id, parent, sub_agent_token(issuers))
+
+
+def test_delegation_refusals_surface_as_sdk_errors(servers, issuers):
+    from broker_client.errors import BrokerClientError, BrokerError, PolicyDenied
+
+    with _orchestrator(servers, issuers) as agent, agent.task("delegating") as task:
+        with pytest.raises(BrokerClientError, match="grant one first"):
+            task.delegate(sub_agent_token(issuers))
+        task.grant("mcp-a", ["search"])
+        with pytest.raises(PolicyDenied):
+            task.delegate(issuers.worker("resource"))  # the resource server may use no tool of server A
+        token = task.delegate(sub_agent_token(issuers))
+    form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "resource": "mcp-a", "scope": "search",
+            "subject_token": token.token, "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}  # fmt: skip
+    sub_agent = Client(servers.broker.url, sub_agent_token(issuers), dpop=False)
+    with sub_agent, pytest.raises(BrokerError) as impersonating:  # its token, presented without an actor
+        sub_agent.call("POST", "/oauth/token", idempotent=False, form=form)
+    assert impersonating.value.code == "impersonation_refused"
+    assert isinstance(impersonating.value, sdk_errors.ImpersonationRefused)
+
+
+def test_the_async_task_delegates_too(servers, issuers):
+    from broker_client import AsyncClient
+
+    async def run() -> str:
+        agent = AsyncClient(servers.broker.url, agent_token(issuers), dpop=False)
+        async with agent, agent.task("delegating") as task:
+            await task.grant("mcp-a", ["search"])
+            credential = await task.delegate(sub_agent_token(issuers), ["search"])
+            assert servers.broker.grant(credential.grant_id).status == "active"
+            return credential.grant_id
+
+    derived = servers.broker.grant(asyncio.run(run()))
+    assert derived.subject == SUB_AGENT and derived.status == "revoked"  # ended with the async task's exit

@@ -118,24 +118,58 @@ def args_sha256(arguments: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def tool_call_form(identity_token: str, task: str, server: str, tool: str, arguments: dict[str, Any] | None) -> dict:
-    """RFC 8693 exchange for a call token: RFC 8707 `resource` and one RFC 9396 `mcp_tool_call` binding."""
+def tool_call(server: str | None, tool: str | None, arguments: dict[str, Any] | None) -> dict[str, str] | None:
+    """One RFC 9396 `mcp_tool_call` binding (with the arguments' digest when given), or None without a tool."""
+    if tool is None:
+        return None
+    if server is None:
+        raise ValueError("a tool call names its MCP server (its canonical URI)")
     detail = {"type": "mcp_tool_call", "server": server, "tool": tool}
     if arguments is not None:
         detail["args_sha256"] = args_sha256(arguments)
+    return detail
+
+
+def tool_call_form(identity_token: str, task: str, server: str, tool: str, arguments: dict[str, Any] | None) -> dict:
+    """RFC 8693 exchange for a call token: RFC 8707 `resource` and one RFC 9396 `mcp_tool_call` binding."""
+    detail = tool_call(server, tool, arguments)
     return {"grant_type": TOKEN_EXCHANGE, "subject_token_type": JWT_TYPE, "subject_token": identity_token,
             "resource": server, "task": task, "authorization_details": json.dumps([detail])}  # fmt: skip
 
 
-def call_token(body: dict[str, Any], task: str, server: str, tool: str) -> Credential:
-    """The token endpoint's answer as a Credential (its repr shows a fingerprint only)."""
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def delegation_form(parent_token: str, actor_token: str, task: str, scopes: list[str] | tuple[str, ...] | str,
+                    ttl: Any, tool_call: dict[str, str] | None) -> dict:  # fmt: skip
+    """RFC 8693 delegation: the held parent token as `subject_token`, the sub-agent's identity as `actor_token`."""
+    form = {"grant_type": TOKEN_EXCHANGE, "subject_token_type": ACCESS_TOKEN_TYPE, "subject_token": parent_token,
+            "actor_token_type": JWT_TYPE, "actor_token": actor_token, "task": task}  # fmt: skip
+    names = [scopes] if isinstance(scopes, str) else list(scopes)
+    if names:
+        form["scope"] = " ".join(names)
+    if ttl is not None:
+        form["requested_ttl"] = str(seconds(ttl))
+    if tool_call is not None:
+        form["authorization_details"] = json.dumps([tool_call])
+    return form
+
+
+def exchanged(body: dict[str, Any], task: str, boundary: str, backend: str = "jwt") -> Credential:
+    """A token endpoint answer as a Credential of `task` (its repr shows a fingerprint only)."""
     now = time.time()
-    grant = Grant(grant_id=str(body.get("grant_id", "")), task=task, boundary=server, scopes=[tool], subject="",
-                  status="active", backend="mcp", issued_at=datetime.fromtimestamp(now, timezone.utc),
+    grant = Grant(grant_id=str(body.get("grant_id", "")), task=task, boundary=boundary,
+                  scopes=str(body.get("scope", "")).split(), subject="", status="active", backend=backend,
+                  issued_at=datetime.fromtimestamp(now, timezone.utc),
                   expires_at=datetime.fromtimestamp(now + int(body.get("expires_in", 0)), timezone.utc),
                   dpop_bound=body.get("token_type") == "DPoP")  # fmt: skip
     secret = {"type": "jwt", "token": body["access_token"], "token_type": body.get("token_type", "Bearer")}
     return Credential(grant, secret)
+
+
+def call_token(body: dict[str, Any], task: str, server: str, tool: str) -> Credential:
+    """The token endpoint's answer for a call token as a Credential (its repr shows a fingerprint only)."""
+    return exchanged({**body, "scope": tool}, task, server, backend="mcp")
 
 
 def credential(body: dict[str, Any]) -> Credential:

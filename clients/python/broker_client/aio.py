@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 
 from broker_client import _wire as wire
-from broker_client.client import ClientBase, TaskBase
+from broker_client.client import ClientBase, TaskBase, actor_token, latest_parent
 from broker_client.credential import Credential, Grant, TaskCompleted
 from broker_client.errors import BrokerClientError, TaskNotFound, TransportError
+from broker_client.identity import IdentitySource
 from broker_client.signals import install_sigterm_exit
 
 
@@ -47,6 +48,16 @@ class AsyncClient(ClientBase):
         form = wire.tool_call_form(self.identity.token(), task, server, tool, arguments)
         body = await self.call("POST", "/oauth/token", form=form, idempotent=False, bind=dpop)
         return wire.call_token(body, task, server, tool)
+
+    async def delegate(
+        self, task: str, parent: Credential, sub_agent: IdentitySource | str, scopes: Sequence[str] | str = (), *,
+        ttl: Any = None, server: str | None = None, tool: str | None = None, arguments: dict[str, Any] | None = None,
+    ) -> Credential:  # fmt: skip
+        """A token for a sub-agent, derived from `parent`; see `Client.delegate`."""
+        body = await self.call("POST", "/oauth/token", idempotent=False, bind=parent.grant.dpop_bound,
+                               form=wire.delegation_form(parent.token, actor_token(sub_agent), task, scopes, ttl,
+                                                         wire.tool_call(server, tool, arguments)))  # fmt: skip
+        return wire.exchanged(body, task, server or parent.grant.boundary)
 
     async def introspect(self, token: str) -> dict[str, Any]:
         return await self.call("POST", "/oauth/introspect", form={"token": token}, proof_token=token)
@@ -100,6 +111,15 @@ class AsyncTask(TaskBase):
         """A call token for `tool` on the MCP server `server` (its canonical URI), under this task."""
         self.asked = True
         return await self.client.tool_token(self.id, server, tool, arguments=arguments, dpop=dpop)
+
+    async def delegate(
+        self, sub_agent: IdentitySource | str, scopes: Sequence[str] | str = (), *, parent: Credential | None = None,
+        ttl: Any = None, server: str | None = None, tool: str | None = None, arguments: dict[str, Any] | None = None,
+    ) -> Credential:  # fmt: skip
+        """A token for a sub-agent, derived from this task's grant; see `Task.delegate`."""
+        self.asked = True
+        return await self.client.delegate(self.id, parent or latest_parent(self), sub_agent, scopes, ttl=ttl,
+                                          server=server, tool=tool, arguments=arguments)  # fmt: skip
 
     async def complete(self) -> TaskCompleted | None:
         if self.asked and self.result is None:

@@ -128,6 +128,16 @@ class Client(ClientBase):
         body = self.call("POST", "/oauth/token", form=form, idempotent=False, bind=dpop)
         return wire.call_token(body, task, server, tool)
 
+    def delegate(
+        self, task: str, parent: Credential, sub_agent: IdentitySource | str, scopes: Sequence[str] | str = (), *,
+        ttl: Any = None, server: str | None = None, tool: str | None = None, arguments: dict[str, Any] | None = None,
+    ) -> Credential:  # fmt: skip
+        """A token for a sub-agent, derived from `parent` (RFC 8693 delegation, see `Task.delegate`)."""
+        body = self.call("POST", "/oauth/token", idempotent=False, bind=parent.grant.dpop_bound,
+                         form=wire.delegation_form(parent.token, actor_token(sub_agent), task, scopes, ttl,
+                                                   wire.tool_call(server, tool, arguments)))  # fmt: skip
+        return wire.exchanged(body, task, server or parent.grant.boundary)
+
     def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662; as the holder of a DPoP-bound token this sends a proof bound to it."""
         return self.call("POST", "/oauth/introspect", form={"token": token}, proof_token=token)
@@ -171,6 +181,18 @@ class Client(ClientBase):
         self.close()
 
 
+def actor_token(sub_agent: IdentitySource | str) -> str:
+    return sub_agent if isinstance(sub_agent, str) else sub_agent.token()
+
+
+def latest_parent(task: TaskBase) -> Credential:
+    """The task's latest token-carrying grant: what a delegation derives from by default."""
+    for credential in reversed(task.credentials):
+        if credential.type == "jwt":
+            return credential
+    raise BrokerClientError(f"task {task.id} holds no broker token to delegate from: grant one first, or pass parent=")
+
+
 class TaskBase:
     """A task's id, its credentials, and whether anything was asked for (then exit completes it)."""
 
@@ -206,6 +228,21 @@ class Task(TaskBase):
         """A call token for `tool` on the MCP server `server` (its canonical URI), under this task."""
         self.asked = True
         return self.client.tool_token(self.id, server, tool, arguments=arguments, dpop=dpop)
+
+    def delegate(
+        self, sub_agent: IdentitySource | str, scopes: Sequence[str] | str = (), *, parent: Credential | None = None,
+        ttl: Any = None, server: str | None = None, tool: str | None = None, arguments: dict[str, Any] | None = None,
+    ) -> Credential:  # fmt: skip
+        """A token for a sub-agent (its identity token, or an identity source), derived from this task's grant.
+
+        Its `sub` stays this workload's, its `act` names the sub-agent (and the chain before it); its
+        scopes are those of `scopes` (default: the parent's) that both may have. `parent` defaults to
+        the task's latest grant. `server` and `tool` make it a call token for one MCP tool. Ending this
+        task ends it: the broker revokes every token derived from the task's grants.
+        """
+        self.asked = True
+        return self.client.delegate(self.id, parent or latest_parent(self), sub_agent, scopes, ttl=ttl,
+                                    server=server, tool=tool, arguments=arguments)  # fmt: skip
 
     def complete(self) -> TaskCompleted | None:
         """Give back every grant of the task (no call when nothing was asked for)."""

@@ -33,6 +33,7 @@ class Grant:
     ended_at: datetime | None = None
     end_reason: str | None = None
     dpop_bound: bool = False
+    parent_grant_id: str | None = None  # a delegated token: the grant it was derived from
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> Grant:

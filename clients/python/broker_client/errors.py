@@ -10,15 +10,18 @@ __all__ = [
     "BrokerClientError",
     "BrokerError",
     "CompletionFailed",
+    "DelegationTooDeep",
     "DpopReplayFull",
     "Forbidden",
     "IdempotencyKeyReused",
     "IdentityUnavailable",
+    "ImpersonationRefused",
     "InternalError",
     "InvalidAuthorizationDetails",
     "InvalidDpop",
     "InvalidIdentity",
     "InvalidRequest",
+    "InvalidSubjectToken",
     "InvalidTarget",
     "InvalidToken",
     "LedgerUnavailable",
@@ -27,6 +30,7 @@ __all__ = [
     "PolicyDenied",
     "RateLimited",
     "ReceiptInvalid",
+    "ScopeExceedsSubject",
     "SubjectFrozen",
     "TaskNotFound",
     "TooManyActiveGrants",
@@ -140,6 +144,30 @@ class InvalidAuthorizationDetails(InvalidRequest):
     """The `authorization_details` (e.g. a tool-call binding) are malformed or not served (RFC 9396)."""
 
     code = "invalid_authorization_details"
+
+
+class InvalidSubjectToken(InvalidRequest):
+    """The `subject_token` of a delegation or transaction token is not an active broker token the caller holds."""
+
+    code = "invalid_subject_token"
+
+
+class ImpersonationRefused(InvalidRequest):
+    """A broker token was presented to act as its subject without an `actor_token`."""
+
+    code = "impersonation_refused"
+
+
+class DelegationTooDeep(InvalidRequest):
+    """The delegation would carry more `act` hops than the broker's `max_delegation_depth`."""
+
+    code = "delegation_depth_exceeded"
+
+
+class ScopeExceedsSubject(InvalidRequest):
+    """A transaction token's scope is wider than its subject token's, or that scope is unknown."""
+
+    code = "scope_exceeds_subject"
 
 
 class UnknownScope(InvalidRequest):

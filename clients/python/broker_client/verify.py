@@ -19,6 +19,7 @@ from broker_client.dpop import jwk_thumbprint, request_url, token_hash
 from broker_client.errors import BrokerClientError, InvalidToken
 
 ALGORITHMS = ("ES256", "EdDSA")
+ACCESS_TOKEN_TYPE = "at+jwt"
 MAX_JWKS_BYTES = 262_144
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "k"})
 
@@ -59,7 +60,10 @@ class Verifier:
 
     def _claims(self, token: str) -> dict[str, Any]:
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
+            header = jwt.get_unverified_header(token)
+            if header.get("typ") != ACCESS_TOKEN_TYPE:  # RFC 9068 §4; a transaction token is never an access token
+                raise jwt.InvalidTokenError("not an access token")
+            kid = header.get("kid")
             return jwt.decode(
                 token, self._key(str(kid)), algorithms=list(ALGORITHMS), audience=self.audience, issuer=self.issuer,
                 leeway=self.leeway, options={"require": ["exp", "iat", "sub", "jti", "aud", "iss"]},
