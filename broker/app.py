@@ -241,7 +241,6 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
             parts.signals.delivery.close()
         parts.readiness.stop()
         parts.operations.close()
-        app.state.issuing_threads.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.service = parts.service
@@ -249,7 +248,8 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     app.state.operations = parts.operations
     app.state.readiness = parts.readiness
     app.state.signals = parts.signals
-    # POST /v1/grants prepares on these (broker/api/grants.py): as many as Starlette's own pool
+    # POST /v1/grants prepares on these (broker/api/grants.py): as many as Starlette's own pool; never
+    # shut down with the lifespan (an app may be served again, as tests do): idle threads end at exit
     app.state.issuing_threads = ThreadPoolExecutor(max_workers=ISSUING_THREADS, thread_name_prefix="broker-issue")
     for module in (grants, log_routes, operators, oauth, wellknown, health, signals):
         app.include_router(module.router)
