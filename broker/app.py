@@ -251,10 +251,11 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     # POST /v1/grants prepares on these (broker/api/grants.py): as many as Starlette's own pool; never
     # shut down with the lifespan (an app may be served again, as tests do): idle threads end at exit
     app.state.issuing_threads = ThreadPoolExecutor(max_workers=ISSUING_THREADS, thread_name_prefix="broker-issue")
+    app.router.routes.append(grants.ISSUE_ROUTE)  # first: the route every task calls (broker/api/grants.py)
     for module in (grants, log_routes, operators, oauth, wellknown, health, signals):
         app.include_router(module.router)
     metrics.install(app, parts.metrics)
-    openapi.install(app)
+    openapi.install(app, documented=[grants.ISSUE_DOC])
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, observe=parts.metrics.observe_http)  # outermost: ids and lines for every answer

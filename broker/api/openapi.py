@@ -7,10 +7,12 @@ that one schema instead, and the bearer scheme it authenticates with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.routing import BaseRoute
 
 from broker.api.schemas import Problem
 
@@ -43,17 +45,20 @@ SECURITY_SCHEMES = {
 }
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, documented: Sequence[BaseRoute] = ()) -> None:
+    """Serve the document; `documented`: routes served as plain ASGI routes, described by an APIRoute."""
+
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document(app)
+            app.openapi_schema = document(app, documented)
         return app.openapi_schema
 
     app.openapi = build  # type: ignore[method-assign]
 
 
-def document(app: FastAPI) -> dict[str, Any]:
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+def document(app: FastAPI, documented: Sequence[BaseRoute] = ()) -> dict[str, Any]:
+    routes = [*documented, *app.routes]
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
     components = schema.setdefault("components", {})
     components["securitySchemes"] = SECURITY_SCHEMES
     components.setdefault("schemas", {})["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
