@@ -283,7 +283,10 @@ def broker_server(directory: Path, config: dict[str, Any], *, workers: int | Non
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "broker.yaml"
-    config = {"issuer": f"http://127.0.0.1:{port}", "data_dir": str(directory / "data"), **config}
+    data = directory / "data"
+    # a production broker names its database; the bench's is the SQLite file it measures (FULL sync)
+    config = {"issuer": f"http://127.0.0.1:{port}", "data_dir": str(data), "database_url": f"sqlite:///{data / 'broker.db'}",
+              **config}  # fmt: skip
     path.write_text(yaml.safe_dump(config))
     settings = load_settings(path)
     open_keys(settings)
