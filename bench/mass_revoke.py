@@ -33,8 +33,8 @@ from broker.backends import MintRequest
 from broker.backends.plan import apply_plan, make_plan
 from broker.backends.vault import VaultClient
 from broker.config import Settings, VaultConfig, load_settings
-from broker.grants import introspection
 from broker.dev_openbao import OpenBaoServer
+from broker.grants import introspection
 from broker.grants.service import GrantService
 from broker.identity import Identity
 from broker.ledger import Event, Grant, Selector

@@ -12,8 +12,8 @@ functions with the most samples of their own.
 from __future__ import annotations
 
 import argparse
-import os
 import collections
+import os
 import subprocess
 import tempfile
 import threading

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from broker_client import Client, DpopKey
 
 from bench.harness import broker_server
 from bench.scenarios import JWT_BOUNDARY, broker_config, identity_token, jwt_boundary
-from broker_client import Client, DpopKey
 from tests.support.issuer import TestIssuer
 
 

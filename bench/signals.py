@@ -29,7 +29,8 @@ from fastapi import FastAPI, Request
 
 from bench.harness import Result, broker_server
 from bench.scenarios import JWT_BOUNDARY, broker_config, identity_token, jwt_boundary
-from tests.signals.serve import free_port, serving
+from broker.dev_openbao import free_port
+from tests.signals.serve import serving
 from tests.support.issuer import TestIssuer
 
 OPERATOR_NS, RECEIVER_NS = "bench-ops", "bench-rs"
