@@ -24,13 +24,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
-from broker_client import SignalMiddleware, SignalReceiver, Verifier
-from fastapi import FastAPI, Request
+from broker_client import SignalReceiver, Verifier
 
 from bench.harness import Result, broker_server
 from bench.scenarios import JWT_BOUNDARY, broker_config, identity_token, jwt_boundary
 from broker.dev_openbao import free_port
-from tests.signals.serve import serving
+from tests.signals.serve import resource_server, serving
 from tests.support.issuer import TestIssuer
 
 OPERATOR_NS, RECEIVER_NS = "bench-ops", "bench-rs"
@@ -69,17 +68,6 @@ def config(issuer: TestIssuer) -> dict:
     return made | {"signal_push_allow_http": True}
 
 
-def _resource_server(receiver: SignalReceiver, verifier: Verifier) -> FastAPI:
-    app = FastAPI()
-
-    @app.get("/orders")
-    def orders(request: Request) -> dict:
-        return {"sub": request.scope["broker_claims"]["sub"]}
-
-    app.add_middleware(SignalMiddleware, receiver=receiver, verifier=verifier)
-    return app
-
-
 @contextmanager
 def receivers(url: str, issuer: TestIssuer, count: int) -> Iterator[list[tuple[str, Arrivals]]]:
     """`count` resource servers, each with its own push stream; yields (its URL, what it received)."""
@@ -91,7 +79,7 @@ def receivers(url: str, issuer: TestIssuer, count: int) -> Iterator[list[tuple[s
             receiver = SignalReceiver(url, identity=lambda t=token: t, boundaries=[JWT_BOUNDARY], on_event=seen,
                                       endpoint_url=f"http://127.0.0.1:{port}/ssf/events")  # fmt: skip
             receiver.register()
-            app = _resource_server(receiver, Verifier(url, JWT_BOUNDARY))
+            app = resource_server(receiver, Verifier(url, JWT_BOUNDARY))
             made.append((stack.enter_context(serving(app, port)), seen))
             stack.callback(receiver.delete)
         yield made

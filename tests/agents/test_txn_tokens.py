@@ -27,6 +27,7 @@ from tests.agents.delegation import (
 )
 from tests.operators.fleet import auth
 from tests.support.broker import BROKER_ISSUER, BrokerClient, broker_settings, open_client
+from tests.support.wait import wait_until
 
 
 @pytest.fixture
@@ -226,10 +227,7 @@ def test_the_scope_must_not_exceed_the_subject_tokens(tts, issuers, scope):
 
 def _wait_past(exp: int) -> None:
     """Until the clock is past `exp` (a condition, not a fixed sleep)."""
-    deadline = time.monotonic() + 10
-    while time.time() <= exp + 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: time.time() > exp + 1, timeout=10, what="the subject token's expiry")
 
 
 def test_no_txn_token_when_the_subject_token_has_expired(tts, issuers):

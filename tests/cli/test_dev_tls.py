@@ -10,7 +10,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import jwt
 import pytest
 
 from broker.dev_openbao import free_port
+from tests.support.wait import wait_until
 
 BIN = Path(sys.executable).parent
 SUBJECT = "spiffe://dev.local/ns/demo/sa/worker"
@@ -40,15 +40,14 @@ def dev_tls(tmp_path) -> Iterator[tuple[str, Path]]:
                              str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())  # fmt: skip
     url = f"https://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:  # only for the wait: what the tests assert is verified against the dev bundle
+        def serving() -> bool:  # verify=False only for the wait: the tests verify against the dev bundle
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else "broker exited"
-            assert time.monotonic() < deadline, "broker dev --tls did not start"
             try:
-                if httpx.get(f"{url}/healthz", verify=False, timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{url}/healthz", verify=False, timeout=1).status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.2)
+                return False
+
+        wait_until(serving, timeout=60, what="broker dev --tls", interval=0.2)
         yield url, data_dir
     finally:
         proc.terminate()

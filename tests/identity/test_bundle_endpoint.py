@@ -29,6 +29,7 @@ from broker.dev_openbao import free_port
 from tests.sdk.live import LiveBroker, sdk_policy
 from tests.support import pki
 from tests.support.broker import Issuers
+from tests.support.wait import wait_until
 
 PROXY = "127.0.0.2"
 WEB, SPF, SPF2 = "fed.internal", "spf.internal", "spf2.internal"
@@ -57,10 +58,7 @@ class Endpoint:
                                 ssl_keyfile=str(key))  # fmt: skip
         self.server = uvicorn.Server(config)
         threading.Thread(target=self.server.run, daemon=True).start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the bundle endpoint did not start"
-            time.sleep(0.02)
+        wait_until(lambda: self.server.started, timeout=10, what="the bundle endpoint", interval=0.02)
 
     async def _serve(self, request: Request) -> Response:
         return Response(self.document, status_code=self.status, media_type="application/json")

@@ -1,4 +1,5 @@
-"""Serve an ASGI app under uvicorn on a loopback port in a thread (a real HTTP server for push and JWKS)."""
+"""Serve an ASGI app under uvicorn on a loopback port in a thread (a real HTTP server for push and JWKS),
+and the resource server the receiver tests and the signals bench put behind the SDK's middleware."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
+from broker_client import SignalMiddleware, SignalReceiver, Verifier
+from fastapi import FastAPI, Request
 
 from tests.support.wait import wait_started
 
@@ -22,3 +25,15 @@ def serving(app, port: int) -> Iterator[str]:  # noqa: ANN001
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def resource_server(receiver: SignalReceiver, verifier: Verifier) -> FastAPI:
+    """`GET /orders` behind `SignalMiddleware`: answers the verified token's `sub`."""
+    app = FastAPI()
+
+    @app.get("/orders")
+    def orders(request: Request) -> dict:
+        return {"sub": request.scope["broker_claims"]["sub"]}
+
+    app.add_middleware(SignalMiddleware, receiver=receiver, verifier=verifier)
+    return app

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from broker.dev_openbao import free_port
 from tests.signals.conftest import auth
+from tests.support.wait import wait_until
 
 BROKER = str(Path(sys.executable).with_name("broker"))
 PUSH, POLL = "urn:ietf:rfc:8935", "urn:ietf:rfc:8936"
@@ -23,12 +23,8 @@ def _stream(broker, subject: str, delivery: dict) -> dict:
 
 
 def _failed_once(broker, stream_id: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(r["stream_id"] == stream_id and r["failed"] for r in broker.components.signals.outbox.lag()):
-            return
-        time.sleep(0.05)
-    raise AssertionError("the push to the dead endpoint never failed")
+    failed = lambda: any(r["stream_id"] == stream_id and r["failed"] for r in broker.components.signals.outbox.lag())  # noqa: E731
+    wait_until(failed, timeout=timeout, what="a failed push to the dead endpoint", interval=0.05)
 
 
 def _signals(data_dir: Path, *args: str, COLUMNS: str = "250") -> subprocess.CompletedProcess:

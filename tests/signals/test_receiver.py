@@ -9,13 +9,12 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from fastapi import FastAPI, Request
+from broker_client import InvalidSet, SignalReceiver, Verifier
 
 from broker.app import build, create_app
-from broker_client import InvalidSet, SignalMiddleware, SignalReceiver, Verifier
-from tests.signals.conftest import auth, signals_settings
 from broker.dev_openbao import free_port
-from tests.signals.serve import serving
+from tests.signals.conftest import auth, signals_settings
+from tests.signals.serve import resource_server, serving
 
 
 class Seen:
@@ -33,17 +32,6 @@ class Seen:
     def wait_for(self, count: int, timeout: float) -> bool:
         with self.cond:
             return self.cond.wait_for(lambda: len(self.events) >= count, timeout)
-
-
-def _resource_server(receiver: SignalReceiver, verifier: Verifier) -> FastAPI:
-    app = FastAPI()
-
-    @app.get("/orders")
-    def orders(request: Request) -> dict:
-        return {"sub": request.scope["broker_claims"]["sub"]}
-
-    app.add_middleware(SignalMiddleware, receiver=receiver, verifier=verifier)
-    return app
 
 
 class Broker:
@@ -97,7 +85,7 @@ def test_an_ended_grant_is_refused_within_a_second(broker, issuers, how) -> None
     receiver = _receiver(broker, issuers, rs_port, seen)
     receiver.register()
     verifier = Verifier(broker.url, "orders", jwks_url=f"{broker.url}/.well-known/jwks.json")
-    with serving(_resource_server(receiver, verifier), rs_port) as rs:
+    with serving(resource_server(receiver, verifier), rs_port) as rs:
         grant = _grant(broker.url, issuers.worker())
         token = grant["credential"]["token"]
         assert httpx.get(f"{rs}/orders", headers=auth(token)).status_code == 200
@@ -127,7 +115,7 @@ def test_a_receiver_down_gets_everything_in_order_once_across_a_broker_restart(b
         assert answer.status_code == 200
     lag = broker.components.signals.outbox.lag()[0]
     assert lag["pending"] == 100 and lag["failed"] >= 1 and lag["last_error"].startswith("unreachable")
-    with serving(_resource_server(receiver, Verifier(broker.url, "orders")), rs_port):
+    with serving(resource_server(receiver, Verifier(broker.url, "orders")), rs_port):
         broker.components.signals.delivery.wake()
         assert seen.wait_for(100, timeout=30), len(seen.events)
     jtis = [e["sub_id"]["session"]["jti"] for e in seen.events]
@@ -181,7 +169,7 @@ def test_a_freeze_alone_refuses_the_frozen_tokens_at_the_receiver_within_a_secon
     receiver = _receiver(broker, issuers, rs_port, seen)
     receiver.register()
     verifier = Verifier(broker.url, "orders", jwks_url=f"{broker.url}/.well-known/jwks.json")
-    with serving(_resource_server(receiver, verifier), rs_port) as rs:
+    with serving(resource_server(receiver, verifier), rs_port) as rs:
         grant = _grant(broker.url, issuers.worker())
         token = grant["credential"]["token"]
         assert httpx.get(f"{rs}/orders", headers=auth(token)).status_code == 200
