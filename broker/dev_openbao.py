@@ -11,6 +11,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -41,23 +42,32 @@ def free_port() -> int:
 class OpenBaoServer:
     """`bao server -dev` with a random root token; start, stop, and pause/resume to simulate an outage."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: Path | None = None, tls_dir: Path | None = None) -> None:
         self.port = port or free_port()
         self.root_token = "dev-" + secrets.token_urlsafe(24)
         self.log_path = log_path
+        self.tls_dir = tls_dir  # HTTPS (-dev-tls): OpenBao writes vault-ca.pem, vault-cert.pem, vault-key.pem here
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def addr(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_dir else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The dev CA that signed the server's certificate (with `tls_dir`)."""
+        return self.tls_dir / "vault-ca.pem" if self.tls_dir else None
 
     def start(self, timeout: float = 30.0) -> OpenBaoServer:
         # the root token goes by environment (readable only by our own user in /proc), never in argv,
         # which `ps` shows every user; -dev-no-store-token keeps it out of ~/.vault-token
         command = [str(bao_binary()), "server", "-dev", "-dev-no-store-token",
-                   f"-dev-listen-address=127.0.0.1:{self.port}"]
+                   f"-dev-listen-address=127.0.0.1:{self.port}",
+                   *(["-dev-tls", f"-dev-tls-cert-dir={self.tls_dir}"] if self.tls_dir else [])]
         self._log = _private_log(self.log_path) if self.log_path else None
+        if self.tls_dir:
+            self.tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "VAULT_DEV_ROOT_TOKEN_ID"}
         env |= {"BAO_ADDR": self.addr, "VAULT_ADDR": self.addr, "BAO_DEV_ROOT_TOKEN_ID": self.root_token}
         self._process = subprocess.Popen(
@@ -73,7 +83,8 @@ class OpenBaoServer:
             if self._process and self._process.poll() is not None:
                 raise ConfigError(f"bao server exited with {self._process.returncode}; see {self.log_path}")
             try:
-                if httpx.get(f"{self.addr}/v1/sys/health", timeout=1.0).status_code == 200:
+                verify = ssl.create_default_context(cafile=self.ca_file) if self.ca_file and self.ca_file.exists() else True
+                if httpx.get(f"{self.addr}/v1/sys/health", timeout=1.0, verify=verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -106,7 +117,8 @@ class OpenBaoServer:
 
     def vault_config(self, timeout: float = 5.0) -> dict[str, Any]:
         """The broker's `vault:` settings for this server (root token: dev and tests only)."""
-        return {"addr": self.addr, "auth_method": "token", "token": self.root_token, "timeout": timeout}
+        config = {"addr": self.addr, "auth_method": "token", "token": self.root_token, "timeout": timeout}
+        return config | ({"ca_file": str(self.ca_file)} if self.ca_file else {})
 
 
 def _private_log(path: Path) -> IO[bytes]:

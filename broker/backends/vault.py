@@ -1,7 +1,7 @@
 """The one Vault/OpenBao client of the broker: build, log in, keep its own token fresh, translate errors.
 
-Every call to Vault goes through `VaultClient.request`, the single place where hvac and requests
-exceptions become `BackendUnavailable` (or "already gone" answers become `None`).
+Every call to Vault goes through `VaultClient.request`, the single place where hvac and transport
+(urllib3, vault_http.py) exceptions become `BackendUnavailable` (or "already gone" answers become `None`).
 """
 
 from __future__ import annotations
@@ -14,29 +14,22 @@ from typing import Any
 
 import hvac
 import hvac.exceptions
-import requests
+import urllib3.exceptions
 
+from broker.backends.vault_http import PooledAdapter
 from broker.config import VaultConfig
 from broker.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 RENEW_AT_FRACTION = 2 / 3  # renew the broker's own token once two thirds of its TTL have passed
-# keep-alive connections to Vault: one per thread that may call it at once (the issuing threads, the
-# outbox's revocation threads); requests' default of 10 made every call beyond ten open a new connection
-# and log "Connection pool is full, discarding connection" under load
-POOL_CONNECTIONS = 64
 
 
 def build_hvac(config: VaultConfig) -> hvac.Client:
     """The hvac client with TLS, client certificate, namespace header, timeout and a keep-alive pool."""
     verify: bool | str = str(config.ca_file) if config.ca_file else config.tls_verify
     cert = (str(config.client_cert), str(config.client_key)) if config.client_cert and config.client_key else None
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_CONNECTIONS)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
     return hvac.Client(url=config.addr, verify=verify, cert=cert, timeout=config.timeout, namespace=config.namespace,
-                       session=session)  # fmt: skip
+                       adapter=PooledAdapter)  # fmt: skip
 
 
 def _read_secret(value: str | None, path: Any, what: str) -> str:
@@ -129,7 +122,7 @@ class VaultClient:
         return self._call(method, path, payload, gone)
 
     def _call(self, method: str, path: str, payload: dict[str, Any] | None, gone: Sequence[str]) -> dict[str, Any] | None:
-        """The single translation of hvac/requests exceptions into BackendUnavailable (403: `Refused`)."""
+        """The single translation of hvac/urllib3 exceptions into BackendUnavailable (403: `Refused`)."""
         try:
             answer = self._hvac.adapter.request(method, f"/v1/{path}", json=payload)
         except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath) as exc:
@@ -140,7 +133,7 @@ class VaultClient:
             raise Refused(f"vault {method} {path}: {_brief(exc)}") from None
         except hvac.exceptions.VaultError as exc:
             raise BackendUnavailable(f"vault {method} {path}: {_brief(exc)}") from None
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             raise BackendUnavailable(f"vault {method} {path}: {type(exc).__name__}") from None
         return answer if isinstance(answer, dict) else {}
 
@@ -166,7 +159,7 @@ class VaultClient:
         """Log in on first use (or after the token died); renew once two thirds of its TTL have passed.
 
         Every failure is a `BackendUnavailable` (an `AuthFailure` when Vault refused us), never a raw
-        hvac or requests exception: callers record it as `backend_unavailable` and retry later.
+        hvac or transport exception: callers record it as `backend_unavailable` and retry later.
         """
         if self._logged_in and not self._due() and not self._token_file_changed():
             return

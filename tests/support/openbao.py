@@ -11,6 +11,7 @@ and idempotent revocation exist for.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -56,8 +57,9 @@ class OpenBao(OpenBaoServer):
 
         Not `lookup-self` with the token: minted tokens carry no `default` policy, so they may not.
         """
+        verify = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
         answer = httpx.post(f"{self.addr}/v1/auth/token/lookup", json={"token": token},
-                            headers={"X-Vault-Token": self.root_token})
+                            headers={"X-Vault-Token": self.root_token}, verify=verify)  # fmt: skip
         return answer.status_code
 
     def accessor_exists(self, accessor: str) -> bool:
