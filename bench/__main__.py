@@ -24,6 +24,7 @@ import psycopg
 from bench import mtls as mtls_rows
 from bench import scenarios as sc
 from bench import signals as signal_rows
+from bench import transparency as log_rows
 from bench.harness import Result, audit_verify, broker_server, ensure_wrk, openbao, wrk_run, wrk_sweep
 from bench.signing import floor
 from tests.support.issuer import TestIssuer
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += _run("signing floor", lambda out: out.extend(floor()))
         rows += _run("pushed revocation", lambda out: out.extend(signal_rows.rows(args.seconds, args.quick)))
         rows += _run("mTLS", lambda out: out.extend(mtls_rows.rows(args.seconds, args.quick)))
+        rows += _run("transparency log", lambda out: out.extend(log_rows.rows(args.seconds)))
         left = 0 if args.skip_vault else args.budget - (time.monotonic() - started)
         rows += _run("mass revocation", lambda out: mass_revocation(out, tmp, args.quick, left))
     judge(rows)
