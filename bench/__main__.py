@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench import mcp_calls as mcp_rows
 from bench import mtls as mtls_rows
 from bench import scenarios as sc
 from bench import signals as signal_rows
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += _run("pushed revocation", lambda out: out.extend(signal_rows.rows(args.seconds, args.quick)))
         rows += _run("mTLS", lambda out: out.extend(mtls_rows.rows(args.seconds, args.quick)))
         rows += _run("transparency log", lambda out: out.extend(log_rows.rows(args.seconds)))
+        rows += _run("MCP call tokens", lambda out: out.extend(mcp_rows.rows(50 if args.quick else 200)))
         left = 0 if args.skip_vault else args.budget - (time.monotonic() - started)
         rows += _run("mass revocation", lambda out: mass_revocation(out, tmp, args.quick, left))
     judge(rows)
