@@ -13,7 +13,6 @@ from broker.grants import GrantService
 from broker.identity import Identity
 from broker.transparency.service import TransparencyLog
 
-
 # trivial dependencies are `async def` so they run on the event loop: FastAPI sends every sync
 # dependency through the thread pool, a hop that cost more than the work on the issuance path
 
@@ -74,7 +73,7 @@ async def caller_proof(request: Request, identity: Caller, svc: Service) -> str 
 ProofKey = Annotated[str | None, Depends(caller_proof)]
 
 
-def _require_role(request: Request, identity: Identity, svc: GrantService, allowed: frozenset[str]) -> Identity:
+def require_role(request: Request, identity: Identity, svc: GrantService, allowed: frozenset[str]) -> Identity:
     if not allowed & svc.roles(identity):
         svc.record_refusal(identity, f"{request.method} {request.scope['route'].path}", code="forbidden")
         raise Forbidden(f"{' or '.join(sorted(allowed))} role required")
@@ -83,12 +82,12 @@ def _require_role(request: Request, identity: Identity, svc: GrantService, allow
 
 def operator(request: Request, identity: Caller, svc: Service) -> Identity:
     """Operators are subjects whom policy gives the `operator` role; anyone else is refused and recorded."""
-    return _require_role(request, identity, svc, frozenset({"operator"}))
+    return require_role(request, identity, svc, frozenset({"operator"}))
 
 
 def auditor(request: Request, identity: Caller, svc: Service) -> Identity:
     """Read-only operator surface (inventory, audit, reports): the `auditor` or the `operator` role."""
-    return _require_role(request, identity, svc, frozenset({"operator", "auditor"}))
+    return require_role(request, identity, svc, frozenset({"operator", "auditor"}))
 
 
 Operator = Annotated[Identity, Depends(operator)]

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.deps import Caller, Service, _require_role, json_body
+from broker.api.deps import Caller, Service, json_body, require_role
 from broker.errors import BadRequest
 from broker.identity import Identity
 from broker.ledger.models import Event
@@ -35,7 +35,7 @@ Signals = Annotated[Transmitter, Depends(transmitter)]
 
 def receiver(request: Request, identity: Caller, svc: Service) -> Identity:
     """Stream routes need the `signal_receiver` role; anyone else is refused and recorded."""
-    return _require_role(request, identity, svc, frozenset({"signal_receiver"}))
+    return require_role(request, identity, svc, frozenset({"signal_receiver"}))
 
 
 Receiver = Annotated[Identity, Depends(receiver)]

@@ -65,21 +65,21 @@ class Outcome:
 
 def evaluate(policy: Policy, boundaries: Mapping[str, BoundaryConfig], request: Case) -> Outcome:
     """Decide one request as issuance does (boundary, own scopes, policy, TTL cap); no ledger, no backend."""
-    from broker.grants.service import _own_scopes, _ttl  # the issuing path's own checks
+    from broker.grants.service import granted_ttl, own_scopes  # the issuing path's own checks
 
     rule = None
     try:
         boundary = boundaries.get(request.boundary)
         if boundary is None:
             raise UnknownBoundary(f"boundary {request.boundary!r} is not configured")
-        scopes = _own_scopes(boundary, request.scopes)
+        scopes = own_scopes(boundary, request.scopes)
         decision = policy.decide(attestor=request.attestor, subject=request.subject, claims=request.claims,
                                  boundary=boundary.name, scopes=frozenset(scopes))  # fmt: skip
         rule = decision.rule
         if not decision.allowed:
             raise PolicyDenied(decision.reason)
         cap = min(decision.max_ttl or boundary.max_ttl, boundary.max_ttl)
-        _ttl(request.ttl, boundary, cap)
+        granted_ttl(request.ttl, boundary, cap)
         return Outcome("allow", None, cap, rule, "allowed")
     except BrokerError as exc:
         return Outcome("deny", exc.code, None, rule, exc.detail)

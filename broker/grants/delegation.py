@@ -21,9 +21,9 @@ from typing import Any
 
 from broker.config import BoundaryConfig
 from broker.errors import BrokerError, DelegationTooDeep, InvalidSubjectToken, InvalidTarget, PolicyDenied
-from broker.grants.exchange import SUBJECT_TOKEN_TYPES, TOKEN_EXCHANGE, Form, _as_asked, one, request_for, target
+from broker.grants.exchange import SUBJECT_TOKEN_TYPES, TOKEN_EXCHANGE, Form, as_asked, one, request_for, target
 from broker.grants.parent import ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, Parent, parent_of
-from broker.grants.service import Derived, GrantRequest, GrantService, Issued, _own_scopes, actors, owns
+from broker.grants.service import Derived, GrantRequest, GrantService, Issued, actors, own_scopes, owns
 from broker.identity import Identity
 
 PARENT_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE})
@@ -41,7 +41,7 @@ def _recorded(service: GrantService, actor: Identity, form: Form, step: Any) -> 
     try:
         return step()
     except BrokerError as exc:
-        service.record_denial(actor, _as_asked(form), exc, action="delegate")
+        service.record_denial(actor, as_asked(form), exc, action="delegate")
         raise
 
 
@@ -89,7 +89,7 @@ def _intersection(
     rule = policy.rule(parent.grant.rule) if parent.grant.rule else None
     holder = rule is not None and rule.matches_subject(parent.grant.attestor, parent.grant.subject)
     orchestrator = rule.allows[boundary.name].scopes if holder and boundary.name in rule.allows else frozenset()
-    within = frozenset(_own_scopes(boundary, requested)) & frozenset(parent.grant.scope_list) & orchestrator
+    within = frozenset(own_scopes(boundary, requested)) & frozenset(parent.grant.scope_list) & orchestrator
     granted = policy.best_scopes(attestor=actor.attestor, subject=actor.subject, claims=actor.claims,
                                  boundary=boundary.name, within=within)  # fmt: skip
     if not granted:

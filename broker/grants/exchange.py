@@ -65,12 +65,12 @@ def exchange(service: GrantService, identity: Identity, form: Form, cnf_jkt: str
         if boundary is not None and boundary.backend not in EXCHANGEABLE:
             raise BadRequest("token exchange issues jwt and vault_token credentials; use POST /v1/grants")
     except BrokerError as exc:
-        service.record_denial(identity, _as_asked(form), exc, action="token_exchange")
+        service.record_denial(identity, as_asked(form), exc, action="token_exchange")
         raise
     return service.issue(identity, request)
 
 
-def _as_asked(form: Form) -> GrantRequest:
+def as_asked(form: Form) -> GrantRequest:
     """What the refused request named, for its `denied` event (bounded; never the subject token)."""
     boundary = [*form.get("resource", []), *form.get("audience", [])][:8]
     scopes = tuple(" ".join(form.get("scope", [])).split())[:32]
@@ -125,7 +125,7 @@ def request_for(form: Form, boundary: BoundaryConfig, cnf_jkt: str | None) -> Gr
     task = one(form, "task", required=False) or "token-exchange"
     if not TASK.fullmatch(task):
         raise BadRequest(BAD_TASK)  # refused, never truncated
-    ttl = _ttl(form)
+    ttl = requested_ttl(form)
     if details and isinstance(ttl, int) and ttl > CALL_TOKEN_TTL:
         raise TtlExceedsCap(f"a call token lives at most {CALL_TOKEN_TTL}s")
     return GrantRequest(task=task, boundary=boundary.name, scopes=scopes, ttl=ttl, cnf_jkt=cnf_jkt,
@@ -178,7 +178,7 @@ def _tool_call(form: Form, boundary: BoundaryConfig) -> tuple[dict[str, str], ..
     return ({key: detail[key] for key in sorted(detail)},)
 
 
-def _ttl(form: Form) -> int | str | None:
+def requested_ttl(form: Form) -> int | str | None:
     ttl = one(form, "requested_ttl", required=False)
     if ttl is None or ttl == "max":
         return ttl

@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 from broker.backends import revoke_many
 from broker.errors import BadRequest, BrokerError, NotFound, UnknownBoundary
-from broker.grants.recording import recorded
+from broker.glob import glob_problem
 from broker.grants.outbox import backoff
+from broker.grants.recording import recorded
 from broker.grants.service import GrantService
 from broker.identity import Identity
 from broker.ledger import (
@@ -38,7 +39,6 @@ from broker.ledger import (
     Selector,
     VerifyResult,
 )
-from broker.glob import glob_problem
 
 log = logging.getLogger(__name__)
 _recorded = functools.partial(recorded, record=lambda ops: ops.service.record_refusal)

@@ -28,8 +28,8 @@ from broker.errors import (
     BrokerError,
     IdempotencyKeyReused,
     InvalidDpop,
-    InvalidSubjectToken,
     InvalidIdentity,
+    InvalidSubjectToken,
     LedgerUnavailable,
     MultiBoundary,
     NotFound,
@@ -300,7 +300,7 @@ class GrantService:
             if request.idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(request.idempotency_key):
                 raise BadRequest("Idempotency-Key must be one header of 1-255 visible ASCII characters")
             boundary = self._one_boundary(request.boundary)
-            scopes = _own_scopes(boundary, request.scopes)
+            scopes = own_scopes(boundary, request.scopes)
             if boundary.require_dpop and not request.cnf_jkt:
                 raise InvalidDpop(f"boundary {boundary.name!r} requires a DPoP proof")
             self._check_not_frozen(identity, boundary)
@@ -312,7 +312,7 @@ class GrantService:
                 raise PolicyDenied(decision.reason)
             cap = min(decision.max_ttl or boundary.max_ttl, request.ttl_ceiling or boundary.max_ttl, boundary.max_ttl)
             self.limits.check(identity, boundary, self.clock())
-            return boundary, scopes, _ttl(request.ttl, boundary, cap), decision
+            return boundary, scopes, granted_ttl(request.ttl, boundary, cap), decision
         except BrokerError as exc:
             self.record_denial(identity, request, exc, decision=decision)
             raise
@@ -588,7 +588,7 @@ def owns(identity: Identity, grant: Grant) -> bool:
     return grant.subject == identity.subject and grant.attestor == identity.attestor
 
 
-def _own_scopes(boundary: BoundaryConfig, requested: Sequence[str]) -> tuple[str, ...]:
+def own_scopes(boundary: BoundaryConfig, requested: Sequence[str]) -> tuple[str, ...]:
     """Scopes of this boundary only: `other:write` is another boundary (refused, never dropped)."""
     scopes = []
     for scope in requested:
@@ -601,7 +601,7 @@ def _own_scopes(boundary: BoundaryConfig, requested: Sequence[str]) -> tuple[str
     return tuple(sorted(set(scopes)))
 
 
-def _ttl(requested: int | str | None, boundary: BoundaryConfig, cap: int) -> int:
+def granted_ttl(requested: int | str | None, boundary: BoundaryConfig, cap: int) -> int:
     """TTL ≤ policy cap ≤ boundary cap; never shortened silently unless the caller asked for "max"."""
     if requested == "max":
         return cap

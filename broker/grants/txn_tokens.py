@@ -31,7 +31,7 @@ from broker.errors import (
     ScopeExceedsSubject,
     TtlExceedsCap,
 )
-from broker.grants.exchange import BAD_TASK, TASK, TOKEN_EXCHANGE, Form, _as_asked, _ttl, one
+from broker.grants.exchange import BAD_TASK, TASK, TOKEN_EXCHANGE, Form, as_asked, one, requested_ttl
 from broker.grants.parent import ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TXN_TOKEN, Parent, parent_of, verified
 from broker.grants.service import Derived, GrantRequest, GrantService, Issued, owns
 from broker.identity import Identity
@@ -53,7 +53,7 @@ def issue_txn_token(service: GrantService, caller: Identity, form: Form, cnf_jkt
             raise Forbidden("the requester neither holds the subject token nor has the resource_server role")
         request = _request(service, caller, parent, form)
     except BrokerError as exc:
-        service.record_denial(caller, _as_asked(form), exc, action="txn_token")
+        service.record_denial(caller, as_asked(form), exc, action="txn_token")
         raise
     return service.issue(caller, request)
 
@@ -90,7 +90,7 @@ def _request(service: GrantService, caller: Identity, parent: Parent, form: Form
     remaining = min(MAX_LIFETIME, parent.remaining(service.clock()))
     if remaining < 1:
         raise InvalidSubjectToken("the subject token expires now")
-    ttl = _ttl(form)
+    ttl = requested_ttl(form)
     if isinstance(ttl, int) and ttl > MAX_LIFETIME:
         raise TtlExceedsCap(f"a transaction token lives at most {MAX_LIFETIME}s")
     task = one(form, "task", required=False) or (parent.grant.task if owns(caller, parent.grant) else "txn-token")
