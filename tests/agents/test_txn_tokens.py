@@ -341,3 +341,48 @@ def test_a_txn_token_is_recorded_like_every_issuance_and_ends_with_its_subject_t
     assert tts.post("/v1/tasks/order-77/complete", headers=auth(me(issuers))).status_code == 200
     assert tts.service.ledger.get_grant(grant.id).status == "revoked"
     assert tts.post("/oauth/introspect", data={"token": token}, headers=auth(gateway)).json() == {"active": False}
+
+
+# --- through the SDK: `Task.transaction_token` / `Client.transaction_token` ----------------------------
+
+
+@pytest.fixture
+def live_tts(tmp_path, issuers) -> Iterator[str]:
+    from tests.sdk.live import LiveBroker
+
+    broker = LiveBroker.start(tmp_path, issuers, boundaries=boundaries(), policy=policy(),
+                              txn_token_trust_domain=TRUST_DOMAIN)  # fmt: skip
+    try:
+        yield broker.url
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("dpop", [False, True], ids=["bearer", "dpop"])
+def test_the_sdk_asks_for_a_txn_token_from_the_tasks_grant_and_its_replacement(live_tts, issuers, dpop):
+    from broker_client import BrokerError, Client
+
+    with Client(live_tts, me(issuers), dpop=dpop) as client:
+        with client.task("order-77") as task:
+            parent = task.grant("orders", ["read", "write"])
+            txn = task.transaction_token(TRUST_DOMAIN, ["read"], details={"action": "BUY"}, context={"req_ip": "10.0.0.7"})
+            assert txn.token not in repr(txn) and txn.grant.backend == "txn_token"
+            header, seen = jwt.get_unverified_header(txn.token), _published(live_tts, txn.token)
+            assert header["typ"] == "txntoken+jwt" and seen["aud"] == TRUST_DOMAIN and seen["sub"] == ORCHESTRATOR
+            assert seen["scope"] == "read" and seen["tctx"] == {"action": "BUY"} and seen["rctx"]["req_ip"] == "10.0.0.7"
+            assert seen["exp"] - seen["iat"] <= 300 and parent.token not in txn.token
+
+            replaced = client.transaction_token(txn, TRUST_DOMAIN)  # a txn-token Credential: its replacement
+            again = _published(live_tts, replaced.token)
+            assert again["txn"] == seen["txn"] and again["tctx"] == seen["tctx"] and again["rctx"]["req_chain"]
+        with pytest.raises(BrokerError):  # the task completed: its grant ended, and with it the transaction
+            client.transaction_token(txn, TRUST_DOMAIN)
+
+
+def _published(url: str, token: str) -> dict:
+    """PyJWT against the broker's published JWKS, as a downstream service would check it."""
+    import httpx
+
+    kid = jwt.get_unverified_header(token)["kid"]
+    [jwk] = [k for k in httpx.get(f"{url}/.well-known/jwks.json").json()["keys"] if k["kid"] == kid]
+    return jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=[jwk["alg"]], audience=TRUST_DOMAIN)

@@ -155,6 +155,25 @@ def delegation_form(parent_token: str, actor_token: str, task: str, scopes: list
     return form
 
 
+TXN_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:txn_token"
+
+
+def txn_token_form(subject_token: str, audience: str, scopes: list[str] | tuple[str, ...] | str, *, replace: bool,
+                   details: dict[str, Any] | None, context: dict[str, Any] | None) -> dict:  # fmt: skip
+    """A transaction token request (draft-ietf-oauth-transaction-tokens): the held access token, or the
+    transaction token to replace, as `subject_token`; `request_details` / `request_context` as JSON."""
+    form = {"grant_type": TOKEN_EXCHANGE, "requested_token_type": TXN_TOKEN_TYPE, "audience": audience,
+            "subject_token": subject_token, "subject_token_type": TXN_TOKEN_TYPE if replace else ACCESS_TOKEN_TYPE}  # fmt: skip
+    names = [scopes] if isinstance(scopes, str) else list(scopes)
+    if names:
+        form["scope"] = " ".join(names)
+    if details is not None:
+        form["request_details"] = json.dumps(details)
+    if context is not None:
+        form["request_context"] = json.dumps(context)
+    return form
+
+
 def exchanged(body: dict[str, Any], task: str, boundary: str, backend: str = "jwt") -> Credential:
     """A token endpoint answer as a Credential of `task` (its repr shows a fingerprint only)."""
     now = time.time()

@@ -138,6 +138,28 @@ class Client(ClientBase):
                                                    wire.tool_call(server, tool, arguments)))  # fmt: skip
         return wire.exchanged(body, task, server or parent.grant.boundary)
 
+    def transaction_token(
+        self, subject: Credential | str, audience: str, scopes: Sequence[str] | str = (), *,
+        details: dict[str, Any] | None = None, context: dict[str, Any] | None = None, replace: bool = False,
+    ) -> Credential:  # fmt: skip
+        """A transaction token for the trust domain `audience`, from a broker access token this workload
+        holds (or received, as a gateway), or, with `replace=True` or a transaction-token Credential, the
+        replacement of a transaction token (same `txn`, this workload added to the call chain).
+
+        `scopes` default to a Credential subject's (the broker asks for them: give them with a token
+        string); `details` becomes the token's `tctx`, `context` its `rctx`. It lives at most five
+        minutes and never past its subject token.
+        """
+        token = subject.token if isinstance(subject, Credential) else subject
+        scopes = scopes or (subject.grant.scopes if isinstance(subject, Credential) else ())
+        replace = replace or (isinstance(subject, Credential) and subject.grant.backend == "txn_token")
+        bind = isinstance(subject, Credential) and subject.grant.dpop_bound
+        body = self.call("POST", "/oauth/token", idempotent=False, bind=bind,
+                         form=wire.txn_token_form(token, audience, scopes, replace=replace, details=details,
+                                                  context=context))  # fmt: skip
+        task = subject.grant.task if isinstance(subject, Credential) else ""
+        return wire.exchanged(body, task, audience, backend="txn_token")
+
     def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662; as the holder of a DPoP-bound token this sends a proof bound to it."""
         return self.call("POST", "/oauth/introspect", form={"token": token}, proof_token=token)
@@ -243,6 +265,16 @@ class Task(TaskBase):
         self.asked = True
         return self.client.delegate(self.id, parent or latest_parent(self), sub_agent, scopes, ttl=ttl,
                                     server=server, tool=tool, arguments=arguments)  # fmt: skip
+
+    def transaction_token(
+        self, audience: str, scopes: Sequence[str] | str = (), *, parent: Credential | None = None,
+        details: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+    ) -> Credential:  # fmt: skip
+        """A transaction token (see `Client.transaction_token`) from this task's grant (`parent`, default the
+        latest): it ends with that grant, so completing the task ends it too."""
+        self.asked = True
+        return self.client.transaction_token(parent or latest_parent(self), audience, scopes, details=details,
+                                             context=context)  # fmt: skip
 
     def complete(self) -> TaskCompleted | None:
         """Give back every grant of the task (no call when nothing was asked for)."""
