@@ -38,7 +38,7 @@ PAIRS = {
 }
 JWT_P99, JWT_P99_LEVEL, JWT_CPU_MS = 25.0, 32, 0.4
 INACTIVE_P99 = 50.0
-REVOKE_SECONDS = {"jwt (boundary)": 2.0, "vault_token (subject, accessors)": 5.0}
+REVOKE_SECONDS = {"jwt (boundary)": 2.0, "vault_token (frozen subject, parent tokens)": 5.0}
 VAULT_REVOKE_BUDGET = 150.0  # seconds the Vault mass revocation needs (minting 10,000 tokens first)
 
 

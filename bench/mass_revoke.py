@@ -4,7 +4,8 @@
 
 Scenarios, each on its own fresh set of active grants in a SQLite (or PostgreSQL) ledger:
   jwt            revoke a jwt boundary; then every token is checked by introspection
-  vault subject  revoke one subject's vault_token grants: accessor by accessor on a bounded pool
+  vault subject  freeze and revoke one subject's vault_token grants: each of its parent tokens once
+                 (one per process that minted; Vault ends the children with it)
   vault prefix   revoke a frozen vault_token boundary: one `sys/leases/revoke-prefix` call
 The timed part is `Operations.revoke` (the code behind `POST /v1/revocations`): intent committed
 in batches, backend revocation, outcome chained in batches. The check afterwards (introspection,
@@ -157,7 +158,8 @@ def scenarios(args: argparse.Namespace, directory: Path, vault: OpenBaoServer | 
     check = vault_usable(vault.addr, vault.root_token) if vault else None
     if vault and "subject" in args.only:
         tokens = seed(service, "bench-kv-a", "bench:victim", args.count, args.seed_workers)
-        results.append(run(parts, "vault_token (subject, accessors)", Selector(subject="bench:victim"), tokens, check))
+        results.append(run(parts, "vault_token (frozen subject, parent tokens)", Selector(subject="bench:victim"), tokens,
+                           check, freeze=True))  # fmt: skip
     if vault and "prefix" in args.only:
         tokens = seed(service, "bench-kv-b", "bench:holder", args.count, args.seed_workers)
         outcome = run(parts, "vault_token (frozen boundary, prefix)", Selector(boundary="bench-kv-b"), tokens, check,

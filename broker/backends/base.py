@@ -38,6 +38,7 @@ class Minted:
     credential: dict[str, Any]
     handle: str
     fingerprint: str
+    parent_handle: str | None = None  # what it hangs off, when revoking that ends it too (BatchRevoker.revoke_many)
 
 
 class Backend(Protocol):
@@ -58,25 +59,29 @@ class BatchRevoker(Protocol):
     """Optional part of a backend: revoke many handles of one boundary in few calls (Vault prefix, batches)."""
 
     def revoke_many(
-        self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False
-    ) -> dict[str, str]:
+        self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False,
+        parents: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:  # fmt: skip
         """Revoke every handle; answer `{handle: error}` for the ones that failed (empty: all done).
 
         `whole_boundary` means the handles are every live grant of the boundary and the boundary is
         frozen, so one prefix revocation (`sys/leases/revoke-prefix`) may replace thousands of calls.
+        `parents` (handle → `Minted.parent_handle`) names the handles whose parent may be revoked
+        whole: every live grant under it is being revoked and its subject is frozen.
         """
         ...
 
 
 def revoke_many(
-    backend: Backend, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False, workers: int = 8
-) -> dict[str, str]:
+    backend: Backend, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False, workers: int = 8,
+    parents: Mapping[str, str] | None = None,
+) -> dict[str, str]:  # fmt: skip
     """The backend's own `revoke_many` when it has one, else `revoke` on a bounded thread pool."""
     if not handles:
         return {}
     batch = getattr(backend, "revoke_many", None)
     if batch is not None:
-        return batch(boundary, handles, whole_boundary=whole_boundary)
+        return batch(boundary, handles, whole_boundary=whole_boundary, parents=parents)
     return revoke_each(backend, boundary, handles, workers=workers)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jwt
 
@@ -50,6 +50,9 @@ class JwtBackend:
     def revoke(self, boundary: BoundaryConfig, handle: str) -> None:
         """Nothing to call: the grant's status is the deny list that introspection answers from."""
 
-    def revoke_many(self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False) -> dict[str, str]:
+    def revoke_many(
+        self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False,
+        parents: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:  # fmt: skip
         """Nothing to call for any of them (see `revoke`): no thread pool for ten thousand no-ops."""
         return {}

@@ -1,8 +1,9 @@
 """`broker vault plan` / `apply`: the Vault objects a config needs, derived from its boundaries.
 
-The plan is data: ACL policies (the scopes' own, plus `credential-broker` for the broker's
-token), token roles (orphan, non-renewable, explicit max TTL = the boundary cap) and engine
-roles (`<mount>/creds/<name>` → `<mount>/roles/<name>` with `default_ttl`/`max_ttl` = the
+The plan is data: ACL policies (the scopes' own, `credential-broker` for the broker's token and
+one `credential-broker-parent-<boundary>` per `vault_token` boundary for its parent tokens), token
+roles (the scopes': non-renewable, explicit max TTL = the boundary cap, children of a parent token;
+`broker-parent-<boundary>`: orphan, see vault_parents.py) and engine roles (`<mount>/creds/<name>` → `<mount>/roles/<name>` with `default_ttl`/`max_ttl` = the
 boundary cap, so no lease can outlive the cap). Operators apply it with their own tooling;
 `apply` writes it to a dev or test server.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from broker.backends.vault import VaultClient
+from broker.backends.vault_parents import parent_policy, parent_role, parent_ttl
 from broker.config import BoundaryConfig, Settings
 
 BROKER_POLICY = "credential-broker"
@@ -50,10 +52,11 @@ def make_plan(settings: Settings) -> VaultPlan:
 
 
 def _token_boundary(plan: VaultPlan, boundary: BoundaryConfig) -> None:
+    roles = sorted({str(cfg.token_role) for cfg in boundary.scopes.values()})
     for cfg in boundary.scopes.values():
         plan.token_roles[str(cfg.token_role)] = {
             "allowed_policies": sorted(cfg.policies),
-            "orphan": True,
+            "orphan": False,  # a child of its subject's parent token: revoking the parent ends it
             "renewable": False,
             "token_explicit_max_ttl": boundary.max_ttl,
             "token_no_default_policy": True,  # `default` would let every grant write cubbyhole, look itself up…
@@ -61,6 +64,16 @@ def _token_boundary(plan: VaultPlan, boundary: BoundaryConfig) -> None:
         }
         plan.policies.update(cfg.rules)
         plan.missing_rules += [name for name in cfg.policies if name not in plan.missing_rules]
+    plan.token_roles[parent_role(boundary)] = {
+        "allowed_policies": [parent_policy(boundary)],
+        "orphan": True,  # never ends with the broker's own token (AppRole tokens rotate)
+        "renewable": False,
+        "token_explicit_max_ttl": parent_ttl(boundary),
+        "token_no_default_policy": True,
+        "token_type": "service",
+    }
+    plan.policies[parent_policy(boundary)] = "\n".join(
+        f'path "auth/token/create/{role}" {{ capabilities = ["update"] }}' for role in roles) + "\n"
 
 
 def _secret_boundary(plan: VaultPlan, boundary: BoundaryConfig) -> None:
@@ -82,15 +95,17 @@ def broker_policy(boundaries: list[BoundaryConfig]) -> str:
     Leases: renew and revoke only under each `vault_secret` path (`sys/leases/{renew,revoke}/<path>/*`,
     called with the lease id in the URL so the ACL sees it), list for reconcile under each path or
     token role, prefix revocation per token role. Nothing under `sys/leases/` without a boundary
-    that needs it. Tokens: create through its roles only; revocation and reconcile still go by
-    accessor (Vault gives a token's creator no lease id to revoke it by), see docs/vault.md.
+    that needs it. Tokens: create parents through each boundary's parent role (the parents create
+    the grants' tokens); revocation and reconcile still go by accessor (Vault gives a token's
+    creator no lease id to revoke it by), see docs/vault.md.
     """
     rules: list[tuple[str, str]] = []
     for boundary in boundaries:
         for cfg in boundary.scopes.values():
             if boundary.backend == "vault_token":
                 prefix = f"auth/token/create/{cfg.token_role}"
-                rules.append((prefix, "update"))
+                # the broker makes parents; the parents make the grants' tokens (the broker's own token cannot)
+                rules.append((f"auth/token/create/{parent_role(boundary)}", "update"))
                 # operator revocation of a frozen boundary: one prefix call, then wait for it to drain
                 rules += [(f"sys/leases/revoke-prefix/{prefix}", "update sudo"), (f"sys/leases/lookup/{prefix}/", "list sudo")]
             elif boundary.backend == "vault_secret":

@@ -96,6 +96,11 @@ class VaultClient:
     def write(self, path: str, payload: dict[str, Any] | None = None, gone: Sequence[str] = ()) -> dict[str, Any] | None:
         return self.request("POST", path, payload, gone=gone)
 
+    def write_as(self, token: str, path: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """A call with another token of the broker's (a parent token, vault_parents.py): a 403 is that
+        token's (dead, or its policy), raised as `Refused`; the broker's own session is not involved."""
+        return self._call("POST", path, payload, (), token=token)
+
     def list(self, path: str) -> list[str]:
         """Keys under a path; an empty or missing folder is an empty list."""
         answer = self.request("LIST", path, gone=("",))
@@ -121,10 +126,13 @@ class VaultClient:
         self.ensure_session()
         return self._call(method, path, payload, gone)
 
-    def _call(self, method: str, path: str, payload: dict[str, Any] | None, gone: Sequence[str]) -> dict[str, Any] | None:
+    def _call(
+        self, method: str, path: str, payload: dict[str, Any] | None, gone: Sequence[str], token: str | None = None
+    ) -> dict[str, Any] | None:
         """The single translation of hvac/urllib3 exceptions into BackendUnavailable (403: `Refused`)."""
+        headers = {"X-Vault-Token": token} if token else None
         try:
-            answer = self._hvac.adapter.request(method, f"/v1/{path}", json=payload)
+            answer = self._hvac.adapter.request(method, f"/v1/{path}", headers=headers, json=payload)
         except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath) as exc:
             if any(marker in str(exc) for marker in gone):
                 return None

@@ -61,7 +61,7 @@ class PooledAdapter(hvac.adapters.JSONAdapter):
         """hvac's JSONAdapter.request: a dict for a 200 with JSON, else the answer; raises hvac's errors."""
         url = self.urljoin(self.base_uri, re.sub("/{2,}", "/", url))  # as hvac does: `//` is `/` to Vault
         headers = {"X-Vault-Request": "true", **(headers or {})}
-        if self.token:
+        if self.token and "X-Vault-Token" not in headers:  # a caller's own token (a parent token) wins
             headers["X-Vault-Token"] = self.token
         if self.namespace:
             headers["X-Vault-Namespace"] = self.namespace

@@ -1,14 +1,16 @@
-"""The `vault_token` backend: an orphan, non-renewable Vault token per grant, made through a token role."""
+"""The `vault_token` backend: a non-renewable Vault token per grant, made through a token role by the
+parent token of its (subject, boundary) (vault_parents.py), so that a frozen subject ends in one call."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from broker.backends.base import Minted, MintRequest, revoke_each
-from broker.backends.vault import VaultClient
+from broker.backends.vault import Refused, VaultClient
+from broker.backends.vault_parents import ParentTokens
 from broker.config import BoundaryConfig
 from broker.errors import BackendUnavailable, BadRequest, BrokerError
 from broker.fingerprint import fingerprint
@@ -20,7 +22,8 @@ GONE = ("invalid accessor", "no token found")
 
 
 class VaultTokenBackend:
-    """Creates tokens via `auth/token/create/<role>` and revokes them by accessor.
+    """Creates tokens via `auth/token/create/<role>` as the subject's parent token, revokes them by
+    accessor, or a frozen subject's by its parents.
 
     Every token carries `deployment` in its metadata: reconcile lists only tokens of this
     deployment, so two brokers (two ledgers) on one Vault never revoke each other's tokens.
@@ -31,6 +34,7 @@ class VaultTokenBackend:
     def __init__(self, vault: VaultClient, deployment: str = "") -> None:
         self.vault = vault
         self.deployment = deployment
+        self.parents = ParentTokens(vault, deployment)
 
     def mint(self, request: MintRequest) -> Minted:
         role, policies = token_role(request.boundary, request.scopes)
@@ -49,22 +53,45 @@ class VaultTokenBackend:
         }
         if policies:
             payload["policies"] = policies
-        auth = (self.vault.write(f"auth/token/create/{role}", payload) or {})["auth"]
+        auth, parent = self._create_as_parent(request, f"auth/token/create/{role}", payload)
         credential = {"type": "vault_token", "token": auth["client_token"], "accessor": auth["accessor"],
                       "vault_addr": self.vault.addr, "expires_at": request.expires_at}
-        return Minted(credential=credential, handle=auth["accessor"], fingerprint=fingerprint(auth["client_token"]))
+        return Minted(credential=credential, handle=auth["accessor"], fingerprint=fingerprint(auth["client_token"]),
+                      parent_handle=parent)  # fmt: skip
+
+    def _create_as_parent(self, request: MintRequest, path: str, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """The child token, made by the subject's parent; a parent Vault refuses (revoked with a frozen
+        subject by another process, or gone) is replaced once."""
+        # the parent, an orphan, would outlive the broker's own token: mint only while that one is good
+        # (revoked, it is noticed here when due and by the readiness check every few seconds)
+        self.vault.ensure_session()
+        parent = self.parents.get(request.boundary, request.subject)
+        try:
+            return (self.vault.write_as(parent.token, path, payload) or {})["auth"], parent.accessor
+        except Refused:
+            self.parents.forget({parent.accessor})
+        parent = self.parents.get(request.boundary, request.subject)
+        return (self.vault.write_as(parent.token, path, payload) or {})["auth"], parent.accessor
 
     def revoke(self, boundary: BoundaryConfig, handle: str) -> None:
         self.vault.write("auth/token/revoke-accessor", {"accessor": handle}, gone=GONE)
 
     def revoke_many(
-        self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False
-    ) -> dict[str, str]:
+        self, boundary: BoundaryConfig, handles: Sequence[str], *, whole_boundary: bool = False,
+        parents: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:  # fmt: skip
         """A frozen boundary's every token: `sys/leases/revoke-prefix` per token role (tokens made through
         `auth/token/create/<role>` lease under that path; promise 2 gives each role one boundary), then
-        wait until no lease is left under the prefix. Otherwise, or if that fails (it needs `sudo`) or
-        takes too long, accessor by accessor on a bounded pool (idempotent, so a retry costs nothing).
+        wait until no lease is left under the prefix. A frozen subject's (`parents`: handle → its
+        parent's accessor): each parent revoked once, which revokes its children in the same call.
+        Otherwise, or if that fails (it needs `sudo`) or takes too long, accessor by accessor on a
+        bounded pool (idempotent, so a retry costs nothing).
         """
+        if parents:
+            ended = self._revoke_parents(boundary, set(parents.values()))
+            handles = [h for h in handles if parents.get(h) not in ended]
+            if not handles:
+                return {}
         if whole_boundary:
             prefixes = sorted({f"auth/token/create/{cfg.token_role}" for cfg in boundary.scopes.values()})
             try:
@@ -74,6 +101,18 @@ class VaultTokenBackend:
             except BrokerError as exc:
                 log.warning("prefix revocation of %s refused (%s)", boundary.name, exc.code)
         return revoke_each(self, boundary, handles)
+
+    def _revoke_parents(self, boundary: BoundaryConfig, accessors: set[str]) -> set[str]:
+        """Revoke each parent (Vault revokes its children with it); the accessors that are now gone."""
+        gone = set()
+        for accessor in sorted(accessors):
+            try:
+                self.vault.write("auth/token/revoke-accessor", {"accessor": accessor}, gone=GONE)
+                gone.add(accessor)
+            except BrokerError as exc:
+                log.warning("revoking a parent token of %s failed (%s); its children one by one", boundary.name, exc.code)
+        self.parents.forget(gone)
+        return gone
 
     def _revoke_prefixes(self, prefixes: Sequence[str]) -> bool:
         """Ask Vault to revoke every lease under the prefixes until none is left; False at the deadline.
@@ -109,6 +148,7 @@ class VaultTokenBackend:
         for accessor in self.vault.list("auth/token/accessors") if names else []:
             data = self._lookup(accessor)
             meta = data.get("meta") or {}
+            # a parent names no grant: never an orphan here (revoking it would end live children); its TTL ends it
             ours = meta.get("deployment") == self.deployment and meta.get("boundary") in names and meta.get("grant_id")
             if ours and data.get("creation_time", 0) < created_before:
                 found[meta["boundary"]].append(accessor)

@@ -156,11 +156,11 @@ class Operations:
         ids = self.ledger.active_ids(selector)
         self._record_request(operator.subject, selector, reason, revocation_id, len(ids), freeze)
         moved = self._begin(ids, operator.subject, reason, revocation_id)
-        whole = self._whole_boundaries(selector)
+        whole, subjects = self._whole_boundaries(selector), self._whole_subjects(selector)
         if wait:
-            self._execute(moved, whole, started)
+            self._execute(moved, whole, started, subjects)
         else:
-            self._in_background(self._execute, moved, whole, started)
+            self._in_background(self._execute, moved, whole, started, subjects)
         return self.progress(revocation_id)
 
     def withdraw(self, rule: str | None, ids: Sequence[str], revision: str) -> str:
@@ -238,12 +238,20 @@ class Operations:
         names = [selector.boundary] if selector.boundary else (list(self.service.boundaries) if selector.all_ else [])
         return {name for name in names if self.ledger.is_frozen("boundary", name)}
 
-    def _execute(self, moved: list[Grant], whole: set[str], started: float) -> tuple[int, int]:
+    def _whole_subjects(self, selector: Selector) -> set[str]:
+        """A frozen subject whose every live grant is being revoked: its credentials' parents may go whole."""
+        subject = selector.subject
+        return {subject} if subject is not None and self.ledger.is_frozen("subject", subject) else set()
+
+    def _execute(
+        self, moved: list[Grant], whole: set[str], started: float, subjects: set[str] | frozenset[str] = frozenset()
+    ) -> tuple[int, int]:
         """Revoke at the backends, boundary by boundary, then finish or reschedule in batches."""
         revoked = pending = 0
         try:
             for (backend_name, boundary_name), grants in _by_boundary(moved).items():
-                errors = self._revoke_group(backend_name, boundary_name, grants, boundary_name in whole)
+                parents = {g.handle: g.parent_handle for g in grants if g.parent_handle and g.subject in subjects}
+                errors = self._revoke_group(backend_name, boundary_name, grants, boundary_name in whole, parents)
                 done, failed = _split(grants, errors)
                 revoked += self._finish(done)
                 pending += self._fail(failed, grants)
@@ -253,14 +261,16 @@ class Operations:
             self.on_done(time.monotonic() - started)
         return revoked, pending
 
-    def _revoke_group(self, backend_name: str, boundary_name: str, grants: list[Grant], whole: bool) -> dict[str, str]:
+    def _revoke_group(
+        self, backend_name: str, boundary_name: str, grants: list[Grant], whole: bool, parents: dict[str, str]
+    ) -> dict[str, str]:
         boundary = self.service.boundaries.get(boundary_name)
         backend = self.service.backends.get(backend_name)
         handles = [g.handle for g in grants]
         if boundary is None or backend is None:
             return dict.fromkeys(handles, f"no backend configured for boundary {boundary_name!r}")
         try:
-            return revoke_many(backend, boundary, handles, whole_boundary=whole, workers=self.workers)
+            return revoke_many(backend, boundary, handles, whole_boundary=whole, workers=self.workers, parents=parents)
         except BrokerError as exc:
             return dict.fromkeys(handles, exc.detail)
 

@@ -374,6 +374,7 @@ class GrantService:
             policy_revision=decision.revision,
             rule=decision.rule,
             parent_grant_id=derived.parent_grant_id if derived else None,
+            parent_handle=minted.parent_handle,
         )
 
     def _idem_claim(self, identity: Identity, request: GrantRequest, boundary: BoundaryConfig) -> IdemClaim | None:

@@ -73,6 +73,9 @@ class Grant(Base):
     rule: Mapped[str | None] = mapped_column(String(128), default=None)
     # a derived grant (a delegated token, a transaction token): the grant it was exchanged from; it ends with it
     parent_grant_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # the backend handle this credential hangs off (a Vault parent token's accessor, one per subject and
+    # boundary): revoking that one ends every credential under it, so a frozen subject is one call per boundary
+    parent_handle: Mapped[str | None] = mapped_column(String(256), default=None)
 
     __table_args__ = (
         Index("ix_grants_status_expires", "status", "expires_at"),

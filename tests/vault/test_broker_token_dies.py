@@ -57,6 +57,10 @@ def test_token_revoked_while_idle_and_no_login_possible_answers_503_then_recover
         first = client.grant(identity, "kv-payments", ["read"], ttl=120).json()
         (tmp_path / "secret-id").write_text("a-secret-id-vault-never-issued")
         vault_bed.openbao.root().write("auth/token/revoke", {"token": _broker_token(client)})
+        # grants are minted by parent tokens, which outlive the broker's: its death is noticed by the
+        # readiness check's lookup-self (every few seconds), and from then on no Vault grant is minted
+        vault = client.service.backends["vault_token"].vault
+        wait_until(lambda: vault.auth_error is not None, 15, "the readiness check noticing the dead token")
 
         refused = client.grant(identity, "kv-payments", ["read"], ttl=60)
         assert refused.status_code == 503 and refused.json()["code"] == "backend_unavailable"

@@ -61,14 +61,21 @@ def test_vault_plan_prints_policies_token_roles_and_engine_roles(tmp_path):
     result = CliRunner().invoke(app, ["vault", "plan", "--config", str(config)])
     assert result.exit_code == 0, result.output
     plan = yaml.safe_load(result.output)
-    assert plan["token_roles"]["kv-payments-read"] == {
-        "allowed_policies": ["kv-payments-read"], "orphan": True, "renewable": False,
+    assert plan["token_roles"]["kv-payments-read"] == {  # the grants' tokens: children of a parent token
+        "allowed_policies": ["kv-payments-read"], "orphan": False, "renewable": False,
         "token_explicit_max_ttl": 900, "token_no_default_policy": True, "token_type": "service",
     }
+    assert plan["token_roles"]["broker-parent-kv-payments"] == {  # parents: orphans outliving their children
+        "allowed_policies": ["credential-broker-parent-kv-payments"], "orphan": True, "renewable": False,
+        "token_explicit_max_ttl": 2 * 900 + 60, "token_no_default_policy": True, "token_type": "service",
+    }
+    parent = plan["policies"]["credential-broker-parent-kv-payments"]
+    assert parent == 'path "auth/token/create/kv-payments-read" { capabilities = ["update"] }\n'  # nothing else
     assert plan["engine_roles"]["database/roles/orders-read"] == {"db_name": "orders", "default_ttl": 600, "max_ttl": 600}
     assert 'path "secret/data/payments/*"' in plan["policies"]["kv-payments-read"]
     broker = plan["policies"]["credential-broker"]
-    for needed in ("auth/token/create/kv-payments-read", "database/creds/orders-read",
+    assert 'path "auth/token/create/kv-payments-read"' not in broker  # only its parents make grants' tokens
+    for needed in ("auth/token/create/broker-parent-kv-payments", "database/creds/orders-read",
                    "sys/leases/revoke/database/creds/orders-read/*", "sys/leases/renew/database/creds/orders-read/*",
                    "auth/token/revoke-accessor", "sys/leases/lookup/database/creds/orders-read/"):
         assert f'path "{needed}"' in broker

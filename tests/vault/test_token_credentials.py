@@ -27,10 +27,11 @@ def test_token_reads_own_kv_path_only_and_dies_on_complete(vault_broker, issuers
     assert _kv(vault_bed, cred["token"], "payments") == 403
 
 
-def test_token_is_orphan_non_renewable_with_grant_metadata(vault_broker, issuers, vault_bed: VaultBed):
+def test_token_is_a_non_renewable_child_of_its_subjects_parent_with_grant_metadata(vault_broker, issuers, vault_bed: VaultBed):
     answer = vault_broker.grant(issuers.worker(), "kv-payments", ["read"], ttl=60, task="meta-task").json()
-    data = vault_bed.openbao.root().write("auth/token/lookup-accessor", {"accessor": answer["credential"]["accessor"]})["data"]
-    assert (data["orphan"], data["renewable"], data["explicit_max_ttl"]) == (True, False, 60)
+    root = vault_bed.openbao.root()
+    data = root.write("auth/token/lookup-accessor", {"accessor": answer["credential"]["accessor"]})["data"]
+    assert (data["orphan"], data["renewable"], data["explicit_max_ttl"]) == (False, False, 60)
     deployment = vault_broker.service.backends["vault_token"].deployment
     assert deployment.startswith("d-")
     assert data["meta"] == {"grant_id": answer["grant_id"], "task": "meta-task", "deployment": deployment,
@@ -38,6 +39,17 @@ def test_token_is_orphan_non_renewable_with_grant_metadata(vault_broker, issuers
     assert data["policies"] == ["kv-payments-read"]  # token_no_default_policy: no cubbyhole, no lookup-self
     row = vault_broker.service.ledger.get_grant(answer["grant_id"])
     assert row.handle == answer["credential"]["accessor"] and answer["credential"]["token"] not in repr(row.__dict__)
+
+    # its parent: one orphan per (subject, boundary), outliving every child, able to make only the boundary's tokens
+    parent = root.write("auth/token/lookup-accessor", {"accessor": row.parent_handle})["data"]
+    assert parent["orphan"] is True and parent["renewable"] is False and parent["explicit_max_ttl"] == 2 * 900 + 60
+    assert parent["meta"] == {"parent": "true", "boundary": "kv-payments", "deployment": deployment,
+                              "subject": "system:serviceaccount:payments:worker"}
+    assert parent["policies"] == ["credential-broker-parent-kv-payments"]
+    again = vault_broker.grant(issuers.worker(), "kv-payments", ["read"], ttl=60, task="meta-task-2").json()
+    assert vault_broker.service.ledger.get_grant(again["grant_id"]).parent_handle == row.parent_handle
+    other = vault_broker.grant(issuers.worker("other"), "kv-payments", ["read"], ttl=60).json()
+    assert vault_broker.service.ledger.get_grant(other["grant_id"]).parent_handle != row.parent_handle
 
 
 def test_completing_twice_is_fine_when_vault_already_forgot_the_token(vault_broker, issuers, vault_bed: VaultBed):
