@@ -91,7 +91,7 @@ def seed(service: GrantService, boundary: str, subject: str, count: int, workers
         minted = backend.mint(request)
         grant = Grant(id=request.grant_id, subject=subject, attestor="bench", task=request.task, boundary=boundary,
                       backend=config.backend, scopes="read", handle=minted.handle, fingerprint=minted.fingerprint,
-                      issued_at=now, expires_at=now + 3600)
+                      issued_at=now, expires_at=now + 3600, parent_handle=minted.parent_handle)
         event = Event(kind="issued", subject=subject, boundary=boundary, task=request.task, grant_id=grant.id,
                       actor=subject, detail={"scopes": ["read"], "fingerprint": minted.fingerprint})
         service.ledger.record_issued(grant, event)
