@@ -198,7 +198,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
         ).run,  # first pass before serving
         "revocations": service.outbox.retry_pending,
         "reaper": service.outbox.expire_due,
-        "freezes": ledger.refresh_freezes,
+        "freezes": ledger.records.refresh_freezes,
         "policy": policy.maybe_reload,
         "keys": keys.reload,
         "log_checkpoint": transparency.checkpointer.maybe_sign,

@@ -73,7 +73,7 @@ class Metrics:
                                             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.issuance_seconds = Histogram("broker_issuance_seconds", "Grant issuance latency (HTTP, successful).",
                                           buckets=LATENCY_BUCKETS, registry=self.registry)
-        ledger.subscribe(self.count)
+        ledger.feed.subscribe(self.count)
         if vault is not None:
             self._watch_vault(vault)
 
@@ -128,7 +128,7 @@ class _StateCollector(Collector):
         self._ledger, self._readiness, self._policy, self._clock = ledger, readiness, policy, clock
 
     def collect(self) -> Iterator[Metric]:
-        count, oldest = self._ledger.outbox_state()
+        count, oldest = self._ledger.queries.outbox_state()
         yield GaugeMetricFamily("broker_revocations_pending", "Grants waiting in the revocation outbox.", value=count)
         yield GaugeMetricFamily("broker_revocations_oldest_pending_age_seconds",
                                 "Age of the oldest revocation waiting in the outbox (0 when none).",

@@ -87,7 +87,7 @@ def _route(request: Request) -> str:
 def _broker_error(request: Request, exc: BrokerError) -> JSONResponse:
     status = STATUS.get(exc.code, 500)
     log.debug("refused %s %s: %s %s", request.method, _route(request), exc.code, exc.detail)
-    if status >= 500:  # the ledger's and backends' details are log-safe by construction (the ledger's `_why`)
+    if status >= 500:  # the ledger's and backends' details are log-safe by construction (the ledger's `why_failed`)
         why = f" ({exc.detail})" if isinstance(exc, (LedgerUnavailable, BackendUnavailable)) else ""
         log.warning("%s %s failed: %s%s", request.method, _route(request), exc.code, why)
     detail = None if isinstance(exc, HIDDEN_DETAIL) or status >= 500 else exc.detail

@@ -105,7 +105,7 @@ def _offline_lines(ledger, where: Where) -> Iterator[str]:  # noqa: ANN001
     now = time.time()
     bounds = {"since": instant(where.pop("since", None), now), "until": instant(where.pop("until", None), now)}
     query, after = Filter(**where, **bounds), 0
-    while rows := ledger.audit(query, after_seq=after, limit=1000):
+    while rows := ledger.queries.audit(query, after_seq=after, limit=1000):
         yield from (json.dumps(event_dict(row), separators=(",", ":"), ensure_ascii=False) for row in rows)
         after = rows[-1].seq
 

@@ -238,7 +238,7 @@ def _withdrawn(settings: Settings, old: Policy, new: Policy) -> list[dict[str, A
     from broker.ledger import ACTIVE, Filter
 
     ledger, rows, after = open_ledger(settings), [], None
-    while page := ledger.inventory(Filter(status=ACTIVE), after=after, limit=1000):
+    while page := ledger.queries.inventory(Filter(status=ACTIVE), after=after, limit=1000):
         rows += [{"grant_id": g.id, "subject": g.subject, "boundary": g.boundary, "scopes": g.scope_list,
                   "rule": g.rule} for g in page if not still_allowed(g, old, new)]  # fmt: skip
         after = (page[-1].issued_at, page[-1].id)

@@ -35,7 +35,7 @@ class IssuanceLimits:
         limits = self.settings.limits_for(boundary)
         if limits.max_active_grants is None and limits.issue_rate is None:
             return
-        load = self.ledger.load(
+        load = self.ledger.limits.load(
             subject=identity.subject,
             attestor=identity.attestor,
             boundary=boundary.name,
@@ -64,7 +64,7 @@ class IssuanceLimits:
         token_fp = fingerprint(token) if token else "none"
         detail = {"code": code, "action": action, "identity_fp": token_fp, "window_start": window, "window": width,
                   **(provenance or {})}  # fmt: skip
-        self.ledger.record_aggregated(
+        self.ledger.limits.record_aggregated(
             Event(kind="denied", detail=detail, request_scoped=False),  # one row for a window of requests
             window=window,
             token_fp=token_fp,

@@ -153,7 +153,7 @@ class Operations:
         if freeze:
             kind, value = _freeze_target(selector)
             self.freeze(operator, kind, value, reason, revocation_id=revocation_id)
-        ids = self.ledger.active_ids(selector)
+        ids = self.ledger.queries.active_ids(selector)
         self._record_request(operator.subject, selector, reason, revocation_id, len(ids), freeze)
         moved = self._begin(ids, operator.subject, reason, revocation_id)
         whole, subjects = self._whole_boundaries(selector), self._whole_subjects(selector)
@@ -178,13 +178,13 @@ class Operations:
     def matching(self, selector: Selector) -> int:
         """How many active grants a selector would revoke now (for a confirmation prompt)."""
         self._check_selector(selector, "dry run", freeze=False)
-        return len(self.ledger.active_ids(selector))
+        return len(self.ledger.queries.active_ids(selector))
 
     def progress(self, revocation_id: str) -> RevocationStatus:
-        revocation = self.ledger.get_revocation(revocation_id)
+        revocation = self.ledger.records.get_revocation(revocation_id)
         if revocation is None:
             raise NotFound("revocation not found")
-        counts = self.ledger.revocation_progress(revocation_id)
+        counts = self.ledger.queries.revocation_progress(revocation_id)
         retrying = counts.pop("retrying")
         pending = counts.get(REVOKE_PENDING, 0)
         return RevocationStatus(
@@ -222,7 +222,7 @@ class Operations:
         )
         detail = {"revocation_id": revocation_id, "selector": wire, "reason": reason[:256], "matched": matched}
         event = Event(kind="revocation_requested", actor=actor, detail=detail, **_event_scope(selector))
-        self.ledger.add_revocation(row, event)
+        self.ledger.records.add_revocation(row, event)
 
     def _begin(self, ids: Sequence[str], actor: str, reason: str, revocation_id: str) -> list[Grant]:
         """Commit the intent batch by batch; the rows carry what revocation needs (backend, boundary, handle)."""
@@ -236,12 +236,12 @@ class Operations:
     def _whole_boundaries(self, selector: Selector) -> set[str]:
         """Boundaries whose every live grant is being revoked and which are frozen: a prefix revocation is safe."""
         names = [selector.boundary] if selector.boundary else (list(self.service.boundaries) if selector.all_ else [])
-        return {name for name in names if self.ledger.is_frozen("boundary", name)}
+        return {name for name in names if self.ledger.records.is_frozen("boundary", name)}
 
     def _whole_subjects(self, selector: Selector) -> set[str]:
         """A frozen subject whose every live grant is being revoked: its credentials' parents may go whole."""
         subject = selector.subject
-        return {subject} if subject is not None and self.ledger.is_frozen("subject", subject) else set()
+        return {subject} if subject is not None and self.ledger.records.is_frozen("subject", subject) else set()
 
     def _execute(
         self, moved: list[Grant], whole: set[str], started: float, subjects: set[str] | frozenset[str] = frozenset()
@@ -298,7 +298,7 @@ class Operations:
             created_at=self.service.clock(), revocation_id=revocation_id,
         )
         detail = {"target": kind, "value": value, "reason": reason[:256], "revocation_id": revocation_id}
-        return self.ledger.add_freeze(row, Event(kind="frozen", actor=operator.subject, detail=detail, **{kind: value}))
+        return self.ledger.records.add_freeze(row, Event(kind="frozen", actor=operator.subject, detail=detail, **{kind: value}))
 
     @_recorded("unfreeze")
     def unfreeze(self, operator: Identity, kind: FreezeKind, value: str, reason: str) -> bool:
@@ -306,10 +306,10 @@ class Operations:
         self._check_freeze_target(kind, value, reason)
         detail = {"target": kind, "value": value, "reason": reason[:256]}
         event = Event(kind="unfrozen", actor=operator.subject, detail=detail, **{kind: value})
-        return self.ledger.lift_freeze(kind, value, event)
+        return self.ledger.records.lift_freeze(kind, value, event)
 
     def freezes(self) -> list[Freeze]:
-        return self.ledger.freezes()
+        return self.ledger.records.freezes()
 
     def _check_freeze_target(self, kind: str, value: str, reason: str) -> None:
         if kind not in ("subject", "boundary") or not value:
@@ -322,15 +322,15 @@ class Operations:
     # --- reads: inventory, audit, verification ---------------------------------------------
 
     def inventory(self, where: Filter, after: tuple[float, str] | None, limit: int) -> list[Grant]:
-        return self.ledger.inventory(where, after=after, limit=limit)
+        return self.ledger.queries.inventory(where, after=after, limit=limit)
 
     def audit(self, where: Filter, after_seq: int, limit: int) -> list[AuditEvent]:
-        return self.ledger.audit(where, after_seq=after_seq, limit=limit)
+        return self.ledger.queries.audit(where, after_seq=after_seq, limit=limit)
 
     def audit_tail(self, where: Filter, count: int) -> tuple[list[AuditEvent], int]:
         """The newest `count` matching events and the chain's last sequence number (to follow on from)."""
-        head = self.ledger.last_seq()
-        return (self.ledger.audit_tail(where, count) if count else []), head
+        head = self.ledger.queries.last_seq()
+        return (self.ledger.queries.audit_tail(where, count) if count else []), head
 
     def verify(self) -> VerifyResult:
         return self.ledger.verify()
@@ -366,13 +366,13 @@ def blast_radius(ledger: LedgerStore, who: Filter, since: float, until: float, n
         raise BadRequest(f"subject_glob: {problem}")
     if since >= until:
         raise BadRequest("since must be before until")
-    grants = ledger.window_grants(who, since, until)
+    grants = ledger.queries.window_grants(who, since, until)
     boundaries = [_boundary_reach(name, rows) for name, rows in _group(grants, lambda g: g.boundary).items()]
     rules = [_rule_reach(rule, rows) for rule, rows in _group(grants, lambda g: g.rule).items()]
     return BlastRadius(
         subject=who.subject if who.subject is not None else who.subject_glob,  # type: ignore[arg-type]
         subject_glob=who.subject_glob is not None, since=since, until=until, generated_at=now,
-        totals=_counts(grants), denied=ledger.denied_count(who, since, until), boundaries=boundaries,
+        totals=_counts(grants), denied=ledger.queries.denied_count(who, since, until), boundaries=boundaries,
         rules=sorted(rules, key=lambda r: (r.rule is None, r.rule or "")),
     )  # fmt: skip
 

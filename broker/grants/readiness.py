@@ -142,7 +142,7 @@ class Readiness:
 def _outcome(check: Callable[[], object]) -> Result:
     try:
         check()
-    except BrokerError as exc:  # its detail is built to be log-safe (e.g. the ledger's `_why`)
+    except BrokerError as exc:  # its detail is built to be log-safe (e.g. the ledger's `why_failed`)
         return Result(exc.code, exc.detail[:200] or None)
     except Exception as exc:  # noqa: BLE001 (readiness reports, it never raises)
         return Result("failed", type(exc).__name__)

@@ -331,7 +331,7 @@ class GrantService:
     def _check_not_frozen(self, identity: Identity, boundary: BoundaryConfig, subject: str | None = None) -> None:
         """Operator freezes (broker/grants/operations.py) refuse new grants until lifted."""
         subject = subject or identity.subject
-        frozen = self.ledger.frozen(subject, boundary.name)
+        frozen = self.ledger.records.frozen(subject, boundary.name)
         if frozen == "subject":
             raise SubjectFrozen(f"subject {subject!r} is frozen")
         if frozen == "boundary":

@@ -121,7 +121,7 @@ class Withdrawal:
     def _active(self) -> list[Grant]:
         grants: list[Grant] = []
         after = None
-        while page := self.ledger.inventory(Filter(status=ACTIVE), after=after, limit=PAGE):
+        while page := self.ledger.queries.inventory(Filter(status=ACTIVE), after=after, limit=PAGE):
             grants += page
             after = (page[-1].issued_at, page[-1].id)
         return grants

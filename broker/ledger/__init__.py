@@ -10,12 +10,13 @@ from broker.ledger.models import (
     REVOKE_PENDING,
     AuditEvent,
     DenialWindow,
+    Event,
     Freeze,
     Grant,
     Revocation,
 )
 from broker.ledger.queries import Filter, Selector
-from broker.ledger.store import Event, LedgerStore, event_dict, make_engine
+from broker.ledger.store import LedgerStore, event_dict, make_engine
 
 __all__ = [
     "ACTIVE",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Insert, Table, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -11,10 +10,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from broker.errors import LedgerUnavailable
-from broker.ledger.models import ACTIVE, DenialWindow, Grant
-
-if TYPE_CHECKING:
-    from broker.ledger.store import Event
+from broker.ledger.models import ACTIVE, DenialWindow, Event, Grant
+from broker.ledger.transactions import Transactions
 
 OVERFLOW = "overflow"  # the one bucket of a window whose distinct fingerprints are past the cap
 
@@ -30,7 +27,10 @@ class Load:
 
 
 class LimitRecords:
-    """Mixin of LedgerStore: counts in the database, so every replica sees the same numbers."""
+    """Counts in the database, so every replica sees the same numbers."""
+
+    def __init__(self, tx: Transactions) -> None:
+        self.tx = tx
 
     def load(self, *, subject: str, attestor: str, boundary: str, now: float, since: float) -> Load:
         """One indexed statement (subject, boundary, issued_at): it runs on every issuance."""
@@ -43,7 +43,7 @@ class LimitRecords:
             func.min(case((recent, Grant.issued_at))),
         ).where(Grant.subject == subject, Grant.boundary == boundary, Grant.attestor == attestor, active | recent)
         try:  # a plain connection, like the freeze check
-            with self._reader.connect() as conn:
+            with self.tx.reader.connect() as conn:
                 return Load(*conn.execute(query).one())
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(f"ledger read failed: {type(exc).__name__}") from exc
@@ -54,7 +54,7 @@ class LimitRecords:
         At most `cap` fingerprints get their own bucket per window; later ones share OVERFLOW, so a
         flood of distinct junk tokens chains at most cap + 1 rows a window. True when `event` was chained.
         """
-        with self._tx() as session:
+        with self.tx.session() as session:
             if self._bump(session, window, token_fp):
                 return False
             distinct = session.scalar(select(func.count()).where(DenialWindow.window_start == window))
@@ -63,26 +63,26 @@ class LimitRecords:
                 if self._bump(session, window, token_fp):
                     return False
                 event.detail = {**event.detail, "identity_fp": OVERFLOW}
-            row = {"window_start": window, "token_fp": token_fp, "count": 1, "first_at": self._clock()}
+            row = {"window_start": window, "token_fp": token_fp, "count": 1, "first_at": self.tx.clock()}
             row["last_at"] = row["first_at"]
             inserted = session.execute(self._insert_new(DenialWindow.__table__).values(**row)).rowcount
             if not inserted:  # another replica opened the bucket first, and chained its row
                 self._bump(session, window, token_fp)
                 return False
-            self._append(session, [event])
+            self.tx.append(session, [event])
             return True
 
     def denial_windows(self, since: int = 0) -> list[DenialWindow]:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(DenialWindow).where(DenialWindow.window_start >= since)
             return list(session.scalars(query.order_by(DenialWindow.window_start, DenialWindow.token_fp)).all())
 
     def _bump(self, session: Session, window: int, token_fp: str) -> bool:
         table = DenialWindow.__table__
         bucket = (table.c.window_start == window) & (table.c.token_fp == token_fp)
-        values = {"count": table.c.count + 1, "last_at": self._clock()}
+        values = {"count": table.c.count + 1, "last_at": self.tx.clock()}
         return session.execute(update(table).where(bucket).values(**values)).rowcount > 0
 
     def _insert_new(self, table: Table) -> Insert:
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        dialect = postgresql if self.tx.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table).on_conflict_do_nothing()

@@ -8,6 +8,7 @@ from sqlalchemy import ColumnElement, func, or_, select, tuple_
 
 from broker.glob import compile_glob
 from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Grant
+from broker.ledger.transactions import Transactions
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,15 @@ class Selector:
 
 
 class ReadQueries:
-    """Mixin of LedgerStore: the operator's read queries (no writes here)."""
+    """The operator's read queries (no writes here)."""
+
+    def __init__(self, tx: Transactions) -> None:
+        self.tx = tx
 
     def active_ids(self, selector: Selector) -> list[str]:
         """Ids of the active grants a revocation selector matches."""
         conditions: list[ColumnElement[bool]] = [Grant.status == ACTIVE]
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             if selector.grant_id is not None:
                 conditions.append(Grant.id == selector.grant_id)
             if selector.task is not None:
@@ -66,7 +70,7 @@ class ReadQueries:
 
     def inventory(self, where: Filter, after: tuple[float, str] | None = None, limit: int = 100) -> list[Grant]:
         """Grants in (issued_at, id) order after the cursor; `since`/`until` bound `issued_at`."""
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(Grant).where(*self._grant_conditions(session, where))
             if after is not None:
                 query = query.where(tuple_(Grant.issued_at, Grant.id) > tuple_(*after))
@@ -74,24 +78,24 @@ class ReadQueries:
 
     def audit(self, where: Filter, after_seq: int = 0, limit: int = 1000) -> list[AuditEvent]:
         """Chained events in seq order after `after_seq`, filtered."""
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(AuditEvent).where(AuditEvent.seq > after_seq, *self._event_conditions(session, where))
             return list(session.scalars(query.order_by(AuditEvent.seq).limit(limit)).all())
 
     def audit_tail(self, where: Filter, count: int) -> list[AuditEvent]:
         """The newest `count` matching events, oldest first (`broker audit tail`)."""
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(AuditEvent).where(*self._event_conditions(session, where))
             rows = session.scalars(query.order_by(AuditEvent.seq.desc()).limit(count)).all()
             return list(reversed(rows))
 
     def last_seq(self) -> int:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             return session.scalar(select(func.max(AuditEvent.seq))) or 0
 
     def revocation_progress(self, revocation_id: str) -> dict[str, int]:
         """How many grants of one revocation are in each status; `retrying`: pending after a failed attempt."""
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(Grant.status, func.count()).where(Grant.revocation_id == revocation_id)
             counts = dict(session.execute(query.group_by(Grant.status)).all())
             retrying = select(func.count()).select_from(Grant).where(
@@ -102,18 +106,18 @@ class ReadQueries:
 
     def outbox_state(self) -> tuple[int, float | None]:
         """Revocations waiting in the outbox: how many, and when the oldest was asked for (or None)."""
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(func.count(), func.min(Grant.ended_at)).where(Grant.status == REVOKE_PENDING)
             count, oldest = session.execute(query).one()
             return count or 0, oldest
 
     def pending_total(self) -> int:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             return session.scalar(select(func.count()).select_from(Grant).where(Grant.status == REVOKE_PENDING)) or 0
 
     def window_grants(self, who: Filter, since: float, until: float) -> list[Grant]:
         """Grants of a subject (exact, or `subject_glob`) that were live at some moment of [since, until]."""
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(Grant).where(
                 *_subject_conditions(session, Grant.subject, who),
                 Grant.issued_at <= until,
@@ -123,7 +127,7 @@ class ReadQueries:
             return list(session.scalars(query.order_by(Grant.issued_at, Grant.id)).all())
 
     def denied_count(self, who: Filter, since: float, until: float) -> int:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(func.count()).select_from(AuditEvent).where(
                 AuditEvent.kind == "denied",
                 *_subject_conditions(session, AuditEvent.subject, who, events=True),

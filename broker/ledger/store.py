@@ -4,10 +4,8 @@ log, signals and key rows have their SQL in their own packages, inside the same 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
@@ -19,20 +17,18 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    insert,
     or_,
     select,
     text,
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from broker.errors import LedgerUnavailable
 from broker.fingerprint import fingerprint
 from broker.ledger import compiled
-from broker.ledger.chain import VerifyResult, link, verify_chain
-from broker.ledger.compiled import Executor
+from broker.ledger.chain import VerifyResult, verify_chain
 from broker.ledger.feed import EventFeed
 from broker.ledger.freezes import OperatorRecords
 from broker.ledger.issuing import OWNER_LEASE, IdemClaim, IssueBatch, KeyState, Outcome, Write, grant_values
@@ -48,18 +44,12 @@ from broker.ledger.models import (
     IdempotencyKey,
 )
 from broker.ledger.queries import ReadQueries
-from broker.ledger.turns import turn, turns_for
+from broker.ledger.transactions import Transactions, why_failed
+from broker.ledger.turns import turn
 from broker.ledger.writer import LedgerWriter
-from broker.transparency import log as transparency_log  # the one hook: every event is a log leaf
 
-# The statements of every append, built once (building one costs ~140 µs here) and run compiled on
-# the driver's cursor (broker/ledger/compiled.py): the ledger writer runs them for every batch.
-_HEAD = select(ChainHead.seq, ChainHead.hash).where(ChainHead.id == 1)
-_HEAD_FOR_UPDATE = _HEAD.with_for_update()
-_SET_HEAD = (
-    update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
-)
-_INSERT_EVENTS = insert(AuditEvent.__table__)
+# The writer's own statements, built once and run compiled (broker/ledger/compiled.py); the append's
+# are in transactions.py.
 _FROZEN_ONE = select(Freeze.kind, Freeze.value).where(
     or_((Freeze.kind == "subject") & (Freeze.value == bindparam("subject")),
         (Freeze.kind == "boundary") & (Freeze.value == bindparam("boundary")))
@@ -110,77 +100,40 @@ def make_engine(
     return engine
 
 
-class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
-    """Grants and audit events in one database; every write appends to the hash chain."""
+class LedgerStore:
+    """Grants and audit events in one database; every write appends to the hash chain.
+
+    Composed of parts that share one `Transactions`: `records` (freezes, revocation requests),
+    `limits` (abuse-limit counts), `queries` (operator reads) and `feed` (committed events); the
+    store itself holds issuance, the revocation outbox and verification.
+    """
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._reader = engine.execution_options(sqlite_deferred=True)
-        self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
-        self._clock = clock
-        self._lock_head = engine.dialect.name != "sqlite"
-        self._turns = turns_for(engine.dialect.name, engine.url.database)  # SQLite writers queue in the kernel
+        self.tx = Transactions(engine, clock)
+        self.records = OperatorRecords(self.tx)
+        self.limits = LimitRecords(self.tx)
+        self.queries = ReadQueries(self.tx)
+        self.feed = EventFeed(self.tx.sessions)
+        self.append_listeners = self.tx.append_listeners  # the signals outbox registers here
         self._writer = LedgerWriter(self._apply_batch)
-        # called inside each appending transaction with (session, chained rows): e.g. the signals outbox
-        self.append_listeners: list[Callable[[Session, list[dict[str, Any]]], None]] = []
 
     def close(self) -> None:
         self._writer.close()
 
     def ping(self) -> None:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             session.execute(text("SELECT 1"))
 
     def probe_write(self) -> None:
         """Readiness: a write transaction that commits (the chain head rewritten unchanged), so a full
         disk, a read-only database or a held lock shows, which `SELECT 1` does not."""
-        with self._tx() as session:
+        with self.tx.session() as session:
             session.execute(update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=ChainHead.seq))
 
     def on_write(self, listener: Callable[[float, int], None]) -> None:
         """Call `listener(seconds, writes)` after each batch the ledger writer commits (metrics)."""
         self._writer.listeners.append(listener)
-
-    @contextmanager
-    def _tx(self, readonly: bool = False) -> Iterator[Session]:
-        try:
-            factory = self._read_sessions if readonly else self._sessions
-            with turn(None if readonly else self._turns), factory() as session, session.begin():
-                yield session
-        except SQLAlchemyError as exc:
-            raise LedgerUnavailable(f"ledger write failed: {_why(exc)}") from exc
-
-    def _lock(self, executor: Executor) -> tuple[int, str]:
-        """The chain head, locked for this transaction (SQLite: BEGIN IMMEDIATE already holds the lock)."""
-        ((seq, prev_hash),) = compiled.fetch(executor, _HEAD_FOR_UPDATE if self._lock_head else _HEAD)
-        return seq, prev_hash
-
-    def _append(
-        self, executor: Executor, events: Sequence[Event], head: tuple[int, str] | None = None
-    ) -> list[dict[str, Any]]:
-        """Chain events onto the head inside the caller's transaction (the head row is the lock).
-
-        Core statements built once, not ORM units of work: this runs on every request. Returns the
-        chained rows; a session delivers them to the feed after commit, the writer publishes its own.
-        """
-        if not events:
-            return []
-        seq, prev_hash = head or self._lock(executor)
-        rows, now = [], self._clock()
-        for item in events:
-            seq += 1
-            row = _event_row(item, seq, now, prev_hash)
-            prev_hash = row["hash"]
-            rows.append(row)
-        compiled.execute_many(executor, _INSERT_EVENTS, rows)
-        transparency_log.append_leaves(executor, rows)
-        compiled.fetch(executor, _SET_HEAD, {"head_seq": seq, "head_hash": prev_hash})
-        if isinstance(executor, Session):
-            executor.info.setdefault("feed", []).extend(rows)  # delivered after commit (broker/ledger/feed.py)
-        for listener in self.append_listeners:  # in the same transaction (signals' outbox)
-            listener(executor, rows)
-        return rows
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -216,18 +169,18 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         On a Core connection, not an ORM session, with the append statements compiled (compiled.py).
         """
         try:
-            with turn(self._turns), self.engine.begin() as conn:
-                head = self._lock(conn)
-                batch = IssueBatch(self._clock(), self._frozen_among(conn, writes), self._keys_among(conn, writes),
+            with turn(self.tx.turns), self.engine.begin() as conn:
+                head = self.tx.lock(conn)
+                batch = IssueBatch(self.tx.clock(), self._frozen_among(conn, writes), self._keys_among(conn, writes),
                                    self._parents_among(conn, writes))  # fmt: skip
                 outcomes = [batch.decide(write) for write in writes]
                 batch.apply(conn)
-                rows = self._append(conn, batch.events, head=head)
+                rows = self.tx.append(conn, batch.events, head=head)
                 batch.number(rows)
         except SQLAlchemyError as exc:
-            raise LedgerUnavailable(f"ledger write failed: {_why(exc)}") from exc
-        self._publish(rows)
-        self._note_freezes(batch.frozen_seen)
+            raise LedgerUnavailable(f"ledger write failed: {why_failed(exc)}") from exc
+        self.feed.publish(rows)
+        self.records.note_freezes(batch.frozen_seen)
         return outcomes
 
     def _frozen_among(self, conn: Connection, writes: Sequence[Write]) -> set[tuple[str, str]]:
@@ -257,8 +210,8 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
     def _lock_cascade(self, session: Session) -> None:
         """A revocation ends derived grants too; it takes the chain head's lock (PostgreSQL: SQLite's
         BEGIN IMMEDIATE already serializes) so no derived grant commits between its cascade and its end."""
-        if self._lock_head:
-            self._lock(session)
+        if self.tx.lock_head:
+            self.tx.lock(session)
 
     def _derived(self, session: Session, ids: Sequence[str], *, rows: bool = False) -> list[Any]:
         """The active grants derived from these, transitively, locked in id order level by level."""
@@ -268,10 +221,10 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
             where = (Grant.parent_grant_id.in_(frontier), Grant.status == ACTIVE)
             if rows:
                 query = select(Grant.__table__).where(*where).order_by(Grant.id)
-                children = [c for c in session.execute(_for_update(query, self._lock_head)).all() if c.id not in seen]
+                children = [c for c in session.execute(_for_update(query, self.tx.lock_head)).all() if c.id not in seen]
             else:
                 query = select(Grant).where(*where).order_by(Grant.id)
-                children = [c for c in session.scalars(_for_update(query, self._lock_head)).all() if c.id not in seen]
+                children = [c for c in session.scalars(_for_update(query, self.tx.lock_head)).all() if c.id not in seen]
             seen.update(c.id for c in children)
             found += children
             frontier = [c.id for c in children]
@@ -296,12 +249,12 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         as `revoked` with the reason `parent grant <id> ended`. Returns the grants this call moved;
         grants already ending are left as they are (idempotent).
         """
-        now = self._clock()
-        with self._tx() as session:
+        now = self.tx.clock()
+        with self.tx.session() as session:
             self._lock_cascade(session)
             # lock rows in one order (by id) so two overlapping revocations never deadlock
             query = select(Grant).where(Grant.id.in_(grant_ids), Grant.status == ACTIVE).order_by(Grant.id)
-            rows = list(session.scalars(_for_update(query, self._lock_head)).all())
+            rows = list(session.scalars(_for_update(query, self.tx.lock_head)).all())
             derived = self._derived(session, [g.id for g in rows])
             asked = {g.id for g in rows}
             for grant in rows + derived:
@@ -315,23 +268,23 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
 
     def finish_revoke(self, grant_id: str, extra: dict[str, Any] | None = None) -> Grant | None:
         """Outbox step 2 succeeded: the grant reaches its final status and the event is chained."""
-        with self._tx() as session:
-            grant = session.get(Grant, grant_id, with_for_update=self._lock_head)
+        with self.tx.session() as session:
+            grant = session.get(Grant, grant_id, with_for_update=self.tx.lock_head)
             if grant is None or grant.status != REVOKE_PENDING:
                 return None
             grant.status, grant.next_attempt_at = grant.end_status or "revoked", None
-            self._append(session, [_end_event(grant, grant.status, extra or {})])
+            self.tx.append(session, [_end_event(grant, grant.status, extra or {})])
             return grant
 
     def fail_revoke(self, grant_id: str, *, error: str, retry_at: float) -> Grant | None:
         """Outbox step 2 failed: count the attempt, schedule the retry, chain a `revoke_failed` event."""
-        with self._tx() as session:
-            grant = session.get(Grant, grant_id, with_for_update=self._lock_head)
+        with self.tx.session() as session:
+            grant = session.get(Grant, grant_id, with_for_update=self.tx.lock_head)
             if grant is None or grant.status != REVOKE_PENDING:
                 return None
             grant.revoke_attempts += 1
             grant.next_attempt_at = retry_at
-            self._append(session, [_failed_event(grant, error, grant.revoke_attempts, retry_at)])
+            self.tx.append(session, [_failed_event(grant, error, grant.revoke_attempts, retry_at)])
             return grant
 
     def begin_revoke_many(
@@ -342,12 +295,12 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
         Returns the moved grants as rows (id, backend, boundary, handle, revoke_attempts, ...), with the
         grants derived from them (see `begin_revoke`), which end as `revoked`.
         """
-        now = self._clock()
+        now = self.tx.clock()
         values = {"status": REVOKE_PENDING, "end_status": end_status, "end_actor": actor, "end_reason": reason[:256],
                   "ended_at": now, "next_attempt_at": now + OWNER_LEASE, "revocation_id": revocation_id}  # fmt: skip
-        with self._tx() as session:
+        with self.tx.session() as session:
             self._lock_cascade(session)
-            rows = session.execute(_for_update(_batch(grant_ids, ACTIVE), self._lock_head)).all()
+            rows = session.execute(_for_update(_batch(grant_ids, ACTIVE), self.tx.lock_head)).all()
             session.execute(update(Grant.__table__).where(Grant.id.in_([r.id for r in rows])).values(**values))
             derived = self._derived(session, [r.id for r in rows], rows=True)
             for parent, children in _by_parent(derived).items():
@@ -358,39 +311,39 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
 
     def finish_revoke_many(self, grant_ids: Sequence[str], extra: dict[str, Any] | None = None) -> int:
         """Outbox step 2 for a batch: one transaction, one UPDATE, one chained event per grant; returns how many moved."""
-        with self._tx() as session:
-            rows = session.execute(_for_update(_batch(grant_ids, REVOKE_PENDING), self._lock_head)).all()
+        with self.tx.session() as session:
+            rows = session.execute(_for_update(_batch(grant_ids, REVOKE_PENDING), self.tx.lock_head)).all()
             final = func.coalesce(Grant.end_status, "revoked")
             session.execute(
                 update(Grant.__table__)
                 .where(Grant.id.in_([r.id for r in rows]))
                 .values(status=final, next_attempt_at=None)
             )
-            self._append(session, [_end_event(r, r.end_status or "revoked", extra or {}) for r in rows])
+            self.tx.append(session, [_end_event(r, r.end_status or "revoked", extra or {}) for r in rows])
             return len(rows)
 
     def fail_revoke_many(self, errors: dict[str, str], retry_at: float) -> int:
         """Outbox step 2 failed for a batch: count attempts, schedule retries, chain `revoke_failed` events."""
-        with self._tx() as session:
-            rows = session.execute(_for_update(_batch(list(errors), REVOKE_PENDING), self._lock_head)).all()
+        with self.tx.session() as session:
+            rows = session.execute(_for_update(_batch(list(errors), REVOKE_PENDING), self.tx.lock_head)).all()
             session.execute(
                 update(Grant.__table__)
                 .where(Grant.id.in_([r.id for r in rows]))
                 .values(revoke_attempts=Grant.revoke_attempts + 1, next_attempt_at=retry_at)
             )
-            self._append(session, [_failed_event(r, errors[r.id], r.revoke_attempts + 1, retry_at) for r in rows])
+            self.tx.append(session, [_failed_event(r, errors[r.id], r.revoke_attempts + 1, retry_at) for r in rows])
             return len(rows)
 
     def claim_due_revocations(self, now: float, limit: int, lease: float) -> list[Grant]:
         """Pending revocations whose retry time has come, pushed `lease` seconds ahead so one worker owns them."""
-        with self._tx() as session:
+        with self.tx.session() as session:
             query = (
                 select(Grant)
                 .where(Grant.status == REVOKE_PENDING, Grant.next_attempt_at <= now)
                 .order_by(Grant.next_attempt_at)
                 .limit(limit)
             )
-            if self._lock_head:
+            if self.tx.lock_head:
                 query = query.with_for_update(skip_locked=True)
             rows = list(session.scalars(query).all())
             for grant in rows:
@@ -399,14 +352,14 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
 
     def issued_index(self, grant_id: str) -> int | None:
         """The log index (seq - 1) of a grant's `issued` event."""
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(AuditEvent.seq).where(AuditEvent.grant_id == grant_id, AuditEvent.kind == "issued")
             seq = session.scalar(query.order_by(AuditEvent.seq).limit(1))
             return seq - 1 if seq is not None else None
 
     def idempotent_grant(self, key_hash: str) -> tuple[str, Grant] | None:
         """The request fingerprint and grant an idempotency key is bound to, if any."""
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(IdempotencyKey.request_fp, Grant).join(Grant, Grant.id == IdempotencyKey.grant_id)
             row = session.execute(query.where(IdempotencyKey.key_hash == key_hash)).first()
             return (row[0], row[1]) if row else None
@@ -414,33 +367,33 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
     def prune_idempotency_keys(self, now: float) -> int:
         """Forget keys whose grants have expired: a key is only a promise for its grant's lifetime."""
         due = IdempotencyKey.expires_at <= now
-        with self._tx(readonly=True) as session:  # most passes find nothing: don't take the write lock for that
+        with self.tx.session(readonly=True) as session:  # most passes find nothing: don't take the write lock for that
             if session.scalar(select(IdempotencyKey.key_hash).where(due).limit(1)) is None:
                 return 0
-        with self._tx() as session:
+        with self.tx.session() as session:
             return session.execute(delete(IdempotencyKey.__table__).where(due)).rowcount
 
     def expired_active(self, now: float, limit: int) -> list[str]:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(Grant.id).where(Grant.status == ACTIVE, Grant.expires_at <= now).limit(limit)
             return list(session.scalars(query).all())
 
     # --- reads ------------------------------------------------------------------------------
 
     def get_grant(self, grant_id: str) -> Grant | None:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             return session.get(Grant, grant_id)
 
     def grant_status(self, grant_id: str) -> str | None:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             return session.scalar(select(Grant.status).where(Grant.id == grant_id))
 
     def task_grants(self, subject: str, task: str) -> list[Grant]:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             return list(session.scalars(select(Grant).where(Grant.subject == subject, Grant.task == task)).all())
 
     def grants(self, **filters: Any) -> list[Grant]:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(Grant)
             for name, value in filters.items():
                 if value is not None:
@@ -448,13 +401,13 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
             return list(session.scalars(query.order_by(Grant.issued_at)).all())
 
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[AuditEvent]:
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             query = select(AuditEvent).where(AuditEvent.seq > after_seq).order_by(AuditEvent.seq).limit(limit)
             return list(session.scalars(query).all())
 
     def verify(self, batch: int = 5000) -> VerifyResult:
         """Walk the whole chain in batches against the head row."""
-        with self._tx(readonly=True) as session:
+        with self.tx.session(readonly=True) as session:
             head = session.get(ChainHead, 1)
             head_pair = (head.seq, head.hash) if head else None
             rows = session.execute(
@@ -463,35 +416,8 @@ class LedgerStore(OperatorRecords, LimitRecords, ReadQueries, EventFeed):
             return verify_chain((event_dict(r) for r in rows), head_pair)
 
 
-def _why(exc: SQLAlchemyError) -> str:
-    """A fixed, log-safe reason for a failed write (never the driver's raw message)."""
-    text_ = str(getattr(exc, "orig", exc)).lower()
-    for marker, reason in (("disk is full", "disk full"), ("no space", "disk full"), ("locked", "database locked"),
-                           ("readonly", "read-only database"), ("read-only", "read-only database"),
-                           ("connection", "connection lost"), ("timeout", "timeout")):  # fmt: skip
-        if marker in text_:
-            return f"{type(exc).__name__} ({reason})"
-    return type(exc).__name__
-
-
 def _for_update(query, lock: bool):  # noqa: ANN001, ANN202
     return query.with_for_update() if lock else query
-
-
-def _event_row(item: Event, seq: int, now: float, prev_hash: str) -> dict[str, Any]:
-    body = {
-        "seq": seq,
-        "id": uuid.uuid4().hex,
-        "ts": round(now, 6),
-        "kind": item.kind,
-        "subject": item.subject,
-        "boundary": item.boundary,
-        "task": item.task,
-        "grant_id": item.grant_id,
-        "actor": item.actor,
-        "detail": item.detail,
-    }
-    return {**body, "prev_hash": prev_hash, "hash": link(prev_hash, body)}
 
 
 def _by_parent(rows: Sequence[Row]) -> dict[str, list[Row]]:

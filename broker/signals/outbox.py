@@ -1,7 +1,8 @@
 """The signals outbox: SETs written in the same transaction as the ledger event that ends a grant.
 
-`LedgerStore._append` calls `SignalOutbox.on_append` inside its transaction (it holds the chain head
-lock, so appends are serialised and each stream's `next_seq` grows without gaps). A rolled-back end
+`Transactions.append` (broker/ledger/transactions.py) calls `SignalOutbox.on_append` inside its
+transaction (it holds the chain head lock, so appends are serialised and each stream's `next_seq`
+grows without gaps). A rolled-back end
 event leaves no SET; a committed one is never lost, whatever happens to the process afterwards.
 """
 

@@ -91,5 +91,5 @@ def build_transmitter(settings: Any, ledger: Any, keys: Any, clock: Any) -> Tran
     delivery = Delivery(outbox, keys, ledger.record, max_delay=float(settings.revoke_retry_max_delay), clock=clock)
     transmitter = Transmitter(registry, outbox, delivery)
     ledger.append_listeners.append(outbox.on_append)
-    ledger.subscribe(transmitter.on_commit)
+    ledger.feed.subscribe(transmitter.on_commit)
     return transmitter

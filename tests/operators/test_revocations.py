@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.operators.fleet import active, auth, issue_fleet, statuses, subject_of
@@ -83,7 +82,7 @@ def test_bad_revocation_requests_change_nothing(broker, issuers, body):
     answer = broker.post("/v1/revocations", json=body, headers=auth(issuers.operator()))
     assert answer.status_code in (400, 422), answer.text
     assert statuses(broker) == before
-    assert broker.service.ledger.freezes() == []
+    assert broker.service.ledger.records.freezes() == []
 
 
 def test_progress_is_polled_until_done(broker, issuers):
@@ -139,7 +138,7 @@ def test_revocation_with_freeze_revokes_and_refuses(broker, issuers):
     assert body["revoked"] == 4
     refused = broker.grant(issuers.worker("worker"), "payments", ["read"])
     assert refused.json()["code"] == "subject_frozen"
-    freeze = broker.service.ledger.freezes()[0]
+    freeze = broker.service.ledger.records.freezes()[0]
     assert (freeze.value, freeze.revocation_id) == (WORKER, body["revocation_id"])
     assert sum(statuses(broker)[h.grant_id] == "active" for h in held) == 8
 
@@ -167,7 +166,7 @@ def test_non_operator_gets_403_and_nothing_changes(broker, issuers, method, path
     answer = getattr(broker, method)(path, headers=auth(issuers.worker("worker")), **kwargs)
     assert (answer.status_code, answer.json()["code"]) == (403, "forbidden")
     assert statuses(broker) == before
-    assert broker.service.ledger.freezes() == []
+    assert broker.service.ledger.records.freezes() == []
     new = broker.events()[events_before:]
     assert [(e.kind, e.detail["code"]) for e in new] == [("denied", "forbidden")]
 

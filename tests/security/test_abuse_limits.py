@@ -147,7 +147,7 @@ def test_limits_and_refusal_counts_hold_across_replicas(tmp_path, issuers) -> No
         bad = junk("replicas")
         assert [r.grant(bad).status_code for r in (one, two, one)] == [401] * 3
         assert len(chained_refusals(two)) == 1
-        assert [w.count for w in one.service.ledger.denial_windows()] == [3]
+        assert [w.count for w in one.service.ledger.limits.denial_windows()] == [3]
         for broker in (one, two):
             broker.close()
             broker.service.ledger.engine.dispose()
@@ -190,7 +190,7 @@ def test_100_junk_tokens_write_few_rows(quiet) -> None:
     assert len(rows) == PER_WINDOW + 1  # one per fingerprint up to the cap, then one shared overflow row
     assert [r.detail["identity_fp"] for r in rows[:PER_WINDOW]] == [fingerprint(t) for t in tokens[:PER_WINDOW]]
     assert rows[-1].detail["identity_fp"] == "overflow"
-    counts = {w.token_fp: w.count for w in broker.service.ledger.denial_windows()}
+    counts = {w.token_fp: w.count for w in broker.service.ledger.limits.denial_windows()}
     assert sum(counts.values()) == 100 and counts["overflow"] == 100 - PER_WINDOW
 
 
@@ -209,7 +209,7 @@ def test_one_junk_token_repeated_is_one_row_a_window_with_its_count(quiet) -> No
     assert rows[0].detail == {"code": "invalid_identity", "action": "POST /oauth/introspect",
                               "identity_fp": fingerprint(token), "window_start": clock.start, "window": WINDOW,
                               "policy_revision": broker.service.policy.current.digest, "rule": None}  # fmt: skip
-    assert [w.count for w in broker.service.ledger.denial_windows()] == [50, 1]
+    assert [w.count for w in broker.service.ledger.limits.denial_windows()] == [50, 1]
 
 
 def test_no_text_of_an_unverified_token_is_stored(tmp_path, issuers) -> None:

@@ -12,7 +12,7 @@ from broker.errors import LedgerUnavailable
 from broker.ledger import Event, LedgerStore, event_dict, make_engine, migrate
 from broker.ledger.chain import canonical
 from broker.ledger.models import AuditEvent, ChainHead
-from broker.ledger.store import _event_row
+from broker.ledger.transactions import event_row as _event_row
 from broker.transparency import tree
 from broker.transparency.log import LogReader
 from tests.support.postgres import fresh_database
@@ -80,7 +80,7 @@ def test_the_migration_backfills_existing_events(tmp_path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     migrate.upgrade(engine, "0001")
     store = LedgerStore(engine)
-    with store._tx() as session:  # a ledger written before the log existed: the chain alone
+    with store.tx.session() as session:  # a ledger written before the log existed: the chain alone
         prev, rows = "0" * 64, []
         for seq in range(1, 12):
             rows.append(_event_row(Event(kind="denied", subject=f"old{seq}"), seq, 1.0 + seq, prev))
