@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broker.backends.vault import VaultClient
 from broker.config import BoundaryConfig
@@ -45,7 +45,7 @@ def parent_ttl(boundary: BoundaryConfig) -> int:
 
 @dataclass(frozen=True)
 class Parent:
-    token: str
+    token: str = field(repr=False)  # a secret: never in a repr, a log line or a traceback's locals dump
     accessor: str
     usable_until: float  # wall clock: after this a child could outlive its parent
 

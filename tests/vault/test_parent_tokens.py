@@ -105,6 +105,7 @@ def test_a_parent_token_can_make_only_its_boundarys_tokens(watched, issuers, vau
     _grants(client, issuers.worker("least"), 1, "l")
     (parent,) = [p for (b, s), p in client.service.backends["vault_token"].parents._parents.items()
                  if (b, s) == ("kv-payments", SA + "least")]  # fmt: skip
+    assert parent.token not in repr(parent) and parent.accessor in repr(parent)  # the secret never in a repr
     headers, addr = {"X-Vault-Token": parent.token}, vault_bed.openbao.addr
     assert httpx.post(f"{addr}/v1/auth/token/create/kv-billing-read", json={}, headers=headers).status_code == 403
     assert httpx.post(f"{addr}/v1/auth/token/create", json={}, headers=headers).status_code == 403
