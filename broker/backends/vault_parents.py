@@ -8,9 +8,9 @@ children of one parent in ~1.8 s.
 - A parent is made by the broker's own token through the boundary's parent role
   (`broker-parent-<boundary>`, see plan.py): an orphan, so it never dies with the broker's token
   (AppRole tokens rotate), allowed only `auth/token/create/<the boundary's token roles>`.
-- It lives `2 × max_ttl + PARENT_MARGIN` and is used for `max_ttl + PARENT_MARGIN` at most, so
-  every child (TTL ≤ the boundary's `max_ttl`) expires before its parent: a parent's natural end
-  never takes a live grant's token with it.
+- It lives `2 × max_ttl + PARENT_MARGIN` and makes children for its first `max_ttl` only, so
+  every child (TTL ≤ the boundary's `max_ttl`) expires at least `PARENT_MARGIN` before its
+  parent: a parent's natural end never takes a live grant's token with it.
 - The parent's token is a secret held in this process's memory only, never stored; the ledger
   stores its accessor (`grants.parent_handle`). Entries are bounded (`MAX_PARENTS`, least recently
   used dropped; a dropped parent simply ends at its TTL with its children).
@@ -47,7 +47,7 @@ def parent_ttl(boundary: BoundaryConfig) -> int:
 class Parent:
     token: str = field(repr=False)  # a secret: never in a repr, a log line or a traceback's locals dump
     accessor: str
-    usable_until: float  # wall clock: after this a child could outlive its parent
+    usable_until: float  # wall clock: a child made later could outlive its parent
 
 
 class ParentTokens:

@@ -111,3 +111,22 @@ def test_a_parent_token_can_make_only_its_boundarys_tokens(watched, issuers, vau
     assert httpx.post(f"{addr}/v1/auth/token/create", json={}, headers=headers).status_code == 403
     assert httpx.get(f"{addr}/v1/secret/data/payments/config", headers=headers).status_code == 403
     assert httpx.post(f"{addr}/v1/auth/token/revoke-accessor", json={"accessor": "x"}, headers=headers).status_code == 403
+
+
+def test_a_parent_is_used_only_while_every_child_would_end_before_it(vault_bed, vault_broker):
+    """It makes children for the first max_ttl of its 2 × max_ttl + 60 s: a child (TTL <= max_ttl) made
+    at the last moment still ends 60 s before its parent; then the next grant gets a new parent."""
+    from broker.backends.vault_parents import PARENT_MARGIN, ParentTokens
+
+    boundary = vault_broker.service.boundaries["kv-payments"]
+    now = [1_000.0]
+    parents = ParentTokens(vault_bed.openbao.root(), "d-test", clock=lambda: now[0])
+    first = parents.get(boundary, SA + "rotating")
+    assert first.usable_until == now[0] + boundary.max_ttl
+    now[0] = first.usable_until - 1
+    assert parents.get(boundary, SA + "rotating") == first
+    now[0] = first.usable_until
+    second = parents.get(boundary, SA + "rotating")
+    assert second.accessor != first.accessor
+    ttl = vault_bed.openbao.root().write("auth/token/lookup-accessor", {"accessor": first.accessor})["data"]["ttl"]
+    assert ttl >= boundary.max_ttl + PARENT_MARGIN  # Vault's own clock: a child made now would still end first
