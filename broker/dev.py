@@ -38,8 +38,14 @@ DEMO_POLICY: dict[str, Any] = {
             "match": {"attestor": "dev", "subject": "dev:receiver"},
             "roles": ["signal_receiver"],
         },
+        {  # a sub-agent the demo workload may delegate to (docs/agents.md §6): `demo` read, nothing more
+            "name": "dev-sub-agent",
+            "match": {"attestor": "dev", "subject": "dev:sub-agent"},
+            "allow": [{"boundary": "demo", "scopes": ["read"], "max_ttl": "15m"}],
+        },
     ]
 }
+DEV_TRUST_DOMAIN = "dev.local"  # transaction tokens (docs/agents.md §7) of `broker dev`
 
 
 def _issuer_dir(data_dir: Path) -> Path:
@@ -212,6 +218,7 @@ def dev_config(data_dir: Path, port: int, vault: dict[str, Any] | None = None,
         "boundaries": boundaries,
         "policy": demo_policy([b["name"] for b in boundaries]),
         "signal_push_allow_http": True,  # a receiver on loopback (`dev:receiver`) takes pushes over http
+        "txn_token_trust_domain": DEV_TRUST_DOMAIN,
         **({"vault": vault} if vault else {}),
     }
 
