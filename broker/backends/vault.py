@@ -141,8 +141,8 @@ class VaultClient:
             raise Refused(f"vault {method} {path}: {_brief(exc)}") from None
         except hvac.exceptions.VaultError as exc:
             raise BackendUnavailable(f"vault {method} {path}: {_brief(exc)}") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise BackendUnavailable(f"vault {method} {path}: {type(exc).__name__}") from None
+        except urllib3.exceptions.HTTPError as exc:  # what failed, not the wrapper (MaxRetryError of an SSLError)
+            raise BackendUnavailable(f"vault {method} {path}: {type(getattr(exc, 'reason', None) or exc).__name__}") from None
         return answer if isinstance(answer, dict) else {}
 
     def _token_alive(self, token: str | None) -> bool:

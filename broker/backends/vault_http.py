@@ -19,6 +19,9 @@ import hvac.adapters
 import urllib3
 
 POOL_CONNECTIONS = 64  # one per thread that may call Vault at once (issuing threads, outbox threads)
+# no retries (callers retry, and a mint must not run twice), but redirects followed as requests did:
+# a Vault standby answers 307 to the active node, keeping method and body
+CALLS = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=True)
 
 
 class Answer:
@@ -43,7 +46,8 @@ class Answer:
 
 class PooledAdapter(hvac.adapters.JSONAdapter):
     """Keep-alive connections to one Vault address: TLS verification (CA file or system store), client
-    certificate and timeout as configured; no redirects followed, no retries (callers retry)."""
+    certificate and timeout as configured; redirects followed, no retries (callers retry). Calls go
+    straight to `vault.addr`: no HTTP(S)_PROXY from the environment."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -53,7 +57,7 @@ class PooledAdapter(hvac.adapters.JSONAdapter):
             tls["ca_certs"] = verify
         if cert:
             tls["cert_file"], tls["key_file"] = cert
-        self.pool = urllib3.PoolManager(num_pools=2, maxsize=POOL_CONNECTIONS, retries=False,
+        self.pool = urllib3.PoolManager(num_pools=2, maxsize=POOL_CONNECTIONS, retries=CALLS,
                                         timeout=urllib3.Timeout(total=self._kwargs["timeout"]), **tls)  # fmt: skip
 
     def request(self, method: str, url: str, headers: dict[str, str] | None = None, raise_exception: bool = True,
@@ -69,7 +73,7 @@ class PooledAdapter(hvac.adapters.JSONAdapter):
         if kwargs.get("json") is not None:
             body = json.dumps(kwargs["json"]).encode()
             headers["Content-Type"] = "application/json"
-        answer = Answer(self.pool.request(method.upper(), url, body=body, headers=headers, redirect=False))
+        answer = Answer(self.pool.request(method.upper(), url, body=body, headers=headers))
         if not answer.ok and raise_exception and not self.ignore_exceptions:
             self._raise_for_error(method, url, answer)
         if answer.status_code == 200 and answer.content:

@@ -1,8 +1,8 @@
-"""The broker reaches Vault over HTTPS as configured: the CA it names, or none at all when told so.
+"""The broker's Vault transport (urllib3 under hvac, broker/backends/vault_http.py) as configured.
 
-OpenBao serves TLS with its own dev CA (`-dev-tls`); the broker's Vault transport (urllib3 under
-hvac, broker/backends/vault_http.py) must verify the server against `ca_file`, refuse a server its
-trust store cannot verify, and skip verification only with `tls_verify: false`.
+OpenBao serves TLS with its own dev CA (`-dev-tls`): the transport must verify the server against
+`ca_file`, refuse a server its trust store cannot verify, skip verification only with
+`tls_verify: false`, and follow a standby's redirect to the active node as hvac's default did.
 """
 
 from __future__ import annotations
@@ -61,3 +61,31 @@ def test_verification_is_skipped_only_when_configured_off(tls_openbao: OpenBao):
     with pytest.warns(urllib3.exceptions.InsecureRequestWarning):  # and it says so
         assert "secret/" in VaultClient(VaultConfig(**config)).read("sys/mounts")["data"]
 
+
+
+def test_a_redirect_to_the_active_node_is_followed_with_method_and_body(tmp_path, tls_openbao: OpenBao):
+    """A Vault standby answers 307 with the active node's address; the call must arrive there whole."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Standby(BaseHTTPRequestHandler):
+        def redirect(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", tls_openbao.addr + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = redirect
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    standby = HTTPServer(("127.0.0.1", 0), Standby)
+    threading.Thread(target=standby.serve_forever, daemon=True).start()
+    try:
+        config = {**tls_openbao.vault_config(), "addr": f"http://127.0.0.1:{standby.server_port}"}
+        made = VaultClient(VaultConfig(**config)).write("auth/token/create", {"ttl": "60s", "meta": {"via": "standby"}})
+        assert tls_openbao.token_lookup(made["auth"]["client_token"]) == 200
+    finally:
+        standby.shutdown()
+        standby.server_close()
