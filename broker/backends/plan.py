@@ -3,8 +3,9 @@
 The plan is data: ACL policies (the scopes' own, `credential-broker` for the broker's token and
 one `credential-broker-parent-<boundary>` per `vault_token` boundary for its parent tokens), token
 roles (the scopes': non-renewable, explicit max TTL = the boundary cap, children of a parent token;
-`broker-parent-<boundary>`: orphan, see vault_parents.py) and engine roles (`<mount>/creds/<name>` → `<mount>/roles/<name>` with `default_ttl`/`max_ttl` = the
-boundary cap, so no lease can outlive the cap). Operators apply it with their own tooling;
+`broker-parent-<boundary>`: orphan, see vault_parents.py) and engine roles (`<mount>/creds/<name>`
+→ `<mount>/roles/<name>` with `default_ttl`/`max_ttl` = the boundary cap, so no lease can outlive
+the cap). Operators apply it with their own tooling;
 `apply` writes it to a dev or test server.
 """
 
