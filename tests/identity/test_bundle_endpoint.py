@@ -173,8 +173,11 @@ def test_refresh_keeps_the_last_bundle_while_unreachable_and_fails_closed_on_a_b
     _grant_via_proxy(world, leaf, "t-r1")  # due: this request starts the refresh, off its own path
     applied.wait_after(hits)
     assert _grant_via_proxy(world, leaf, "t-r2").status_code == 201
-    clock[0] += 600
+    hits, clock[0] = applied.count, clock[0] + 600
     assert _refused(_grant_via_proxy(world, leaf, "t-r3"))  # stale past max_stale: nothing trusted
+    # that request was due to refresh too (still 503): let its fetch end, or it would still be running
+    # when the next one is due, and one fetch at a time means the next would start none
+    applied.wait_after(hits)
 
     web.answer(bundle(fed, sequence=2))
     hits, clock[0] = applied.count, clock[0] + 11  # failures are retried every 10 s
