@@ -33,6 +33,7 @@ from broker.config import load_settings
 from broker.dev_openbao import OpenBaoServer, free_port
 
 LEVELS = (1, 16, 32)
+BROKER = str(Path(sys.executable).with_name("broker"))  # the CLI of this venv
 Send = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -291,7 +292,7 @@ def broker_server(directory: Path, config: dict[str, Any], *, workers: int | Non
     settings = load_settings(path)
     open_keys(settings)
     open_ledger(settings).engine.dispose()
-    command = [str(Path(sys.executable).with_name("broker")), "serve", "--config", str(path), "--port", str(port),
+    command = [BROKER, "serve", "--config", str(path), "--port", str(port),
                "--log-level", "warning", *(["--workers", str(workers)] if workers else [])]  # fmt: skip
     proc = subprocess.Popen(command)
     try:
@@ -301,10 +302,11 @@ def broker_server(directory: Path, config: dict[str, Any], *, workers: int | Non
         _stop(proc)
 
 
-def audit_verify(server: BrokerServer) -> dict[str, Any]:
-    """`broker audit verify` (offline, the CLI an operator runs) of the ledger a broker filled."""
-    out = subprocess.run([str(Path(sys.executable).with_name("broker")), "audit", "verify", "--config",
-                          str(server.config_path)], capture_output=True, text=True, timeout=300)  # fmt: skip
+def audit_verify(server: BrokerServer, *extra: str) -> dict[str, Any]:
+    """`broker audit verify` (offline, the CLI an operator runs) of the ledger a broker filled; `extra`:
+    more options (e.g. `--checkpoint`, `--log-key`, `--witness-key`)."""
+    out = subprocess.run([BROKER, "audit", "verify", "--config", str(server.config_path), *extra], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
     try:
         return json.loads(out.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):

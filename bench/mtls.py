@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from bench.harness import Result, _stop, free_port
+from bench.harness import BROKER, Result, _stop, free_port
 from bench.scenarios import JWT_BOUNDARY, broker_config, identity_token, jwt_boundary
 from broker.app import open_keys, open_ledger
 from broker.config import load_settings
@@ -80,7 +79,7 @@ def https_broker(directory: Path, made: dict, certs: Pki) -> Iterator[str]:
     settings = load_settings(path)
     open_keys(settings)
     open_ledger(settings).engine.dispose()
-    command = [str(Path(sys.executable).with_name("broker")), "serve", "--config", str(path), "--port", str(port),
+    command = [BROKER, "serve", "--config", str(path), "--port", str(port),
                "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(command)
     url = f"https://127.0.0.1:{port}"

@@ -23,7 +23,7 @@ from broker.config import BoundaryConfig
 from broker.errors import BrokerError, DelegationTooDeep, InvalidSubjectToken, InvalidTarget, PolicyDenied
 from broker.grants.exchange import SUBJECT_TOKEN_TYPES, TOKEN_EXCHANGE, Form, as_asked, one, request_for, target
 from broker.grants.parent import ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, Parent, parent_of
-from broker.grants.service import Derived, GrantRequest, GrantService, Issued, actors, own_scopes, owns
+from broker.grants.service import Derived, GrantRequest, GrantService, Issued, actors, others_than, own_scopes, owns
 from broker.identity import Identity
 
 PARENT_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE})
@@ -70,13 +70,11 @@ def _derived_request(
         raise DelegationTooDeep(f"the chain would be {depth(act)} delegations deep "
                                 f"(max_delegation_depth is {service.settings.max_delegation_depth})")  # fmt: skip
     remaining = parent.remaining(service.clock())
-    if remaining < 1:
-        raise InvalidSubjectToken("the subject token expires now")
     request = request_for(form, boundary, cnf_jkt)
     scopes = _intersection(service, parent, actor, boundary, request.scopes or tuple(parent.grant.scope_list))
     chain = [*actors(act), parent.grant.subject]
     derived = Derived(parent_grant_id=parent.grant.id, principal=str(parent.claims["sub"]), act=act,
-                      guard_subjects=tuple(s for s in dict.fromkeys(chain) if s != actor.subject))  # fmt: skip
+                      guard_subjects=others_than(actor.subject, chain))  # fmt: skip
     ceiling = min(request.ttl_ceiling or remaining, remaining)
     return replace(request, scopes=scopes, ttl_ceiling=ceiling, derived=derived)
 

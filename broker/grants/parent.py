@@ -34,8 +34,11 @@ class Parent:
         return "txn" in self.claims and "req_wl" in self.claims
 
     def remaining(self, now: float) -> int:
-        """Whole seconds the parent still lives: a derived token never outlives it."""
-        return int(min(self.grant.expires_at, float(self.claims["exp"])) - now)
+        """Whole seconds the parent still lives (a derived token never outlives it); refused under one."""
+        seconds = int(min(self.grant.expires_at, float(self.claims["exp"])) - now)
+        if seconds < 1:
+            raise InvalidSubjectToken("the subject token expires now")
+        return seconds
 
 
 def verified(service: GrantService, token: str | None, types: tuple[str, ...]) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -583,6 +583,11 @@ def _request_fp(request: GrantRequest) -> str:
     body = [request.task, boundary, sorted(set(request.scopes)), request.ttl, request.cnf_jkt]
     body += [request.cnf_x5t] if request.cnf_x5t else []  # appended only when set: older hashes still match
     return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
+
+
+def others_than(holder: str, subjects: Iterable[str]) -> tuple[str, ...]:
+    """The other parties a derived grant names, in order, once each: their freezes refuse it too."""
+    return tuple(s for s in dict.fromkeys(subjects) if s != holder)
 
 
 def owns(identity: Identity, grant: Grant) -> bool:

@@ -33,7 +33,7 @@ from broker.errors import (
 )
 from broker.grants.exchange import BAD_TASK, TASK, TOKEN_EXCHANGE, Form, as_asked, one, requested_ttl
 from broker.grants.parent import ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TXN_TOKEN, Parent, parent_of, verified
-from broker.grants.service import Derived, GrantRequest, GrantService, Issued, owns
+from broker.grants.service import Derived, GrantRequest, GrantService, Issued, others_than, owns
 from broker.identity import Identity
 from broker.policy import Decision
 from broker.signing import TOKEN_TYPE, TXN_TOKEN_TYPE
@@ -88,8 +88,6 @@ def _request(service: GrantService, caller: Identity, parent: Parent, form: Form
     if not held or not frozenset(scopes) <= held:
         raise ScopeExceedsSubject("the requested scope is wider than the subject token's")
     remaining = min(MAX_LIFETIME, parent.remaining(service.clock()))
-    if remaining < 1:
-        raise InvalidSubjectToken("the subject token expires now")
     ttl = requested_ttl(form)
     if isinstance(ttl, int) and ttl > MAX_LIFETIME:
         raise TtlExceedsCap(f"a transaction token lives at most {MAX_LIFETIME}s")
@@ -99,7 +97,7 @@ def _request(service: GrantService, caller: Identity, parent: Parent, form: Form
     claims = _txn_claims(service, caller, parent, form)
     authority = Decision(allowed=True, rule=parent.grant.rule, max_ttl=None, reason="within the subject token",
                          revision=parent.grant.policy_revision or service.policy.current.digest)  # fmt: skip
-    others = tuple(s for s in dict.fromkeys((claims["sub"], parent.grant.subject)) if s != caller.subject)
+    others = others_than(caller.subject, (claims["sub"], parent.grant.subject))
     derived = Derived(parent_grant_id=parent.grant.id, principal=claims["sub"], guard_subjects=others,
                       txn=claims, backend="txn_token", authority=authority)  # fmt: skip
     return GrantRequest(task=task, boundary=parent.grant.boundary, scopes=scopes, ttl=ttl,

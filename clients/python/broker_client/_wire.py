@@ -10,6 +10,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -51,6 +52,11 @@ def base_url(url: str | None) -> str:
     if not found:
         raise BrokerClientError("no broker address: pass url= or set BROKER_URL")
     return found.rstrip("/")
+
+
+def scope_names(scopes: Sequence[str] | str) -> list[str]:
+    """One scope given as a string, or several."""
+    return [scopes] if isinstance(scopes, str) else list(scopes)
 
 
 def seconds(ttl: int | str | timedelta | None) -> int | str | None:
@@ -103,7 +109,7 @@ def answer(response: httpx.Response) -> Any:
 
 
 def grant_body(task: str, boundary: str, scopes: list[str] | tuple[str, ...] | str, ttl: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"task": task, "boundary": boundary, "scopes": [scopes] if isinstance(scopes, str) else list(scopes)}
+    body: dict[str, Any] = {"task": task, "boundary": boundary, "scopes": scope_names(scopes)}
     if ttl is not None:
         body["ttl"] = seconds(ttl)
     return body
@@ -145,8 +151,7 @@ def delegation_form(parent_token: str, actor_token: str, task: str, scopes: list
     """RFC 8693 delegation: the held parent token as `subject_token`, the sub-agent's identity as `actor_token`."""
     form = {"grant_type": TOKEN_EXCHANGE, "subject_token_type": ACCESS_TOKEN_TYPE, "subject_token": parent_token,
             "actor_token_type": JWT_TYPE, "actor_token": actor_token, "task": task}  # fmt: skip
-    names = [scopes] if isinstance(scopes, str) else list(scopes)
-    if names:
+    if names := scope_names(scopes):
         form["scope"] = " ".join(names)
     if ttl is not None:
         form["requested_ttl"] = str(seconds(ttl))
@@ -164,8 +169,7 @@ def txn_token_form(subject_token: str, audience: str, scopes: list[str] | tuple[
     transaction token to replace, as `subject_token`; `request_details` / `request_context` as JSON."""
     form = {"grant_type": TOKEN_EXCHANGE, "requested_token_type": TXN_TOKEN_TYPE, "audience": audience,
             "subject_token": subject_token, "subject_token_type": TXN_TOKEN_TYPE if replace else ACCESS_TOKEN_TYPE}  # fmt: skip
-    names = [scopes] if isinstance(scopes, str) else list(scopes)
-    if names:
+    if names := scope_names(scopes):
         form["scope"] = " ".join(names)
     if details is not None:
         form["request_details"] = json.dumps(details)
