@@ -6,7 +6,8 @@ One `broker serve --workers 1` (SQLite FULL, a jwt boundary), wrk at `connection
 connections for the whole sampling window, py-spy sampling only while a thread holds the GIL
 (`--gil`: Python work, not waiting). Prints the share of GIL samples under each part of the path
 (a sample counts once per part whose frame is on its stack; parts overlap where they nest) and the
-functions with the most samples of their own.
+functions with the most samples of their own. Environment: BENCH_PROFILE_RAW (keep the raw stacks
+there), BENCH_PROFILE_RATE (samples per second, 250), BENCH_PROFILE_MODE (py-spy flags, `--gil`).
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             raw = Path(os.environ.get("BENCH_PROFILE_RAW", str(tmp / "profile.txt")))
             py_spy = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy"
             before = cpu_seconds([broker.proc.pid])
-            subprocess.run([str(py_spy if py_spy.exists() else "py-spy"), "record", "--gil", "--pid",
-                            str(broker.proc.pid), "--duration", str(int(args.seconds)), "--rate", "250",
+            subprocess.run([str(py_spy if py_spy.exists() else "py-spy"), "record", *os.environ.get("BENCH_PROFILE_MODE", "--gil").split(), "--pid",
+                            str(broker.proc.pid), "--duration", str(int(args.seconds)), "--rate", os.environ.get("BENCH_PROFILE_RATE", "250"),
                             "--format", "raw", "--output", str(raw), "--nonblocking"],
                            check=True, capture_output=True)  # fmt: skip
             spent = cpu_seconds([broker.proc.pid]) - before

@@ -37,8 +37,9 @@ from broker.ledger import LedgerStore, make_engine, migrate
 from broker.ledger.deployment import deployment_id
 from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.ledger.replay import ReplayStore
+from broker.ledger.writer_process import WriterServer
 from broker.policy import PolicySource
-from broker.signals.transmitter import Transmitter, build_transmitter
+from broker.signals.transmitter import Transmitter, build_transmitter, signal_outbox
 from broker.signing import FileKeyRepository, KeyRepository, KeyStore, SigningKey
 from broker.transparency.checkpoint import CosignatureVerifier
 from broker.transparency.checkpoints import Checkpointer
@@ -66,13 +67,28 @@ class Components:
     signals: Transmitter | None = None
 
 
-def open_ledger(settings: Settings) -> LedgerStore:
-    """The ledger store for the configured database, schema created if missing."""
+def open_ledger(settings: Settings, *, writer_process: bool = False) -> LedgerStore:
+    """The ledger store for the configured database, schema created if missing. `writer_process`: its
+    writes are committed by the ledger writer process `broker serve` runs (see `serve_ledger_writer`)."""
     if settings.database.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(settings.database, sqlite_synchronous=settings.sqlite_synchronous, pool=settings.db_pool)
     migrate.upgrade(engine)  # the same Alembic migrations on SQLite and PostgreSQL
-    return LedgerStore(engine)
+    return LedgerStore(engine, writer_dir=settings.data_dir if writer_process else None)
+
+
+def serve_ledger_writer(settings: Settings, ready: Callable[[], None] = lambda: None) -> None:
+    """The ledger writer process's work (broker/ledger/writer_process.py): the ledger with the same append
+    listeners as a worker's (the signals outbox), serving the workers' writes until the process ends."""
+    ledger = open_ledger(settings)
+    signal_outbox(settings, ledger, time.time)
+    server = WriterServer(ledger.apply_writes, settings.data_dir)
+    server.listen()
+    ready()
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
 
 
 def open_ledger_read_only(settings: Settings) -> LedgerStore:
@@ -175,7 +191,7 @@ def preflight(settings: Settings, clock: Callable[[], float] = time.time) -> tup
 def build(settings: Settings, clock: Callable[[], float] = time.time) -> Components:
     """Build every component from settings; nothing here runs at import time. `clock`: tests inject theirs."""
     policy, attestors = preflight(settings, clock)
-    ledger = open_ledger(settings)
+    ledger = open_ledger(settings, writer_process=settings.ledger_writer == "process")
     keys = open_keys(settings, ledger)
     transparency = open_log(settings, ledger)
     vault = VaultClient(settings.vault) if settings.vault else None

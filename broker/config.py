@@ -296,6 +296,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".broker")
     database_url: str | None = None
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # who commits the hot path's ledger writes under `broker serve`: one writer process for all the
+    # workers (broker/ledger/writer_process.py), or a writer thread in each; auto: a process when
+    # serving more than one worker
+    ledger_writer: Literal["auto", "process", "thread"] = "auto"
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     db_pool_timeout: float = Field(default=10.0, gt=0, le=120)

@@ -13,11 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from broker.cli.ledger_writer import LedgerWriterProcess
 from broker.cli.options import ConfigOpt, settings_or_exit
 from broker.cli.x509 import serve_options
 from broker.config import Settings, refuse_embedded_ledger
 from broker.errors import BrokerError, ConfigError
-
 
 # uvicorn's C HTTP parser and event loop (both installed with `uvicorn[standard]`), named rather than
 # left to "auto", so a missing one is an error at start-up instead of a quietly slower broker.
@@ -55,6 +55,7 @@ def serve(
         os.environ["BROKER_CONFIG"] = str(settings.config)
     workers = workers or default_workers()
     _prepare_shared_state(settings)
+    writer = _ledger_writer(settings, workers)
     uvicorn.run(
         "broker.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         log_level=log_level, access_log=False, proxy_headers=False,  # the broker's own access line replaces uvicorn's
@@ -64,6 +65,25 @@ def serve(
         # reuses a connection the server is closing at that instant ("server disconnected")
         timeout_keep_alive=keep_alive,
     )
+    if writer is not None and not writer.stop():
+        typer.echo("error: the ledger writer process ended while serving; the broker stopped", err=True)
+        raise typer.Exit(1)
+
+
+def _ledger_writer(settings: Settings, workers: int) -> LedgerWriterProcess | None:
+    """Start the ledger writer process when the config asks for it (`auto`: more than one worker), and
+    tell the workers which writer to use (they read the setting from the environment)."""
+    mode = settings.ledger_writer
+    if mode == "auto":
+        mode = "process" if workers > 1 else "thread"
+    os.environ["BROKER_LEDGER_WRITER"] = mode
+    if mode == "thread":
+        return None
+    try:
+        return LedgerWriterProcess.start(settings.data_dir)
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _preflight(settings: Settings) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -47,6 +48,7 @@ from broker.ledger.queries import ReadQueries
 from broker.ledger.transactions import Transactions, why_failed
 from broker.ledger.turns import turn
 from broker.ledger.writer import LedgerWriter
+from broker.ledger.writer_process import Applied, RemoteWriter
 
 # The writer's own statements, built once and run compiled (broker/ledger/compiled.py); the append's
 # are in transactions.py.
@@ -108,7 +110,9 @@ class LedgerStore:
     store itself holds issuance, the revocation outbox and verification.
     """
 
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time, writer_dir: Path | None = None) -> None:
+        """`writer_dir`: the data directory of a running ledger writer process (writer_process.py), which
+        then commits this store's writes; without it a writer thread of this process does."""
         self.engine = engine
         self.tx = Transactions(engine, clock)
         self.records = OperatorRecords(self.tx)
@@ -116,7 +120,9 @@ class LedgerStore:
         self.queries = ReadQueries(self.tx)
         self.feed = EventFeed(self.tx.sessions)
         self.append_listeners = self.tx.append_listeners  # the signals outbox registers here
-        self._writer = LedgerWriter(self._apply_batch)
+        self._writer: LedgerWriter | RemoteWriter = (
+            RemoteWriter(writer_dir, on_commit=self.committed) if writer_dir else LedgerWriter(self._apply_batch)
+        )
 
     def close(self) -> None:
         self._writer.close()
@@ -127,7 +133,10 @@ class LedgerStore:
 
     def probe_write(self) -> None:
         """Readiness: a write transaction that commits (the chain head rewritten unchanged), so a full
-        disk, a read-only database or a held lock shows, which `SELECT 1` does not."""
+        disk, a read-only database or a held lock shows, which `SELECT 1` does not; and the ledger
+        writer process reachable, when this store's writes go there."""
+        if isinstance(self._writer, RemoteWriter):
+            self._writer.check()
         with self.tx.session() as session:
             session.execute(update(ChainHead.__table__).where(ChainHead.id == 1).values(seq=ChainHead.seq))
 
@@ -164,7 +173,15 @@ class LedgerStore:
         return self._writer.run(write)
 
     def _apply_batch(self, writes: Sequence[Write]) -> list[Outcome]:
-        """One transaction for a batch of writes (the writer thread calls this); failures are LedgerUnavailable.
+        """The writer thread's batch: committed, then published here."""
+        applied = self.apply_writes(writes)
+        for each in applied:
+            self.committed(each)
+        return [each.outcome for each in applied]
+
+    def apply_writes(self, writes: Sequence[Write]) -> list[Applied]:
+        """One transaction for a batch of writes (a writer thread, or the writer process, calls this);
+        failures are LedgerUnavailable. Each write's outcome comes with the rows it chained.
 
         On a Core connection, not an ORM session, with the append statements compiled (compiled.py).
         """
@@ -173,15 +190,21 @@ class LedgerStore:
                 head = self.tx.lock(conn)
                 batch = IssueBatch(self.tx.clock(), self._frozen_among(conn, writes), self._keys_among(conn, writes),
                                    self._parents_among(conn, writes))  # fmt: skip
-                outcomes = [batch.decide(write) for write in writes]
+                decided = []
+                for write in writes:  # each write's events are one run of the batch's, in order
+                    start = len(batch.events)
+                    decided.append((batch.decide(write), start, len(batch.events)))
                 batch.apply(conn)
                 rows = self.tx.append(conn, batch.events, head=head)
                 batch.number(rows)
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(f"ledger write failed: {why_failed(exc)}") from exc
-        self.feed.publish(rows)
-        self.records.note_freezes(batch.frozen_seen)
-        return outcomes
+        return [Applied(outcome, rows[start:end], batch.frozen_seen) for outcome, start, end in decided]
+
+    def committed(self, applied: Applied) -> None:
+        """After a write is durable: its rows to this process's feed, the freezes it met to the snapshot."""
+        self.feed.publish(applied.rows)
+        self.records.note_freezes(applied.frozen_seen)
 
     def _frozen_among(self, conn: Connection, writes: Sequence[Write]) -> set[tuple[str, str]]:
         """The freezes touching this batch's grants, read after the head lock so a freeze committed

@@ -83,13 +83,19 @@ class _StreamCollector:
         yield from (pending, oldest, failing, sent, failed, error)
 
 
+def signal_outbox(settings: Any, ledger: Any, clock: Any) -> SignalOutbox:
+    """The outbox, written inside each appending transaction of `ledger` (a worker's, the writer process's)."""
+    outbox = SignalOutbox(ledger.engine, settings.issuer, clock, {b.name: b.jwt_audience for b in settings.boundaries})
+    ledger.append_listeners.append(outbox.on_append)
+    return outbox
+
+
 def build_transmitter(settings: Any, ledger: Any, keys: Any, clock: Any) -> Transmitter:
     """Wire the outbox into the ledger (inside each appending transaction) and delivery after each commit."""
-    outbox = SignalOutbox(ledger.engine, settings.issuer, clock, {b.name: b.jwt_audience for b in settings.boundaries})
+    outbox = signal_outbox(settings, ledger, clock)
     registry = StreamRegistry(ledger.engine, issuer=settings.issuer, boundaries=[b.name for b in settings.boundaries],
                               allow_http=settings.signal_push_allow_http, clock=clock)  # fmt: skip
     delivery = Delivery(outbox, keys, ledger.record, max_delay=float(settings.revoke_retry_max_delay), clock=clock)
     transmitter = Transmitter(registry, outbox, delivery)
-    ledger.append_listeners.append(outbox.on_append)
     ledger.feed.subscribe(transmitter.on_commit)
     return transmitter

@@ -93,6 +93,8 @@ def test_two_workers_keep_one_hash_chain_under_concurrent_load(tmp_path, issuers
             with httpx.Client(timeout=30) as client:  # a connection per request: the kernel spreads them
                 return client.post(f"{url}/v1/grants", json=body, headers={"Authorization": f"Bearer {token}"}).status_code
 
+        assert (tmp_path / "data" / "ledger-writer.sock").exists()  # both workers commit through one writer process
+        assert len(_writer_processes(proc)) == 1
         with ThreadPoolExecutor(concurrency) as pool:
             statuses = list(pool.map(issue, range(grants)))
         assert statuses == [201] * grants
@@ -107,6 +109,29 @@ def test_two_workers_keep_one_hash_chain_under_concurrent_load(tmp_path, issuers
         total = conn.scalar(select(func.count()).select_from(AuditEvent))
     engine.dispose()
     assert report["ok"] and issued == grants and report["checked"] == total
+
+
+def _writer_processes(proc: subprocess.Popen) -> list[int]:
+    """The spawned children that are not uvicorn workers (nor multiprocessing's resource tracker)."""
+    return [pid for pid in _children(proc.pid)
+            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text() and not _serving_fast(pid)]  # fmt: skip
+
+
+def test_one_worker_commits_on_its_own_thread(tmp_path, issuers) -> None:
+    with served(tmp_path, issuers, "--workers", "1") as (url, proc, _path):
+        body = {"task": "t", "boundary": "orders", "scopes": ["read"], "ttl": 60}
+        answer = httpx.post(f"{url}/v1/grants", json=body, headers={"Authorization": f"Bearer {issuers.worker()}"})
+        assert answer.status_code == 201
+        assert not (tmp_path / "data" / "ledger-writer.sock").exists() and _writer_processes(proc) == []
+
+
+def test_serve_stops_when_its_ledger_writer_process_dies(tmp_path, issuers) -> None:
+    with served(tmp_path, issuers, "--workers", "2") as (url, proc, _path):
+        wait_until(lambda: _fast_workers(proc) == 2, 60, "two workers serving")
+        (writer,) = _writer_processes(proc)
+        os.kill(writer, signal.SIGKILL)
+        assert proc.wait(30) == 1  # never serving on without its ledger: the supervisor restarts it whole
+        assert "the ledger writer process ended while serving" in proc.stdout.read()
 
 
 def test_dev_serves_on_uvloop_and_httptools(tmp_path) -> None:

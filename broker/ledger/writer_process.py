@@ -1,0 +1,247 @@
+"""The ledger writer in its own process: the workers of one `broker serve` hand it their writes.
+
+Why a process: with one writer thread in each worker, the workers' writers took turns on the ledger
+(SQLite's one write lock; PostgreSQL's chain-head row), each batch waiting about a third of its time
+for the other's commit; and each writer thread waited for its worker's GIL at every driver call
+(BEGIN, the head read, each insert, COMMIT), so a batch of ~5 grants took ~4 ms of wall time for
+~1 ms of its own work. One writer process commits everyone's writes in one queue, with its own GIL.
+
+The process runs an ordinary `LedgerWriter` over its own `LedgerStore` (same database, same append
+listeners), so batching, the freeze and parent checks inside the issuing transaction and the
+one-write-alone retry are those of the thread. A worker's `RemoteWriter` has the thread writer's
+surface (`submit`, `run`, `close`, `listeners`): each write goes over one Unix socket connection,
+each answer comes back with the write's chained rows, which the worker publishes to its own feed.
+
+Transport: `multiprocessing.connection` on a socket in the data directory (0600, in a 0700 folder),
+with an HMAC challenge on a key only the broker's user can read before anything is unpickled. Both
+ends are the same program of one deployment. When the writer process is gone, every waiting write
+fails with `LedgerUnavailable` (a 503), and so does every later one: nothing is written elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from itertools import count
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Any
+
+from broker.errors import LedgerUnavailable
+from broker.ledger.issuing import Outcome, Write
+from broker.ledger.writer import LedgerWriter
+
+log = logging.getLogger(__name__)
+SOCKET_NAME, KEY_NAME = "ledger-writer.sock", "ledger-writer.key"
+MAX_SOCKET_PATH = 100  # AF_UNIX paths are at most 107 bytes
+UNREACHABLE = (OSError, EOFError, ValueError, AuthenticationError)  # no process, no socket, a wrong key
+
+
+@dataclass
+class Applied:
+    """What one write came to in its batch's transaction: its outcome and the rows it chained."""
+
+    outcome: Outcome
+    rows: list[dict[str, Any]]
+    frozen_seen: set[tuple[str, str]] = field(default_factory=set)  # freezes the batch's checks met
+    batch: tuple[int, float] = (0, 0.0)  # (batch number, its commit's seconds), set by the writer process
+
+
+Commit = Callable[[Sequence[Write]], list[Applied]]  # LedgerStore.apply_writes
+
+
+def socket_path(data_dir: Path) -> Path:
+    path = data_dir / SOCKET_NAME
+    if len(str(path)) > MAX_SOCKET_PATH:
+        raise LedgerUnavailable(f"ledger writer socket path longer than {MAX_SOCKET_PATH} bytes: {path}")
+    return path
+
+
+class WriterServer:
+    """The writer process's side: accepts the workers' connections, answers each write once it is durable."""
+
+    def __init__(self, commit: Commit, data_dir: Path) -> None:
+        self._writer = LedgerWriter(commit, name="broker-ledger-writer")
+        self._writer.listeners.append(self._batch_done)
+        self._batches = count(1)
+        self._last_batch = (0, 0.0)
+        self._address = str(socket_path(data_dir))
+        self._key_file = data_dir / KEY_NAME
+        self._listener: Listener | None = None
+        self._connections: set[Connection] = set()
+
+    def listen(self) -> None:
+        """Bind the socket (a stale one from a killed process is replaced) and write a new key, both 0600."""
+        key = secrets.token_bytes(32)
+        fd = os.open(self._key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key)
+        Path(self._address).unlink(missing_ok=True)
+        old_umask = os.umask(0o177)
+        try:
+            self._listener = Listener(self._address, family="AF_UNIX", authkey=key)
+        finally:
+            os.umask(old_umask)
+
+    def serve_forever(self) -> None:
+        assert self._listener is not None, "listen() first"
+        while True:
+            try:
+                conn = self._listener.accept()
+            except UNREACHABLE as exc:  # a failed challenge (wrong key) or a dropped connect
+                log.warning("ledger writer refused a connection: %s", type(exc).__name__)
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="broker-ledger-writer-conn", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop accepting and hang up on every worker (their waiting writes fail), then stop the writer."""
+        if self._listener is not None:
+            self._listener.close()
+        for conn in list(self._connections):
+            conn.close()
+        self._writer.close()
+
+    def _serve(self, conn: Connection) -> None:
+        send_lock = threading.Lock()
+        self._connections.add(conn)
+        while True:
+            try:
+                request_id, write = conn.recv()
+            except Exception:  # noqa: BLE001 (gone, or not a message of ours: drop the connection)
+                self._connections.discard(conn)
+                conn.close()
+                return
+            future = self._writer.submit(write)
+            future.add_done_callback(lambda done, rid=request_id: self._answer(conn, send_lock, rid, done))
+
+    def _batch_done(self, seconds: float, _writes: int) -> None:
+        self._last_batch = (next(self._batches), seconds)  # read by the answers of this same batch, just after
+
+    def _answer(self, conn: Connection, send_lock: threading.Lock, request_id: int, done: Future) -> None:
+        error = done.exception()
+        if error is None:
+            applied: Applied = done.result()
+            applied.batch = self._last_batch
+            message: tuple[Any, ...] = (request_id, applied, None)
+        else:
+            message = (request_id, None, getattr(error, "detail", None) or f"ledger writer: {type(error).__name__}")
+        try:
+            with send_lock:
+                conn.send(message)
+        except OSError:
+            pass  # the worker is gone: its connection's reader ends
+
+
+class RemoteWriter:
+    """A worker's side: the thread writer's surface, over one connection to the writer process."""
+
+    def __init__(self, data_dir: Path, on_commit: Callable[[Applied], None]) -> None:
+        self._address = str(socket_path(data_dir))
+        self._key_file = data_dir / KEY_NAME
+        self._on_commit = on_commit
+        self.listeners: list[Callable[[float, int], None]] = []  # (seconds, writes) per batch, as the thread's
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._pending: dict[int, Future] = {}
+        self._ids = count(1)
+        self._last_batch = 0
+
+    def submit(self, write: Write) -> Future:
+        future: Future = Future()
+        with self._lock:
+            request_id = next(self._ids)
+            self._pending[request_id] = future
+            try:
+                self._connected().send((request_id, write))
+            except UNREACHABLE as exc:
+                self._drop(f"ledger writer process unavailable ({type(exc).__name__})")  # fails this one too
+        return future
+
+    def run(self, write: Write) -> Outcome:
+        return self.submit(write).result()
+
+    def check(self) -> None:
+        """Readiness: connected (connecting if need be), else LedgerUnavailable."""
+        with self._lock:
+            try:
+                self._connected()
+            except UNREACHABLE as exc:
+                raise LedgerUnavailable(f"ledger writer process unavailable ({type(exc).__name__})") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+
+    def _connected(self) -> Connection:
+        if self._conn is None:
+            key = Path(self._key_file).read_bytes()
+            self._conn = Client(self._address, family="AF_UNIX", authkey=key)
+            threading.Thread(target=self._read, args=(self._conn,), name="broker-ledger-writer-client",
+                             daemon=True).start()  # fmt: skip
+        return self._conn
+
+    def _read(self, conn: Connection) -> None:
+        while True:
+            try:
+                request_id, applied, error = conn.recv()
+            except (EOFError, OSError):
+                with self._lock:
+                    if self._conn is conn:
+                        self._drop("ledger writer process unavailable (connection lost)")
+                return
+            with self._lock:
+                future = self._pending.pop(request_id, None)
+            if future is not None:
+                self._resolve(future, applied, error)
+
+    def _resolve(self, future: Future, applied: Applied | None, error: str | None) -> None:
+        if applied is None:
+            future.set_exception(LedgerUnavailable(error or "ledger writer failed"))
+            return
+        number, seconds = applied.batch
+        if number != self._last_batch:  # each batch once, whatever share of it was this worker's
+            self._last_batch = number
+            for listener in self.listeners:
+                listener(seconds, 1)
+        try:
+            self._on_commit(applied)
+        finally:
+            future.set_result(applied.outcome)
+
+    def _drop(self, why: str) -> None:
+        """Lock held: forget the connection; every write waiting on it fails (its outcome is unknown here,
+        and the caller answers 503, as for a failed commit)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+        self._conn = None
+        waiting, self._pending = self._pending, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(LedgerUnavailable(why))
+
+
+def wait_for_writer(data_dir: Path, alive: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Until the writer process accepts a connection (raises LedgerUnavailable if it died or timed out)."""
+    deadline = time.monotonic() + timeout
+    probe = RemoteWriter(data_dir, on_commit=lambda _: None)
+    while True:
+        try:
+            probe.check()
+            probe.close()
+            return
+        except LedgerUnavailable:
+            if not alive() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
