@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -249,6 +250,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         parts.worker.run_once()  # resume pending revocations and expire stale grants before serving
         parts.worker.start()
         parts.readiness.wait_for(lambda r: r.ready(), timeout=STARTUP_READY_WAIT)
+        gc.freeze()  # what start-up built lives as long as the process: out of every later collection
         log.info("broker started: workers running, %d boundaries, policy %s",
                  len(settings.boundaries), parts.service.policy.current.digest[:12])  # fmt: skip
         yield
