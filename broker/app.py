@@ -240,7 +240,8 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Compone
     return Components(service, worker, operations, meters, transparency, readiness, transmitter)
 
 
-def create_app(settings: Settings, components: Components | None = None) -> FastAPI:
+def create_app(settings: Settings, components: Components | None = None, *, freeze_gc: bool = False) -> FastAPI:
+    """`freeze_gc`: a serving process (`broker serve`'s workers), not a test building many apps in one."""
     parts = components or build(settings)
 
     @asynccontextmanager
@@ -250,7 +251,8 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         parts.worker.run_once()  # resume pending revocations and expire stale grants before serving
         parts.worker.start()
         parts.readiness.wait_for(lambda r: r.ready(), timeout=STARTUP_READY_WAIT)
-        gc.freeze()  # what start-up built lives as long as the process: out of every later collection
+        if freeze_gc:  # what start-up built lives as long as the process: out of every later collection
+            gc.freeze()
         log.info("broker started: workers running, %d boundaries, policy %s",
                  len(settings.boundaries), parts.service.policy.current.digest[:12])  # fmt: skip
         yield
@@ -284,4 +286,4 @@ def app_from_env() -> FastAPI:
     """uvicorn factory for `broker serve` (BROKER_CONFIG names the file); built at call, not import."""
     from broker.config import load_settings
 
-    return create_app(load_settings())
+    return create_app(load_settings(), freeze_gc=True)
