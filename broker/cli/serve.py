@@ -9,11 +9,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from broker.cli.ledger_writer import LedgerWriterProcess
+from broker.cli.listening import OwnSockets, bind, reuse_port_available
 from broker.cli.options import ConfigOpt, settings_or_exit
 from broker.cli.x509 import serve_options
 from broker.config import Settings, refuse_embedded_ledger
@@ -22,6 +23,7 @@ from broker.errors import BrokerError, ConfigError
 # uvicorn's C HTTP parser and event loop (both installed with `uvicorn[standard]`), named rather than
 # left to "auto", so a missing one is an error at start-up instead of a quietly slower broker.
 SERVER_SPEED = {"loop": "uvloop", "http": "httptools"}
+APP = "broker.app:app_from_env"  # a uvicorn factory: each worker builds its own app
 
 
 def default_workers() -> int:
@@ -42,8 +44,6 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="One log line per request (route, status, duration).")] = True,
 ) -> None:
     """Run the broker with a config file (production)."""
-    import uvicorn
-
     from broker.logs import FORMATS, log_config
 
     if log_format not in FORMATS:
@@ -55,19 +55,42 @@ def serve(
         os.environ["BROKER_CONFIG"] = str(settings.config)
     workers = workers or default_workers()
     _prepare_shared_state(settings)
+    tls = serve_options(settings)  # HTTPS when the config has `tls:` (its own h11 protocol)
     writer = _ledger_writer(settings, workers)
-    uvicorn.run(
-        "broker.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, access_log=False, proxy_headers=False,  # the broker's own access line replaces uvicorn's
-        log_config=log_config(log_format, log_level, access_log=access_log),
-        **{**SERVER_SPEED, **serve_options(settings)},  # HTTPS when the config has `tls:` (its own h11 protocol)
-        # longer than clients' and load balancers' idle timeouts (httpx: 5 s), so a client never
-        # reuses a connection the server is closing at that instant ("server disconnected")
-        timeout_keep_alive=keep_alive,
-    )
-    if writer is not None and not writer.stop():
+    try:
+        _run(
+            host=host, port=port, workers=workers,
+            log_level=log_level, access_log=False, proxy_headers=False,  # the broker's access line replaces uvicorn's
+            log_config=log_config(log_format, log_level, access_log=access_log), **{**SERVER_SPEED, **tls},
+            # longer than clients' and load balancers' idle timeouts (httpx: 5 s), so a client never
+            # reuses a connection the server is closing at that instant ("server disconnected")
+            timeout_keep_alive=keep_alive,
+        )
+    finally:
+        survived = writer.stop() if writer is not None else True
+    if not survived:
         typer.echo("error: the ledger writer process ended while serving; the broker stopped", err=True)
         raise typer.Exit(1)
+
+
+def _run(**options: Any) -> None:
+    """uvicorn serving the broker; several workers each on their own SO_REUSEPORT socket (listening.py)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    if options["workers"] == 1 or not reuse_port_available():
+        uvicorn.run(APP, factory=True, **options)
+        return
+    config = uvicorn.Config(APP, factory=True, **options)
+    try:
+        reserved = bind(config.host, config.port, listen=False)
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {config.host}:{config.port}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        Multiprocess(config, sockets=OwnSockets(config.host, config.port)).run()
+    finally:
+        reserved.close()
 
 
 def _ledger_writer(settings: Settings, workers: int) -> LedgerWriterProcess | None:

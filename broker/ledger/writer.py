@@ -33,10 +33,14 @@ class LedgerWriter:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.listeners: list[Callable[[float, int], None]] = []  # (seconds, writes) per committed batch
+        self.after_batch: list[Callable[[], None]] = []  # once every future of a batch is resolved
 
-    def submit(self, write: Any) -> Future:
-        """Queue one write; the future resolves to its outcome once it is durable (or to its error)."""
+    def submit(self, write: Any, on_done: Callable[[Future], None] | None = None) -> Future:
+        """Queue one write; the future resolves to its outcome once it is durable (or to its error).
+        `on_done` is attached before the write is queued, so it always runs on the writer thread."""
         future: Future = Future()
+        if on_done is not None:
+            future.add_done_callback(on_done)
         self._ensure_started()
         self._queue.put((write, future))
         return future
@@ -75,6 +79,8 @@ class LedgerWriter:
                     break
                 batch.append(item)
             self._commit(batch)
+            for after in self.after_batch:
+                after()
 
     def _commit(self, batch: list[tuple[Any, Future]]) -> None:
         started = time.perf_counter()

@@ -9,8 +9,9 @@ for the other's commit; and each writer thread waited for its worker's GIL at ev
 The process runs an ordinary `LedgerWriter` over its own `LedgerStore` (same database, same append
 listeners), so batching, the freeze and parent checks inside the issuing transaction and the
 one-write-alone retry are those of the thread. A worker's `RemoteWriter` has the thread writer's
-surface (`submit`, `run`, `close`, `listeners`): each write goes over one Unix socket connection,
-each answer comes back with the write's chained rows, which the worker publishes to its own feed.
+surface (`submit`, `run`, `close`, `listeners`): each write goes over one Unix socket connection;
+after each batch, one message per connection brings back its writes' answers, each with the rows
+that write chained, which the worker publishes to its own feed.
 
 Transport: `multiprocessing.connection` on a socket in the data directory (0600, in a 0700 folder),
 with an HMAC challenge on a key only the broker's user can read before anything is unpickled. Both
@@ -70,6 +71,8 @@ class WriterServer:
     def __init__(self, commit: Commit, data_dir: Path) -> None:
         self._writer = LedgerWriter(commit, name="broker-ledger-writer")
         self._writer.listeners.append(self._batch_done)
+        self._writer.after_batch.append(self._send_answers)
+        self._answers: dict[Connection, list[tuple[Any, ...]]] = {}  # written by the writer thread only
         self._batches = count(1)
         self._last_batch = (0, 0.0)
         self._address = str(socket_path(data_dir))
@@ -109,7 +112,6 @@ class WriterServer:
         self._writer.close()
 
     def _serve(self, conn: Connection) -> None:
-        send_lock = threading.Lock()
         self._connections.add(conn)
         while True:
             try:
@@ -118,25 +120,30 @@ class WriterServer:
                 self._connections.discard(conn)
                 conn.close()
                 return
-            future = self._writer.submit(write)
-            future.add_done_callback(lambda done, rid=request_id: self._answer(conn, send_lock, rid, done))
+            self._writer.submit(write, on_done=lambda done, rid=request_id: self._answer(conn, rid, done))
 
     def _batch_done(self, seconds: float, _writes: int) -> None:
         self._last_batch = (next(self._batches), seconds)  # read by the answers of this same batch, just after
 
-    def _answer(self, conn: Connection, send_lock: threading.Lock, request_id: int, done: Future) -> None:
+    def _answer(self, conn: Connection, request_id: int, done: Future) -> None:
+        """On the writer thread, as each write of a batch resolves: queued for that connection."""
         error = done.exception()
         if error is None:
             applied: Applied = done.result()
             applied.batch = self._last_batch
-            message: tuple[Any, ...] = (request_id, applied, None)
+            answer: tuple[Any, ...] = (request_id, applied, None)
         else:
-            message = (request_id, None, getattr(error, "detail", None) or f"ledger writer: {type(error).__name__}")
-        try:
-            with send_lock:
-                conn.send(message)
-        except OSError:
-            pass  # the worker is gone: its connection's reader ends
+            answer = (request_id, None, getattr(error, "detail", None) or f"ledger writer: {type(error).__name__}")
+        self._answers.setdefault(conn, []).append(answer)
+
+    def _send_answers(self) -> None:
+        """After each batch: one message per connection with all of its answers."""
+        answers, self._answers = self._answers, {}
+        for conn, batch in answers.items():
+            try:
+                conn.send(batch)
+            except OSError:
+                pass  # the worker is gone: its connection's reader ends
 
 
 class RemoteWriter:
@@ -192,16 +199,17 @@ class RemoteWriter:
     def _read(self, conn: Connection) -> None:
         while True:
             try:
-                request_id, applied, error = conn.recv()
+                answers = conn.recv()
             except (EOFError, OSError):
                 with self._lock:
                     if self._conn is conn:
                         self._drop("ledger writer process unavailable (connection lost)")
                 return
             with self._lock:
-                future = self._pending.pop(request_id, None)
-            if future is not None:
-                self._resolve(future, applied, error)
+                futures = [self._pending.pop(request_id, None) for request_id, _, _ in answers]
+            for future, (_, applied, error) in zip(futures, answers, strict=True):
+                if future is not None:
+                    self._resolve(future, applied, error)
 
     def _resolve(self, future: Future, applied: Applied | None, error: str | None) -> None:
         if applied is None:

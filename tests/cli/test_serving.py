@@ -134,6 +134,44 @@ def test_serve_stops_when_its_ledger_writer_process_dies(tmp_path, issuers) -> N
         assert "the ledger writer process ended while serving" in proc.stdout.read()
 
 
+def _sockets_of(pid: int, port: int) -> dict[str, int]:
+    """This process's TCP sockets on `port` (local side), counted by state: LISTEN, ESTABLISHED."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    states = {"0A": "LISTEN", "01": "ESTABLISHED"}
+    counts = {"LISTEN": 0, "ESTABLISHED": 0}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes and fields[3] in states:
+                counts[states[fields[3]]] += 1
+    return counts
+
+
+def test_connections_opened_together_are_spread_over_the_workers(tmp_path, issuers) -> None:
+    with served(tmp_path, issuers, "--workers", "2") as (url, proc, _path):
+        wait_until(lambda: _fast_workers(proc) == 2, 60, "two workers serving")
+        port = int(url.rsplit(":", 1)[1])
+        workers = [pid for pid in _children(proc.pid) if _serving_fast(pid)]
+        assert [_sockets_of(pid, port)["LISTEN"] for pid in workers] == [1, 1]  # a socket each (SO_REUSEPORT)
+        assert _sockets_of(proc.pid, port)["LISTEN"] == 0  # the supervisor holds the address, never listens
+        clients = [httpx.Client(timeout=30) for _ in range(32)]  # 32 keep-alive connections, opened at once
+        try:
+            with ThreadPoolExecutor(32) as pool:
+                assert set(pool.map(lambda c: c.get(f"{url}/healthz").status_code, clients)) == {200}
+            held = [_sockets_of(pid, port)["ESTABLISHED"] for pid in workers]
+        finally:
+            for client in clients:
+                client.close()
+    assert sum(held) == 32 and min(held) > 0, held  # one worker alone: 2 ** -31 by the kernel's hash
+
+
 def test_dev_serves_on_uvloop_and_httptools(tmp_path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
