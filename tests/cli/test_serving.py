@@ -3,6 +3,7 @@ workers sharing one SQLite ledger and one hash chain; `broker dev` on the same l
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -170,6 +171,23 @@ def test_connections_opened_together_are_spread_over_the_workers(tmp_path, issue
             for client in clients:
                 client.close()
     assert sum(held) == 32 and min(held) > 0, held  # one worker alone: 2 ** -31 by the kernel's hash
+
+
+def test_a_serving_app_freezes_what_start_up_built_and_a_test_app_does_not(tmp_path, issuers) -> None:
+    from fastapi.testclient import TestClient
+
+    from broker.app import build, create_app
+    from tests.support.broker import broker_settings
+
+    gc.unfreeze()
+    settings = broker_settings(tmp_path / "data", issuers)
+    try:
+        with TestClient(create_app(settings, build(settings))) as client:
+            assert client.get("/healthz").status_code == 200 and gc.get_freeze_count() == 0
+        with TestClient(create_app(settings, build(settings), freeze_gc=True)) as client:  # as app_from_env builds it
+            assert client.get("/healthz").status_code == 200 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_dev_serves_on_uvloop_and_httptools(tmp_path) -> None:
