@@ -19,6 +19,7 @@ from starlette.routing import Route
 from broker.api.deps import Caller, ProofKey, Service, bearer, dpop_key
 from broker.api.schemas import GrantIn, GrantOut, IssuedOut, TaskCompletedOut, when
 from broker.api.tls import tls_facts
+from broker.blocking import WouldBlock, on_loop
 from broker.grants import GrantRequest, GrantService, Issued, Prepared
 
 router = APIRouter(prefix="/v1", tags=["grants"])
@@ -28,12 +29,15 @@ GRANT_BODY = {"requestBody": {"required": True, "content": {"application/json": 
 
 
 async def create_grant(request: Request) -> Response:
-    """POST /v1/grants: authenticate, admit and mint on an issuing thread; await the durable commit on
-    the event loop. The body is read and the answer written here (see ISSUE_ROUTE)."""
+    """POST /v1/grants: authenticate, admit and mint on the event loop when nothing on the way waits,
+    else on an issuing thread (broker/blocking.py); await the durable commit on the event loop. The
+    body is read and the answer written here (see ISSUE_ROUTE)."""
     request.scope["route"] = ISSUE_ROUTE  # as FastAPI's routes leave it: the access line, error logs, DPoP actions
     svc: GrantService = request.app.state.service
     payload = _json(await request.body()) if _is_json(request) else _unsupported()
-    prepared = await _off_loop(request, _prepare, request, payload, svc)
+    prepared = _on_loop(request, payload, svc) if _without_waiting(request, payload, svc) else None
+    if prepared is None:  # it would have waited (a database, Vault, a JWKS fetch): from the start, on a thread
+        prepared = await _off_loop(request, _prepare, request, payload, svc)
     if isinstance(prepared, Issued):  # an Idempotency-Key replay
         return _created(prepared)
     committed = svc.commit(prepared)
@@ -82,6 +86,23 @@ def _prepare(request: Request, payload: Any, svc: GrantService) -> Prepared | Is
         cnf_x5t=identity.x5t,  # over mutual TLS the grant is bound to the client certificate (RFC 8705)
     )
     return svc.prepare(identity, grant_request)
+
+
+def _without_waiting(request: Request, payload: Any, svc: GrantService) -> bool:
+    """A request that reads nothing from the database on the way (a DPoP proof's replay check and an
+    Idempotency-Key do), at a boundary whose grants are prepared without waiting."""
+    headers = request.headers
+    boundary = payload.get("boundary") if isinstance(payload, dict) else None
+    return "dpop" not in headers and "idempotency-key" not in headers and svc.prepares_without_waiting(boundary)
+
+
+def _on_loop(request: Request, payload: Any, svc: GrantService) -> Prepared | Issued | None:
+    """`_prepare` here, on the event loop; None where it would have waited (it changed nothing then)."""
+    try:
+        with on_loop():
+            return _prepare(request, payload, svc)
+    except WouldBlock:
+        return None
 
 
 async def _off_loop(request: Request, fn: Callable[..., Any], *args: Any) -> Any:

@@ -45,6 +45,7 @@ class Backend(Protocol):
     """Mints and revokes the credentials of one boundary kind."""
 
     kind: str
+    calls_out: bool  # minting calls another system (it may wait), or only signs here
 
     def mint(self, request: MintRequest) -> Minted:
         """Create the credential; raises BackendUnavailable when the downstream system fails."""

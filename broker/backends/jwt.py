@@ -17,6 +17,7 @@ class JwtBackend:
     """Signs a JWT per grant, then verifies what it signed before handing it out."""
 
     kind = "jwt"
+    calls_out = False  # minting signs here: no network call
     replayable = True  # the same claims signed again are the same credential (an Idempotency-Key replay)
 
     def __init__(self, keys: KeyStore, issuer: str) -> None:

@@ -19,6 +19,7 @@ class McpBackend(JwtBackend):
     """A `jwt` backend whose audience is the MCP server's canonical URI (see BoundaryConfig.jwt_audience)."""
 
     kind = "mcp"
+    calls_out = False  # minting signs here: no network call
 
 
 def protected_resource_metadata(boundary: BoundaryConfig, issuer: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ class TxnTokenBackend:
     """Signs a transaction token, then verifies what it signed before handing it out."""
 
     kind = "txn_token"
+    calls_out = False  # minting signs here: no network call
 
     def __init__(self, keys: KeyStore, issuer: str) -> None:
         self._keys = keys

@@ -18,6 +18,8 @@ from typing import Any
 import hvac.adapters
 import urllib3
 
+from broker.blocking import may_block
+
 POOL_CONNECTIONS = 64  # one per thread that may call Vault at once (issuing threads, outbox threads)
 # no retries (callers retry, and a mint must not run twice), but redirects followed as requests did:
 # a Vault standby answers 307 to the active node, keeping method and body
@@ -63,6 +65,7 @@ class PooledAdapter(hvac.adapters.JSONAdapter):
     def request(self, method: str, url: str, headers: dict[str, str] | None = None, raise_exception: bool = True,
                 **kwargs: Any) -> Any:  # fmt: skip
         """hvac's JSONAdapter.request: a dict for a 200 with JSON, else the answer; raises hvac's errors."""
+        may_block()  # never from the event loop (broker/blocking.py)
         url = self.urljoin(self.base_uri, re.sub("/{2,}", "/", url))  # as hvac does: `//` is `/` to Vault
         headers = {"X-Vault-Request": "true", **(headers or {})}
         if self.token and "X-Vault-Token" not in headers:  # a caller's own token (a parent token) wins

@@ -30,6 +30,7 @@ class VaultSecretBackend:
     """Reads `<engine>/creds/<role>`, caps the lease to the grant TTL, revokes by lease id."""
 
     kind = "vault_secret"
+    calls_out = True  # minting calls Vault
 
     def __init__(self, vault: VaultClient) -> None:
         self.vault = vault

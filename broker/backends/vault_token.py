@@ -30,6 +30,7 @@ class VaultTokenBackend:
     """
 
     kind = "vault_token"
+    calls_out = True  # minting calls Vault
 
     def __init__(self, vault: VaultClient, deployment: str = "") -> None:
         self.vault = vault

@@ -317,6 +317,17 @@ class GrantService:
             self.record_denial(identity, request, exc, decision=decision)
             raise
 
+    def prepares_without_waiting(self, boundary: Any) -> bool:
+        """True when admitting and minting at `boundary` (a name, as requested) reads no database and calls
+        no other system: a backend that signs here, no abuse limits. The API then prepares on the event
+        loop, and anything that would wait still sends it to a thread (broker/blocking.py)."""
+        config = self.boundaries.get(boundary) if isinstance(boundary, str) else None
+        backend = self.backends.get(config.backend) if config else None
+        if backend is None or backend.calls_out:
+            return False
+        limits = self.settings.limits_for(config)
+        return limits.max_active_grants is None and limits.issue_rate is None
+
     def _one_boundary(self, requested: str | list[str]) -> BoundaryConfig:
         names = sorted(set(requested)) if isinstance(requested, list) else [requested]
         if not names:

@@ -25,6 +25,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from broker.blocking import acquire, may_block
 from broker.errors import InvalidIdentity
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def build_http_client(timeout: float = 5.0, ca_file: Path | None = None) -> http
         trust_env=False,
         limits=httpx.Limits(max_connections=20, max_keepalive_connections=5),
         headers={"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "credential-broker"},
+        event_hooks={"request": [may_block]},  # never from the event loop (broker/blocking.py)
     )
 
 
@@ -249,7 +251,8 @@ class RemoteKeySet:
         self._last_error = "keys not fetched yet"
 
     def key(self, kid: str) -> VerificationKey:
-        with self._lock:
+        acquire(self._lock)  # on the event loop, not while another thread fetches (broker/blocking.py)
+        try:
             now = self._clock()
             if self._expired(now) and self._may_fetch(now):
                 self._refresh(now)
@@ -262,6 +265,8 @@ class RemoteKeySet:
             if found is None:
                 raise JwksError(f"{self._label}: no key with kid {kid[:64]!r}")
             return found
+        finally:
+            self._lock.release()
 
     def _expired(self, now: float) -> bool:
         return self._fetched_at is None or now - self._fetched_at >= self._ttl
@@ -270,6 +275,7 @@ class RemoteKeySet:
         return self._attempted_at is None or now - self._attempted_at >= self._min_interval
 
     def _refresh(self, now: float) -> None:
+        may_block()  # before anything changes: the thread that runs it again fetches
         self._attempted_at = now
         try:
             keys = self._load()

@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from broker.blocking import may_block
 from broker.errors import LedgerUnavailable
 from broker.fingerprint import fingerprint
 from broker.ledger import compiled
@@ -73,7 +74,9 @@ def make_engine(
     """
     if not url.startswith("sqlite"):
         args = {"connect_args": {"options": "-c default_transaction_read_only=on"}} if read_only else {}
-        return create_engine(url, pool_pre_ping=True, **{"pool_size": 10, "max_overflow": 10, **(pool or {})}, **args)
+        server = create_engine(url, pool_pre_ping=True, **{"pool_size": 10, "max_overflow": 10, **(pool or {})}, **args)
+        event.listen(server, "checkout", may_block)  # never from the event loop (broker/blocking.py)
+        return server
     if read_only:
         url = f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
     # a SQLite connection costs a file handle, so the pool covers every thread that may hold one at once
@@ -99,6 +102,7 @@ def make_engine(
         deferred = conn.get_execution_options().get("sqlite_deferred")
         conn.exec_driver_sql("BEGIN" if deferred or read_only else "BEGIN IMMEDIATE")
 
+    event.listen(engine, "checkout", may_block)  # never from the event loop (broker/blocking.py)
     return engine
 
 

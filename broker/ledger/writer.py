@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from broker.blocking import may_block
+
 log = logging.getLogger(__name__)
 MAX_BATCH = 256
 Apply = Callable[[Sequence[Any]], list[Any]]  # writes → one outcome per write, in one transaction
@@ -47,6 +49,7 @@ class LedgerWriter:
 
     def run(self, write: Any) -> Any:
         """Submit and wait: for callers on ordinary threads (workers, CLI, sync routes)."""
+        may_block()
         return self.submit(write).result()
 
     def close(self) -> None:

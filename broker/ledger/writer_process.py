@@ -35,6 +35,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
+from broker.blocking import may_block
 from broker.errors import LedgerUnavailable
 from broker.ledger.issuing import Outcome, Write
 from broker.ledger.writer import LedgerWriter
@@ -172,6 +173,7 @@ class RemoteWriter:
         return future
 
     def run(self, write: Write) -> Outcome:
+        may_block()
         return self.submit(write).result()
 
     def check(self) -> None:

@@ -1,0 +1,88 @@
+"""POST /v1/grants prepares on the event loop when nothing on the way waits, else on an issuing thread,
+from the start (broker/blocking.py): the same answers and the same ledger either way."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from broker.blocking import WouldBlock, acquire, may_block, on_loop
+from tests.support.broker import broker_settings, open_client
+
+NO_LIMITS = {"limits": {"max_active_grants": None, "issue_rate": None}}
+
+
+@pytest.fixture
+def unlimited(tmp_path, issuers):  # noqa: ANN201
+    """A broker whose boundaries have no abuse limits (their check reads the ledger on every issuance)."""
+    with open_client(broker_settings(tmp_path, issuers, **NO_LIMITS)) as client:
+        yield client
+
+
+def _where_prepared(client, monkeypatch) -> list[str]:  # noqa: ANN001
+    """The thread of every call of the prepare use case (an aborted attempt on the loop included)."""
+    threads: list[str] = []
+    service = client.service
+    prepare = service.prepare
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        threads.append(threading.current_thread().name)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(service, "prepare", recording)
+    return threads
+
+
+def test_a_jwt_grant_with_a_verified_identity_is_prepared_on_the_event_loop(unlimited, issuers, monkeypatch):
+    token = issuers.worker()
+    assert unlimited.grant(token, task="first").status_code == 201  # verifies in full (the JWKS may be fetched)
+    threads = _where_prepared(unlimited, monkeypatch)
+    answers = [unlimited.grant(token, task=f"t-{n}") for n in range(3)]
+    assert [a.status_code for a in answers] == [201] * 3
+    assert len(threads) == 3 and not any(t.startswith("broker-issue") for t in threads)
+    issued = unlimited.events("issued")
+    assert sorted(e.grant_id for e in issued if e.task.startswith("t-")) == sorted(a.json()["grant_id"] for a in answers)
+
+
+def test_a_refusal_found_on_the_loop_is_recorded_once_from_a_thread(unlimited, issuers, monkeypatch):
+    token = issuers.worker()
+    assert unlimited.grant(token, task="warm").status_code == 201
+    threads = _where_prepared(unlimited, monkeypatch)
+    denied = unlimited.grant(token, scopes=["admin"], task="too-much")  # the policy allows read and write
+    assert denied.status_code == 403 and denied.json()["code"] == "policy_denied"
+    assert threads[0] != threads[-1] and threads[-1].startswith("broker-issue")  # recording it would wait
+    assert [e.detail["code"] for e in unlimited.events("denied") if e.task == "too-much"] == ["policy_denied"]
+
+
+@pytest.mark.parametrize("why", ["abuse limits", "idempotency key"])
+def test_what_reads_the_ledger_is_prepared_on_a_thread_from_the_start(broker, unlimited, issuers, monkeypatch, why):
+    client = broker if why == "abuse limits" else unlimited  # `broker` has limits on (tests/support/broker.py)
+    headers = {"Idempotency-Key": "k-1"} if why == "idempotency key" else {}
+    token = issuers.worker()
+    body = {"task": "t", "boundary": "orders", "scopes": ["read"], "ttl": 60}
+    assert client.post("/v1/grants", json=body, headers={"Authorization": f"Bearer {token}"}).status_code == 201
+    threads = _where_prepared(client, monkeypatch)
+    answer = client.post("/v1/grants", json={**body, "task": "u"}, headers={"Authorization": f"Bearer {token}", **headers})
+    assert answer.status_code == 201
+    assert len(threads) == 1 and threads[0].startswith("broker-issue")  # never tried on the loop
+
+
+def test_may_block_raises_only_on_the_loop_and_passes_every_except_exception():
+    may_block()  # a thread may wait
+    with pytest.raises(WouldBlock), on_loop():
+        try:
+            may_block()
+        except Exception:  # noqa: BLE001 (what a use case's failure handling catches)
+            pytest.fail("WouldBlock was caught as an error")
+    may_block()  # the mark ends with its block
+
+
+def test_a_held_lock_is_waited_for_on_a_thread_and_refused_on_the_loop():
+    lock = threading.Lock()
+    lock.acquire()
+    with pytest.raises(WouldBlock), on_loop():
+        acquire(lock)
+    threading.Timer(0.05, lock.release).start()
+    acquire(lock)  # waits for the holder
+    lock.release()
