@@ -77,6 +77,16 @@ Outcome = Committed | Refused | Replayed | None  # None: an events-only write
 
 
 @dataclass
+class Applied:
+    """What one write came to in its batch's transaction: its outcome and the rows it chained."""
+
+    outcome: Outcome
+    rows: list[dict[str, Any]]
+    frozen_seen: set[tuple[str, str]] = field(default_factory=set)  # freezes the batch's checks met
+    batch: tuple[int, float] = (0, 0.0)  # (batch number, its commit's seconds), set by the writer process
+
+
+@dataclass
 class KeyState:
     """An idempotency key as this transaction sees it (loaded, or bound earlier in the batch)."""
 

@@ -33,7 +33,7 @@ from broker.ledger import compiled
 from broker.ledger.chain import VerifyResult, verify_chain
 from broker.ledger.feed import EventFeed
 from broker.ledger.freezes import OperatorRecords
-from broker.ledger.issuing import OWNER_LEASE, IdemClaim, IssueBatch, KeyState, Outcome, Write, grant_values
+from broker.ledger.issuing import OWNER_LEASE, Applied, IdemClaim, IssueBatch, KeyState, Outcome, Write, grant_values
 from broker.ledger.limits import LimitRecords
 from broker.ledger.models import (
     ACTIVE,
@@ -49,7 +49,7 @@ from broker.ledger.queries import ReadQueries
 from broker.ledger.transactions import Transactions, why_failed
 from broker.ledger.turns import turn
 from broker.ledger.writer import LedgerWriter
-from broker.ledger.writer_process import Applied, RemoteWriter
+from broker.ledger.writer_process import RemoteWriter
 
 # The writer's own statements, built once and run compiled (broker/ledger/compiled.py); the append's
 # are in transactions.py.

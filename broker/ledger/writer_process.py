@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from itertools import count
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
@@ -37,23 +36,13 @@ from typing import Any
 
 from broker.blocking import may_block
 from broker.errors import LedgerUnavailable
-from broker.ledger.issuing import Outcome, Write
+from broker.ledger.issuing import Applied, Outcome, Write
 from broker.ledger.writer import LedgerWriter
 
 log = logging.getLogger(__name__)
 SOCKET_NAME, KEY_NAME = "ledger-writer.sock", "ledger-writer.key"
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are at most 107 bytes
 UNREACHABLE = (OSError, EOFError, ValueError, AuthenticationError)  # no process, no socket, a wrong key
-
-
-@dataclass
-class Applied:
-    """What one write came to in its batch's transaction: its outcome and the rows it chained."""
-
-    outcome: Outcome
-    rows: list[dict[str, Any]]
-    frozen_seen: set[tuple[str, str]] = field(default_factory=set)  # freezes the batch's checks met
-    batch: tuple[int, float] = (0, 0.0)  # (batch number, its commit's seconds), set by the writer process
 
 
 Commit = Callable[[Sequence[Write]], list[Applied]]  # LedgerStore.apply_writes
