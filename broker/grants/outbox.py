@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from broker.backends import Backend
 from broker.config import Settings
 from broker.errors import BackendUnavailable, BrokerError
-from broker.ledger import Grant, LedgerStore
+from broker.ledger import REVOKE_PENDING, Grant, LedgerStore
 
 CLAIM_LEASE = 30.0  # seconds one outbox worker owns the revocations it claimed
 
@@ -55,12 +55,20 @@ class Outbox:
         reason: str,
         revocation_id: str | None = None,
     ) -> RevokeOutcome:
-        """Commit the intent for every grant, then execute; failures stay `revoke_pending`."""
+        """Commit the intent for every grant, then execute; failures stay `revoke_pending`. A grant whose
+        backend has nothing to call ends in that first transaction (one commit, not two)."""
         moved = self.ledger.begin_revoke(
-            grant_ids, end_status=end_status, actor=actor, reason=reason, revocation_id=revocation_id
-        )
-        revoked = sum(self.execute(grant) for grant in moved)
+            grant_ids, end_status=end_status, actor=actor, reason=reason, revocation_id=revocation_id,
+            ends_here=self._ends_here,
+        )  # fmt: skip
+        pending = [grant for grant in moved if grant.status == REVOKE_PENDING]
+        revoked = len(moved) - len(pending) + sum(self.execute(grant) for grant in pending)
         return RevokeOutcome(len(moved), revoked, len(moved) - revoked, [g.id for g in moved])
+
+    def _ends_here(self, grant: Grant) -> bool:
+        """The broker's own JWTs: revoking one is its status in the ledger (the deny list), no backend call."""
+        backend = self.backends.get(grant.backend)
+        return grant.boundary in self.boundaries and backend is not None and not backend.calls_out
 
     def execute(self, grant: Grant) -> bool:
         """Revoke at the backend; True when done, False when left for the retry worker."""

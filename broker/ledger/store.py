@@ -268,30 +268,45 @@ class LedgerStore:
         }
 
     def begin_revoke(
-        self, grant_ids: Sequence[str], *, end_status: str, actor: str, reason: str, revocation_id: str | None = None
-    ) -> list[Grant]:
+        self, grant_ids: Sequence[str], *, end_status: str, actor: str, reason: str, revocation_id: str | None = None,
+        ends_here: Callable[[Grant], bool] = lambda _: False,
+    ) -> list[Grant]:  # fmt: skip
         """Outbox step 1: mark active grants `revoke_pending` with the intended final status.
 
         Every active grant derived from them (transitively) is moved in the same transaction, to end
         as `revoked` with the reason `parent grant <id> ended`. Returns the grants this call moved;
         grants already ending are left as they are (idempotent).
+
+        `ends_here(grant)`: its revocation calls no backend (the broker's own JWTs, whose status is the
+        deny list): step 2 happens in this same transaction, the grant at its final status with its event.
         """
-        now = self.tx.clock()
         with self.tx.session() as session:
-            self._lock_cascade(session)
-            # lock rows in one order (by id) so two overlapping revocations never deadlock
-            query = select(Grant).where(Grant.id.in_(grant_ids), Grant.status == ACTIVE).order_by(Grant.id)
-            rows = list(session.scalars(_for_update(query, self.tx.lock_head)).all())
-            derived = self._derived(session, [g.id for g in rows])
-            asked = {g.id for g in rows}
-            for grant in rows + derived:
-                ending = end_status if grant.id in asked else "revoked"
-                why = reason if grant.id in asked else f"parent grant {grant.parent_grant_id} ended: {reason}"
-                grant.status, grant.end_status, grant.end_actor = REVOKE_PENDING, ending, actor
-                # the caller executes it now; other replicas' outbox workers wait out this lease first
-                grant.end_reason, grant.ended_at, grant.next_attempt_at = why[:256], now, now + OWNER_LEASE
-                grant.revocation_id = revocation_id
-            return rows + derived
+            moved = self._begin_revoke(session, grant_ids, end_status, actor, reason, revocation_id)
+            ended = [grant for grant in moved if ends_here(grant)]
+            for grant in ended:
+                grant.status, grant.next_attempt_at = grant.end_status or "revoked", None
+            self.tx.append(session, [_end_event(grant, grant.status, {}) for grant in ended])
+            return moved
+
+    def _begin_revoke(
+        self, session: Session, grant_ids: Sequence[str], end_status: str, actor: str, reason: str,
+        revocation_id: str | None,
+    ) -> list[Grant]:  # fmt: skip
+        now = self.tx.clock()
+        self._lock_cascade(session)
+        # lock rows in one order (by id) so two overlapping revocations never deadlock
+        query = select(Grant).where(Grant.id.in_(grant_ids), Grant.status == ACTIVE).order_by(Grant.id)
+        rows = list(session.scalars(_for_update(query, self.tx.lock_head)).all())
+        derived = self._derived(session, [g.id for g in rows])
+        asked = {g.id for g in rows}
+        for grant in rows + derived:
+            ending = end_status if grant.id in asked else "revoked"
+            why = reason if grant.id in asked else f"parent grant {grant.parent_grant_id} ended: {reason}"
+            grant.status, grant.end_status, grant.end_actor = REVOKE_PENDING, ending, actor
+            # the caller executes it now; other replicas' outbox workers wait out this lease first
+            grant.end_reason, grant.ended_at, grant.next_attempt_at = why[:256], now, now + OWNER_LEASE
+            grant.revocation_id = revocation_id
+        return rows + derived
 
     def finish_revoke(self, grant_id: str, extra: dict[str, Any] | None = None) -> Grant | None:
         """Outbox step 2 succeeded: the grant reaches its final status and the event is chained."""
