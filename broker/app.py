@@ -78,14 +78,13 @@ def open_ledger(settings: Settings, *, writer_process: bool = False) -> LedgerSt
     return LedgerStore(engine, writer_dir=settings.data_dir if writer_process else None)
 
 
-def serve_ledger_writer(settings: Settings, ready: Callable[[], None] = lambda: None) -> None:
+def serve_ledger_writer(settings: Settings) -> None:
     """The ledger writer process's work (broker/ledger/writer_process.py): the ledger with the same append
     listeners as a worker's (the signals outbox), serving the workers' writes until the process ends."""
     ledger = open_ledger(settings)
     signal_outbox(settings, ledger, time.time)
     server = WriterServer(ledger.apply_writes, settings.data_dir)
     server.listen()
-    ready()
     try:
         server.serve_forever()
     finally:

@@ -114,6 +114,17 @@ def test_completion_makes_introspection_inactive_and_is_idempotent(broker, issue
     assert len(broker.events("completed")) == 1
 
 
+def test_completing_a_broker_jwt_is_one_transaction(broker, issuers, monkeypatch):
+    """Nothing to call at a backend: the intent and the end commit together, never a pending row in between."""
+    grant_id = broker.grant(issuers.worker(), ttl=120).json()["grant_id"]
+    ledger = broker.service.ledger
+    monkeypatch.setattr(ledger, "finish_revoke", lambda *a, **k: pytest.fail("a second transaction for a JWT"))
+    done = broker.post(f"/v1/grants/{grant_id}/complete", headers=auth(issuers.worker()))
+    assert done.status_code == 200 and done.json()["status"] == "completed"
+    (event,) = [e for e in broker.events("completed") if e.grant_id == grant_id]
+    assert event.actor == "system:serviceaccount:payments:worker" and event.detail["reason"] == "completed by owner"
+
+
 def test_another_subject_cannot_read_or_complete(broker, issuers):
     body = broker.grant(issuers.worker(), ttl=120).json()
     thief = auth(issuers.worker("intruder"))
