@@ -51,7 +51,8 @@ Commit = Callable[[Sequence[Write]], list[Applied]]  # LedgerStore.apply_writes
 def socket_path(data_dir: Path) -> Path:
     path = data_dir / SOCKET_NAME
     if len(str(path)) > MAX_SOCKET_PATH:
-        raise LedgerUnavailable(f"ledger writer socket path longer than {MAX_SOCKET_PATH} bytes: {path}")
+        raise LedgerUnavailable(f"ledger writer socket path longer than {MAX_SOCKET_PATH} bytes: {path} "
+                                "(a shorter data_dir, or ledger_writer: thread)")  # fmt: skip
     return path
 
 
@@ -73,6 +74,7 @@ class WriterServer:
     def listen(self) -> None:
         """Bind the socket (a stale one from a killed process is replaced) and write a new key, both 0600."""
         key = secrets.token_bytes(32)
+        self._key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # on PostgreSQL nothing else made it
         fd = os.open(self._key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(key)

@@ -118,6 +118,40 @@ def _writer_processes(proc: subprocess.Popen) -> list[int]:
             if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text() and not _serving_fast(pid)]  # fmt: skip
 
 
+def test_two_workers_on_postgresql_commit_through_one_writer_process(tmp_path, issuers) -> None:
+    """The writer process on a server database, with the data directory made by nothing else (keys in it)."""
+    from tests.support.postgres import fresh_database
+    from tests.support.replicas import replica_config
+
+    with fresh_database() as database_url:
+        config = {**replica_config(issuers, database_url), "data_dir": str(tmp_path / "absent" / "data")}
+        path = tmp_path / "broker.yaml"
+        path.write_text(yaml.safe_dump(config))
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+        proc = subprocess.Popen([BROKER, "serve", "--config", str(path), "--port", str(port), "--log-level",
+                                 "warning", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env)  # fmt: skip
+        url, token = f"http://127.0.0.1:{port}", issuers.worker()
+        try:
+            wait_serving(url, proc, "/healthz")
+            wait_until(lambda: _fast_workers(proc) == 2, 60, "two workers serving")
+            assert len(_writer_processes(proc)) == 1 and (tmp_path / "absent" / "data" / "ledger-writer.sock").exists()
+            body = {"task": "t", "boundary": "orders", "scopes": ["read"], "ttl": 60}
+            with ThreadPoolExecutor(8) as pool:
+                statuses = list(pool.map(lambda _: httpx.post(f"{url}/v1/grants", json=body, timeout=30,
+                                                             headers={"Authorization": f"Bearer {token}"}).status_code,
+                                         range(40)))  # fmt: skip
+            assert statuses == [201] * 40
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, proc.stdout.read()
+        verify = subprocess.run([BROKER, "audit", "verify", "--config", str(path)], capture_output=True, text=True,
+                                env=env)  # fmt: skip
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert json.loads(verify.stdout.strip().splitlines()[-1])["checked"] >= 40
+
+
 def test_one_worker_commits_on_its_own_thread(tmp_path, issuers) -> None:
     with served(tmp_path, issuers, "--workers", "1") as (url, proc, _path):
         body = {"task": "t", "boundary": "orders", "scopes": ["read"], "ttl": 60}

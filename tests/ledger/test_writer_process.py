@@ -111,3 +111,8 @@ def _fails(worker: LedgerStore) -> bool:
 def test_the_socket_and_key_are_only_the_brokers_users(data_dir, writer):
     assert socket_path(data_dir).stat().st_mode & 0o777 == 0o600
     assert (data_dir / KEY_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_data_dir_too_long_for_a_unix_socket_is_refused_with_the_way_out(tmp_path):
+    with pytest.raises(LedgerUnavailable, match="ledger_writer: thread"):
+        socket_path(tmp_path / ("d" * 120))
