@@ -83,7 +83,6 @@ class Applied:
     outcome: Outcome
     rows: list[dict[str, Any]]
     frozen_seen: set[tuple[str, str]] = field(default_factory=set)  # freezes the batch's checks met
-    batch: tuple[int, float] = (0, 0.0)  # (batch number, its commit's seconds), set by the writer process
 
 
 @dataclass

@@ -179,8 +179,7 @@ class LedgerStore:
     def _apply_batch(self, writes: Sequence[Write]) -> list[Outcome]:
         """The writer thread's batch: committed, then published here."""
         applied = self.apply_writes(writes)
-        for each in applied:
-            self.committed(each)
+        self.committed(applied)
         return [each.outcome for each in applied]
 
     def apply_writes(self, writes: Sequence[Write]) -> list[Applied]:
@@ -205,10 +204,11 @@ class LedgerStore:
             raise LedgerUnavailable(f"ledger write failed: {why_failed(exc)}") from exc
         return [Applied(outcome, rows[start:end], batch.frozen_seen) for outcome, start, end in decided]
 
-    def committed(self, applied: Applied) -> None:
-        """After a write is durable: its rows to this process's feed, the freezes it met to the snapshot."""
-        self.feed.publish(applied.rows)
-        self.records.note_freezes(applied.frozen_seen)
+    def committed(self, applied: Sequence[Applied]) -> None:
+        """After writes are durable (a batch, or this process's share of it): their rows to this process's
+        feed in one call, the freezes their checks met to the snapshot."""
+        self.feed.publish([row for each in applied for row in each.rows])
+        self.records.note_freezes(set().union(*(each.frozen_seen for each in applied)))
 
     def _frozen_among(self, conn: Connection, writes: Sequence[Write]) -> set[tuple[str, str]]:
         """The freezes touching this batch's grants, read after the head lock so a freeze committed

@@ -64,8 +64,7 @@ class WriterServer:
         self._writer.listeners.append(self._batch_done)
         self._writer.after_batch.append(self._send_answers)
         self._answers: dict[Connection, list[tuple[Any, ...]]] = {}  # written by the writer thread only
-        self._batches = count(1)
-        self._last_batch = (0, 0.0)
+        self._seconds: float | None = None  # the batch's commit, when it committed (not when retried alone)
         self._address = str(socket_path(data_dir))
         self._key_file = data_dir / KEY_NAME
         self._listener: Listener | None = None
@@ -115,25 +114,24 @@ class WriterServer:
             self._writer.submit(write, on_done=lambda done, rid=request_id: self._answer(conn, rid, done))
 
     def _batch_done(self, seconds: float, _writes: int) -> None:
-        self._last_batch = (next(self._batches), seconds)  # read by the answers of this same batch, just after
+        self._seconds = seconds
 
     def _answer(self, conn: Connection, request_id: int, done: Future) -> None:
         """On the writer thread, as each write of a batch resolves: queued for that connection."""
         error = done.exception()
         if error is None:
-            applied: Applied = done.result()
-            applied.batch = self._last_batch
-            answer: tuple[Any, ...] = (request_id, applied, None)
+            answer: tuple[Any, ...] = (request_id, done.result(), None)
         else:
             answer = (request_id, None, getattr(error, "detail", None) or f"ledger writer: {type(error).__name__}")
         self._answers.setdefault(conn, []).append(answer)
 
     def _send_answers(self) -> None:
-        """After each batch: one message per connection with all of its answers."""
+        """After each batch: one message per connection, (the commit's seconds, all of its answers)."""
         answers, self._answers = self._answers, {}
+        seconds, self._seconds = self._seconds, None
         for conn, batch in answers.items():
             try:
-                conn.send(batch)
+                conn.send((seconds, batch))
             except OSError:
                 pass  # the worker is gone: its connection's reader ends
 
@@ -141,7 +139,7 @@ class WriterServer:
 class RemoteWriter:
     """A worker's side: the thread writer's surface, over one connection to the writer process."""
 
-    def __init__(self, data_dir: Path, on_commit: Callable[[Applied], None]) -> None:
+    def __init__(self, data_dir: Path, on_commit: Callable[[Sequence[Applied]], None]) -> None:
         self._address = str(socket_path(data_dir))
         self._key_file = data_dir / KEY_NAME
         self._on_commit = on_commit
@@ -150,7 +148,6 @@ class RemoteWriter:
         self._conn: Connection | None = None
         self._pending: dict[int, Future] = {}
         self._ids = count(1)
-        self._last_batch = 0
 
     def submit(self, write: Write) -> Future:
         future: Future = Future()
@@ -192,7 +189,7 @@ class RemoteWriter:
     def _read(self, conn: Connection) -> None:
         while True:
             try:
-                answers = conn.recv()
+                seconds, answers = conn.recv()  # one message: this worker's share of one batch
             except (EOFError, OSError):
                 with self._lock:
                     if self._conn is conn:
@@ -200,23 +197,13 @@ class RemoteWriter:
                 return
             with self._lock:
                 futures = [self._pending.pop(request_id, None) for request_id, _, _ in answers]
-            for future, (_, applied, error) in zip(futures, answers, strict=True):
-                if future is not None:
-                    self._resolve(future, applied, error)
-
-    def _resolve(self, future: Future, applied: Applied | None, error: str | None) -> None:
-        if applied is None:
-            future.set_exception(LedgerUnavailable(error or "ledger writer failed"))
-            return
-        number, seconds = applied.batch
-        if number != self._last_batch:  # each batch once, whatever share of it was this worker's
-            self._last_batch = number
-            for listener in self.listeners:
-                listener(seconds, 1)
-        try:
-            self._on_commit(applied)
-        finally:
-            future.set_result(applied.outcome)
+            if seconds is not None:
+                for listener in self.listeners:
+                    listener(seconds, len(answers))
+            try:
+                self._on_commit([applied for _, applied, _ in answers if applied is not None])
+            finally:
+                _settle(futures, answers)
 
     def _drop(self, why: str) -> None:
         """Lock held: forget the connection; every write waiting on it fails (its outcome is unknown here,
@@ -231,6 +218,17 @@ class RemoteWriter:
         for future in waiting.values():
             if not future.done():
                 future.set_exception(LedgerUnavailable(why))
+
+
+def _settle(futures: list[Future | None], answers: list[tuple[Any, ...]]) -> None:
+    """Each waiting write gets its outcome, or LedgerUnavailable with the writer's reason."""
+    for future, (_, applied, error) in zip(futures, answers, strict=True):
+        if future is None:
+            continue
+        if applied is None:
+            future.set_exception(LedgerUnavailable(error or "ledger writer failed"))
+        else:
+            future.set_result(applied.outcome)
 
 
 def wait_for_writer(data_dir: Path, alive: Callable[[], bool], timeout: float = 30.0) -> None:
