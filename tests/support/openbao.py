@@ -167,7 +167,10 @@ class VaultBed:
     pg_url: str | None
     boundaries: list[dict[str, Any]]
 
-    def settings(self, data_dir: Path, issuers: Any, timeout: float = 2.0, **overrides: Any):  # noqa: ANN201
+    def settings(self, data_dir: Path, issuers: Any, timeout: float = 5.0, **overrides: Any):  # noqa: ANN201
+        """Broker settings on this bed. The Vault timeout is the product's default: late in a full run
+        OpenBao, expiring thousands of earlier tests' tokens, once took over 2 s to create one token
+        (CI, the freeze race); a test of a slow or hung Vault passes its own, shorter timeout."""
         values = {"boundaries": self.boundaries, "policy": POLICY, "vault": self.openbao.vault_config(timeout)}
         return broker_settings(data_dir, issuers, **{**values, **overrides})
 
