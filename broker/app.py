@@ -261,7 +261,10 @@ def create_app(settings: Settings, components: Components | None = None, *, free
         parts.readiness.stop()
         parts.operations.close()
 
-    app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # FastAPI's own OpenTelemetry hooks off: the broker's metrics are its own (broker/metrics.py), and
+    # asking whether a provider is configured costs every request its share (FastAPI >= 0.160 asks)
+    app = FastAPI(title="credential broker", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})  # fmt: skip
     app.state.service = parts.service
     app.state.components = parts
     app.state.operations = parts.operations
@@ -270,11 +273,12 @@ def create_app(settings: Settings, components: Components | None = None, *, free
     # POST /v1/grants prepares on these (broker/api/grants.py): as many as Starlette's own pool; never
     # shut down with the lifespan (an app may be served again, as tests do): idle threads end at exit
     app.state.issuing_threads = ThreadPoolExecutor(max_workers=ISSUING_THREADS, thread_name_prefix="broker-issue")
-    app.router.routes.append(grants.ISSUE_ROUTE)  # first: the route every task calls (broker/api/grants.py)
+    # first: the two calls every task makes (broker/api/grants.py)
+    app.router.routes += [grants.ISSUE_ROUTE, grants.COMPLETE_ROUTE]
     for module in (grants, log_routes, operators, oauth, wellknown, health, signals):
         app.include_router(module.router)
     metrics.install(app, parts.metrics)
-    openapi.install(app, documented=[grants.ISSUE_DOC])
+    openapi.install(app, documented=[grants.ISSUE_DOC, grants.COMPLETE_DOC])
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, observe=parts.metrics.observe_http)  # outermost: ids and lines for every answer
