@@ -16,15 +16,18 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.routing import Route
 
-from broker.api.deps import Caller, ProofKey, Service, bearer, dpop_key
+from broker.api.deps import Caller, ProofKey, Service, bearer, caller, dpop_key
 from broker.api.schemas import GrantIn, GrantOut, IssuedOut, TaskCompletedOut, when
 from broker.api.tls import tls_facts
 from broker.blocking import WouldBlock, on_loop
 from broker.grants import GrantRequest, GrantService, Issued, Prepared
+from broker.identity import Identity
+from broker.ledger import Grant
 
 router = APIRouter(prefix="/v1", tags=["grants"])
 
 
+GRANT_ID = {"name": "grant_id", "in": "path", "required": True, "schema": {"type": "string", "title": "Grant Id"}}
 GRANT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": GrantIn.model_json_schema()}}}}
 
 
@@ -52,11 +55,6 @@ def read_grant(grant_id: str, identity: Caller, svc: Service) -> GrantOut:
     return GrantOut.of(svc.get(identity, grant_id))
 
 
-@router.post("/grants/{grant_id}/complete", response_model=GrantOut)
-def complete_grant(grant_id: str, identity: Caller, svc: Service, jkt: ProofKey) -> GrantOut:
-    return GrantOut.of(svc.complete(identity, grant_id, proof_jkt=jkt))
-
-
 @router.post("/tasks/{task:path}/complete", response_model=TaskCompletedOut)  # `path`: task ids may hold `/`
 def complete_task(task: str, identity: Caller, svc: Service, jkt: ProofKey) -> TaskCompletedOut:
     outcome = svc.complete_task(identity, task, proof_jkt=jkt)
@@ -72,6 +70,49 @@ def complete_task(task: str, identity: Caller, svc: Service, jkt: ProofKey) -> T
 ISSUE_ROUTE = Route("/v1/grants", create_grant, methods=["POST"], name="create_grant")
 ISSUE_DOC = APIRoute("/v1/grants", create_grant, methods=["POST"], status_code=201, response_model=IssuedOut,
                      openapi_extra=GRANT_BODY, tags=["grants"], name="create_grant")  # fmt: skip
+
+
+async def complete_grant(request: Request) -> Response:
+    """POST /v1/grants/{grant_id}/complete: the owner says done. Without a DPoP proof to check and with
+    an identity verified without waiting, the ledger writer ends the grant in its next batch, awaited on
+    the event loop; what it declines (broker/ledger/issuing.py) and everything else, `complete` on an
+    issuing thread, as before."""
+    request.scope["route"] = COMPLETE_ROUTE
+    svc: GrantService = request.app.state.service
+    grant_id = request.path_params["grant_id"]
+    identity = _identity_on_loop(request, svc) if "dpop" not in request.headers else None
+    if identity is not None:
+        ending = svc.submit_complete(identity, grant_id)
+        await _durable(ending)
+        ended = svc.completed(ending.result())  # a failed write raises here: LedgerUnavailable, a 503
+        if ended is not None:
+            return _grant(ended)
+    return _grant(await _off_loop(request, _complete, request, svc, grant_id, identity))
+
+
+# Completing is the other call every task makes: served the same way, documented the same way.
+COMPLETE_ROUTE = Route("/v1/grants/{grant_id}/complete", complete_grant, methods=["POST"], name="complete_grant")
+COMPLETE_DOC = APIRoute("/v1/grants/{grant_id}/complete", complete_grant, methods=["POST"], response_model=GrantOut,
+                        openapi_extra={"parameters": [GRANT_ID]}, tags=["grants"], name="complete_grant")  # fmt: skip
+
+
+def _identity_on_loop(request: Request, svc: GrantService) -> Identity | None:
+    """The caller, verified here on the event loop; None where that would wait (a refusal to record, a fetch)."""
+    try:
+        with on_loop():
+            return caller(request, svc)
+    except WouldBlock:
+        return None
+
+
+def _complete(request: Request, svc: GrantService, grant_id: str, identity: Identity | None) -> Grant:
+    identity = identity or caller(request, svc)
+    jkt = dpop_key(request, svc, identity, bearer(request)) if "dpop" in request.headers else None
+    return svc.complete(identity, grant_id, proof_jkt=jkt)
+
+
+def _grant(grant: Grant) -> Response:
+    return Response(GrantOut.of(grant).model_dump_json(), media_type="application/json")
 
 
 def _prepare(request: Request, payload: Any, svc: GrantService) -> Prepared | Issued:

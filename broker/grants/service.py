@@ -47,7 +47,7 @@ from broker.grants.recording import recorded
 from broker.identity import Attestors, Identity
 from broker.identity.dpop import DpopVerifier
 from broker.ledger import ACTIVE, REVOKE_PENDING, Committed, Event, Grant, IdemClaim, LedgerStore, Refused, Replayed
-from broker.ledger.issuing import grant_values
+from broker.ledger.issuing import Ended, EndGrant, grant_values
 from broker.policy import Decision, PolicySource
 from broker.signing import KeyStore
 
@@ -505,6 +505,18 @@ class GrantService:
         self.check_holder(identity, grant, proof_jkt, "complete")
         self.outbox.revoke([grant.id], end_status="completed", actor=identity.subject, reason="completed by owner")
         return self.ledger.get_grant(grant_id) or grant
+
+    def submit_complete(self, identity: Identity, grant_id: str) -> Future:
+        """`complete` in the ledger writer's next batch, for the event loop: a future of `Ended`, or of
+        `Declined` when the grant needs `complete` itself (broker/ledger/issuing.py says which)."""
+        local = frozenset(name for name, backend in self.backends.items() if not backend.calls_out)
+        end = EndGrant(grant_id, identity.subject, identity.attestor, frozenset(self.boundaries), local)
+        return self.ledger.submit_end(end)
+
+    @staticmethod
+    def completed(outcome: Any) -> Grant | None:
+        """The grant `submit_complete` ended; None when the writer declined it (then `complete` decides)."""
+        return Grant(**outcome.grant) if isinstance(outcome, Ended) else None
 
     @recorded_use_case("complete_task")
     def complete_task(self, identity: Identity, task: str, proof_jkt: str | None = None) -> RevokeOutcome:

@@ -14,6 +14,12 @@ or a concurrent duplicate slips past them:
   (backends that can hand the credential out again: the broker's JWTs) or supersedes it (Vault
   tokens and leases, whose secret the broker never keeps): the earlier grant is revoked, so one key
   never holds two live credentials (promise 9). The same key with another request is refused.
+
+A batch also ends grants whose owner completed them (`EndGrant`), when the end is the ledger's own
+status (the broker's JWTs: the deny list) and nothing else is involved: the caller's own grant,
+active, bound to no key or certificate, with no derived grant to cascade to. Anything else is
+`Declined` and takes the full path (`GrantService.complete`), which checks and records it all.
+The grant's row is read after the head lock: every transaction that ends an active grant holds it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, update
 
+from broker import context
+from broker.fingerprint import fingerprint
 from broker.ledger import compiled
 from broker.ledger.models import ACTIVE, REVOKE_PENDING, Event, Grant, IdempotencyKey
 
@@ -39,6 +47,18 @@ class IdemClaim:
     replayable: bool  # the backend can hand the same credential out again
 
 
+@dataclass(frozen=True)
+class EndGrant:
+    """An owner completing one grant, ended in the batch when the end is the ledger's own (see above)."""
+
+    grant_id: str
+    subject: str
+    attestor: str
+    boundaries: frozenset[str]  # the configured boundaries
+    local_backends: frozenset[str]  # backends whose revocation calls nothing (the broker's JWTs)
+    request_id: str | None = field(default_factory=context.request_id)  # taken on the request's side, as events do
+
+
 @dataclass
 class Write:
     """One caller's part of a batch: events, with a grant row when it is an issuance."""
@@ -48,6 +68,7 @@ class Write:
     guard: bool = False  # refuse the grant when its subject or boundary is frozen
     idem: IdemClaim | None = None
     guard_subjects: tuple[str, ...] = ()  # other parties whose freeze refuses the grant too
+    end: EndGrant | None = None  # a completion instead of an issuance
 
 
 @dataclass
@@ -73,7 +94,19 @@ class Replayed:
     grant_id: str
 
 
-Outcome = Committed | Refused | Replayed | None  # None: an events-only write
+@dataclass(frozen=True)
+class Ended:
+    """The completed grant's row, at its final status; its end event is chained."""
+
+    grant: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Declined:
+    """Not the batch's to end: the caller takes the full path, which answers and records why."""
+
+
+Outcome = Committed | Refused | Replayed | Ended | Declined | None  # None: an events-only write
 
 
 @dataclass
@@ -113,8 +146,13 @@ class IssueBatch:
     bound: dict[str, KeyState] = field(default_factory=dict)
     frozen_seen: set[tuple[str, str]] = field(default_factory=set)
     placed: list[tuple[Committed, int]] = field(default_factory=list)  # each commit and its event's position
+    ending: dict[str, Any] = field(default_factory=dict)  # grant id -> row, of the batch's EndGrant writes
+    with_children: set[str] = field(default_factory=set)  # of those, the ones with an active derived grant
+    ended: list[dict[str, Any]] = field(default_factory=list)
 
     def decide(self, write: Write) -> Outcome:
+        if write.end is not None:
+            return self._end(write.end)
         if write.grant is None:
             self.events += write.events
             return None
@@ -151,9 +189,31 @@ class IssueBatch:
             )  # fmt: skip
         if self.grants:
             compiled.execute_many(session, _INSERT_GRANTS, self.grants)
+        for grant in self.ended:  # active until now: any other end of it would have held the head lock first
+            session.execute(
+                update(Grant.__table__).where(Grant.id == grant["id"], Grant.status == ACTIVE).values(
+                    status=grant["status"], end_status=grant["end_status"], end_actor=grant["end_actor"],
+                    end_reason=grant["end_reason"], ended_at=grant["ended_at"], next_attempt_at=None,
+                )
+            )  # fmt: skip
         if self.bound:
             session.execute(delete(IdempotencyKey.__table__).where(IdempotencyKey.key_hash.in_(list(self.bound))))
             session.execute(insert(IdempotencyKey.__table__), [_key_row(h, k) for h, k in self.bound.items()])
+
+    def _end(self, end: EndGrant) -> Ended | Declined:
+        row = self.ending.get(end.grant_id)
+        if row is None or (row["subject"], row["attestor"]) != (end.subject, end.attestor) or row["status"] != ACTIVE:
+            return Declined()
+        if row["cnf_jkt"] or row["cnf_x5t"] or end.grant_id in self.with_children:
+            return Declined()
+        if row["boundary"] not in end.boundaries or row["backend"] not in end.local_backends:
+            return Declined()
+        grant = {**row, "status": "completed", "end_status": "completed", "end_actor": end.subject,
+                 "end_reason": "completed by owner", "ended_at": self.now, "next_attempt_at": None}  # fmt: skip
+        self.ending[end.grant_id] = grant  # a second completion in this batch finds it ended
+        self.ended.append(grant)
+        self.events.append(end_event(grant, "completed", {"request_id": end.request_id} if end.request_id else {}))
+        return Ended(grant)
 
     def _freeze(self, grant: dict[str, Any], others: tuple[str, ...] = ()) -> Refused | None:
         targets = [("subject", grant["subject"]), *(("subject", other) for other in others)]
@@ -226,7 +286,19 @@ def _key_row(key_hash: str, state: KeyState) -> dict[str, Any]:
             "expires_at": _get(state.grant, "expires_at")}  # fmt: skip
 
 
-def _get(grant: Grant | dict[str, Any] | None, name: str) -> Any:
+def end_event(grant: Any, kind: str, detail: dict[str, Any]) -> Event:
+    """The event of a grant's end (or failed end): a Grant, a row, or a dict of its columns."""
+    base = {"reason": _get(grant, "end_reason"), "backend": _get(grant, "backend"),
+            "handle_fp": fingerprint(_get(grant, "handle"), short=True)}  # fmt: skip
+    if _get(grant, "revocation_id"):
+        base["revocation_id"] = _get(grant, "revocation_id")
+    if _get(grant, "parent_grant_id"):  # a derived grant: the grant it came from (its end may be that one's cascade)
+        base["parent_grant_id"] = _get(grant, "parent_grant_id")
+    return Event(kind=kind, subject=_get(grant, "subject"), boundary=_get(grant, "boundary"), task=_get(grant, "task"),
+                 grant_id=_get(grant, "id"), actor=_get(grant, "end_actor"), detail={**base, **detail})  # fmt: skip
+
+
+def _get(grant: Any, name: str) -> Any:
     if grant is None:
         return None
     return grant[name] if isinstance(grant, dict) else getattr(grant, name)

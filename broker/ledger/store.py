@@ -28,12 +28,22 @@ from sqlalchemy.orm import Session
 
 from broker.blocking import may_block
 from broker.errors import LedgerUnavailable
-from broker.fingerprint import fingerprint
 from broker.ledger import compiled
 from broker.ledger.chain import VerifyResult, verify_chain
 from broker.ledger.feed import EventFeed
 from broker.ledger.freezes import OperatorRecords
-from broker.ledger.issuing import OWNER_LEASE, Applied, IdemClaim, IssueBatch, KeyState, Outcome, Write, grant_values
+from broker.ledger.issuing import (
+    OWNER_LEASE,
+    Applied,
+    EndGrant,
+    IdemClaim,
+    IssueBatch,
+    KeyState,
+    Outcome,
+    Write,
+    end_event,
+    grant_values,
+)
 from broker.ledger.limits import LimitRecords
 from broker.ledger.models import (
     ACTIVE,
@@ -173,6 +183,11 @@ class LedgerStore:
         `row` is `grant_values(grant)`, taken by the caller before it reaches the event loop."""
         return self._writer.submit(Write([issued], row, guard=True, idem=idem, guard_subjects=guard_subjects))
 
+    def submit_end(self, end: EndGrant) -> Future:
+        """An owner's completion in the writer's next batch, for the event loop: a future of `Ended` or
+        `Declined` (issuing.py says which grants a batch ends)."""
+        return self._writer.submit(Write([], end=end))
+
     def _write(self, write: Write) -> Outcome:
         return self._writer.run(write)
 
@@ -193,6 +208,7 @@ class LedgerStore:
                 head = self.tx.lock(conn)
                 batch = IssueBatch(self.tx.clock(), self._frozen_among(conn, writes), self._keys_among(conn, writes),
                                    self._parents_among(conn, writes))  # fmt: skip
+                batch.ending, batch.with_children = self._ending_among(conn, writes)
                 decided = []
                 for write in writes:  # each write's events are one run of the batch's, in order
                     start = len(batch.events)
@@ -233,6 +249,16 @@ class LedgerStore:
             return {}
         query = select(Grant.id, Grant.status, Grant.expires_at).where(Grant.id.in_(ids))
         return {gid: (status, expires) for gid, status, expires in conn.execute(query).all()}
+
+    def _ending_among(self, conn: Connection, writes: Sequence[Write]) -> tuple[dict[str, Any], set[str]]:
+        """The rows of the grants this batch's completions name, and which of them have active derived grants."""
+        ids = [w.end.grant_id for w in writes if w.end]
+        if not ids:
+            return {}, set()
+        found = conn.execute(select(Grant.__table__).where(Grant.id.in_(ids))).mappings()
+        rows = {row["id"]: dict(row) for row in found}
+        query = select(Grant.parent_grant_id).where(Grant.parent_grant_id.in_(ids), Grant.status == ACTIVE)
+        return rows, set(conn.scalars(query).all())
 
     def _lock_cascade(self, session: Session) -> None:
         """A revocation ends derived grants too; it takes the chain head's lock (PostgreSQL: SQLite's
@@ -285,7 +311,7 @@ class LedgerStore:
             ended = [grant for grant in moved if ends_here(grant)]
             for grant in ended:
                 grant.status, grant.next_attempt_at = grant.end_status or "revoked", None
-            self.tx.append(session, [_end_event(grant, grant.status, {}) for grant in ended])
+            self.tx.append(session, [end_event(grant, grant.status, {}) for grant in ended])
             return moved
 
     def _begin_revoke(
@@ -315,7 +341,7 @@ class LedgerStore:
             if grant is None or grant.status != REVOKE_PENDING:
                 return None
             grant.status, grant.next_attempt_at = grant.end_status or "revoked", None
-            self.tx.append(session, [_end_event(grant, grant.status, extra or {})])
+            self.tx.append(session, [end_event(grant, grant.status, extra or {})])
             return grant
 
     def fail_revoke(self, grant_id: str, *, error: str, retry_at: float) -> Grant | None:
@@ -361,7 +387,7 @@ class LedgerStore:
                 .where(Grant.id.in_([r.id for r in rows]))
                 .values(status=final, next_attempt_at=None)
             )
-            self.tx.append(session, [_end_event(r, r.end_status or "revoked", extra or {}) for r in rows])
+            self.tx.append(session, [end_event(r, r.end_status or "revoked", extra or {}) for r in rows])
             return len(rows)
 
     def fail_revoke_many(self, errors: dict[str, str], retry_at: float) -> int:
@@ -469,30 +495,13 @@ def _by_parent(rows: Sequence[Row]) -> dict[str, list[Row]]:
     return grouped
 
 
-def _end_event(grant: Grant, kind: str, detail: dict[str, Any]) -> Event:
-    base = {"reason": grant.end_reason, "backend": grant.backend, "handle_fp": fingerprint(grant.handle, short=True)}
-    if grant.revocation_id:
-        base["revocation_id"] = grant.revocation_id
-    if grant.parent_grant_id:  # a derived grant: which grant it came from (its end may be that grant's cascade)
-        base["parent_grant_id"] = grant.parent_grant_id
-    return Event(
-        kind=kind,
-        subject=grant.subject,
-        boundary=grant.boundary,
-        task=grant.task,
-        grant_id=grant.id,
-        actor=grant.end_actor,
-        detail={**base, **detail},
-    )
-
-
 def _batch(grant_ids: Sequence[str], status: str):  # noqa: ANN202
     # Core rows, not ORM objects (thousands per batch), locked in id order like begin_revoke: no deadlocks
     return select(Grant.__table__).where(Grant.id.in_(grant_ids), Grant.status == status).order_by(Grant.id)
 
 
 def _failed_event(grant: Grant | Row, error: str, attempt: int, retry_at: float) -> Event:
-    return _end_event(grant, "revoke_failed", {"error": error[:200], "attempt": attempt, "retry_at": retry_at})
+    return end_event(grant, "revoke_failed", {"error": error[:200], "attempt": attempt, "retry_at": retry_at})
 
 
 def event_dict(row: AuditEvent) -> dict[str, Any]:

@@ -241,6 +241,16 @@ def test_completing_the_orchestrators_task_ends_every_derived_grant_in_the_same_
     assert ledgers.get("/v1/audit/verify", headers=auth(issuers.operator())).json()["ok"] is True
 
 
+def test_completing_the_orchestrators_grant_ends_its_derived_grants_too(ledgers, issuers):
+    """The ledger writer ends a grant alone only when nothing derives from it: here the full path cascades."""
+    parent, child, grandchild = _chain(ledgers, issuers)
+    done = ledgers.post(f"/v1/grants/{parent['grant_id']}/complete", headers=auth(identity(issuers, "orchestrator")))
+    assert done.status_code == 200 and done.json()["status"] == "completed", done.text
+    assert _ended(ledgers, child) == ("revoked", f"parent grant {parent['grant_id']} ended: completed by owner")
+    assert _ended(ledgers, grandchild)[0] == "revoked"
+    assert ledgers.get("/v1/audit/verify", headers=auth(issuers.operator())).json()["ok"] is True
+
+
 def test_an_operator_revoking_the_orchestrators_task_ends_the_sub_agents_grants(ledgers, issuers):
     parent, child, grandchild = _chain(ledgers, issuers)
     body = {"task": "plan-1", "reason": "orchestrator compromised"}
