@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from broker.api.tls import tls_facts
+from broker.blocking import WouldBlock, on_loop
 from broker.errors import Forbidden, InvalidDpop
 from broker.grants import GrantService
 from broker.identity import Identity
@@ -44,6 +49,24 @@ def caller(request: Request, svc: Service) -> Identity:
 
 
 Caller = Annotated[Identity, Depends(caller)]
+
+
+def caller_on_loop(request: Request, svc: GrantService) -> Identity | None:
+    """`caller`, here on the event loop; None where that would wait (a refusal to record, a JWKS fetch),
+    having changed nothing: the caller then authenticates on a thread (broker/blocking.py)."""
+    try:
+        with on_loop():
+            return caller(request, svc)
+    except WouldBlock:
+        return None
+
+
+async def off_loop(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run `fn` on the issuing threads (what waits: the database, Vault, a fetch), in this request's context;
+    lighter than Starlette's thread pool, whose capacity limiter and cancel scope cost more per call
+    than the work of a jwt grant's preparation."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.issuing_threads, call)
 
 
 def dpop_key(

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import json
-from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -16,7 +13,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.routing import Route
 
-from broker.api.deps import Caller, ProofKey, Service, bearer, caller, dpop_key
+from broker.api.deps import Caller, ProofKey, Service, bearer, caller, caller_on_loop, dpop_key, off_loop
 from broker.api.schemas import GrantIn, GrantOut, IssuedOut, TaskCompletedOut, when
 from broker.api.tls import tls_facts
 from broker.blocking import WouldBlock, on_loop
@@ -40,14 +37,14 @@ async def create_grant(request: Request) -> Response:
     payload = _json(await request.body()) if _is_json(request) else _unsupported()
     prepared = _on_loop(request, payload, svc) if _without_waiting(request, payload, svc) else None
     if prepared is None:  # it would have waited (a database, Vault, a JWKS fetch): from the start, on a thread
-        prepared = await _off_loop(request, _prepare, request, payload, svc)
+        prepared = await off_loop(request, _prepare, request, payload, svc)
     if isinstance(prepared, Issued):  # an Idempotency-Key replay
         return _created(prepared)
     committed = svc.commit(prepared)
     await _durable(committed)
     if svc.quick_to_conclude(prepared, committed):
         return _created(svc.conclude(prepared, committed))
-    return _created(await _off_loop(request, svc.conclude, prepared, committed))
+    return _created(await off_loop(request, svc.conclude, prepared, committed))
 
 
 @router.get("/grants/{grant_id}", response_model=GrantOut)
@@ -80,29 +77,20 @@ async def complete_grant(request: Request) -> Response:
     request.scope["route"] = COMPLETE_ROUTE
     svc: GrantService = request.app.state.service
     grant_id = request.path_params["grant_id"]
-    identity = _identity_on_loop(request, svc) if "dpop" not in request.headers else None
+    identity = caller_on_loop(request, svc) if "dpop" not in request.headers else None
     if identity is not None:
         ending = svc.submit_complete(identity, grant_id)
         await _durable(ending)
         ended = svc.completed(ending.result())  # a failed write raises here: LedgerUnavailable, a 503
         if ended is not None:
             return _grant(ended)
-    return _grant(await _off_loop(request, _complete, request, svc, grant_id, identity))
+    return _grant(await off_loop(request, _complete, request, svc, grant_id, identity))
 
 
 # Completing is the other call every task makes: served the same way, documented the same way.
 COMPLETE_ROUTE = Route("/v1/grants/{grant_id}/complete", complete_grant, methods=["POST"], name="complete_grant")
 COMPLETE_DOC = APIRoute("/v1/grants/{grant_id}/complete", complete_grant, methods=["POST"], response_model=GrantOut,
                         openapi_extra={"parameters": [GRANT_ID]}, tags=["grants"], name="complete_grant")  # fmt: skip
-
-
-def _identity_on_loop(request: Request, svc: GrantService) -> Identity | None:
-    """The caller, verified here on the event loop; None where that would wait (a refusal to record, a fetch)."""
-    try:
-        with on_loop():
-            return caller(request, svc)
-    except WouldBlock:
-        return None
 
 
 def _complete(request: Request, svc: GrantService, grant_id: str, identity: Identity | None) -> Grant:
@@ -144,14 +132,6 @@ def _on_loop(request: Request, payload: Any, svc: GrantService) -> Prepared | Is
             return _prepare(request, payload, svc)
     except WouldBlock:
         return None
-
-
-async def _off_loop(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run `fn` on the issuing threads (its verification and signing, and any backend call, block), in this
-    request's context; lighter than Starlette's thread pool, whose capacity limiter and cancel scope
-    cost more per call than the work of a jwt grant's preparation."""
-    call = functools.partial(contextvars.copy_context().run, fn, *args)
-    return await asyncio.get_running_loop().run_in_executor(request.app.state.issuing_threads, call)
 
 
 async def _durable(committed: Future) -> None:

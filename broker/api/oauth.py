@@ -8,14 +8,15 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.deps import Service, bearer, dpop_key, form_body
-from broker.api.tls import tls_facts
+from broker.api.deps import Service, bearer, caller, caller_on_loop, dpop_key, form_body, off_loop
 from broker.api.schemas import IntrospectionOut, TokenExchangeForm, TokenForm, TokenOut
+from broker.api.tls import tls_facts
+from broker.grants import introspection
 from broker.grants.delegation import delegate
 from broker.grants.exchange import exchange, identity_token, mode, one, refuse_impersonation
-from broker.grants import introspection
-from broker.grants.service import Issued
+from broker.grants.service import GrantService, Issued
 from broker.grants.txn_tokens import issue_txn_token
+from broker.identity import Identity
 
 router = APIRouter(prefix="/oauth", tags=["oauth"], dependencies=[Depends(form_body)])
 
@@ -75,21 +76,30 @@ def _issue(request: Request, svc: Service, form: dict[str, list[str]]) -> Issued
 
 @router.post("/introspect", responses={200: {"model": IntrospectionOut}}, openapi_extra=_form_body(TokenForm))
 async def introspect(request: Request, svc: Service) -> dict:
-    identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/introspect",
-                                       tls=tls_facts(request))
+    """The caller verified on the event loop when that waits for nothing, then one hop to an issuing
+    thread for the rest (a DPoP proof's replay check, the grant's status): each hop of a busy server
+    waits its turn for the GIL, and the status is read where waiting is allowed."""
+    identity = caller_on_loop(request, svc) or await off_loop(request, caller, request, svc)
     token = one(await _form(request), "token")
-    jkt = await run_in_threadpool(dpop_key, request, svc, identity, token, True)
-    return await run_in_threadpool(introspection.introspect, svc, identity, token, jkt)
+    return await off_loop(request, _introspect, request, svc, identity, token)
+
+
+def _introspect(request: Request, svc: GrantService, identity: Identity, token: str) -> dict:
+    return introspection.introspect(svc, identity, token, dpop_key(request, svc, identity, token, True))
 
 
 @router.post("/revoke", responses={200: {"description": "Always `{}` (RFC 7009 §2.2)."}},
              openapi_extra=_form_body(TokenForm))
 async def revoke(request: Request, svc: Service) -> dict:
-    identity = await run_in_threadpool(svc.authenticate, bearer(request), action="POST /oauth/revoke",
-                                       tls=tls_facts(request))
+    """As introspection: the caller on the event loop when that waits for nothing, then one thread hop."""
+    identity = caller_on_loop(request, svc) or await off_loop(request, caller, request, svc)
     token = one(await _form(request), "token")
-    jkt = await run_in_threadpool(dpop_key, request, svc, identity, token, True)
-    grant = await run_in_threadpool(introspection.grant_of_token, svc, token)
-    if grant is not None and grant.subject == identity.subject and grant.attestor == identity.attestor:
-        await run_in_threadpool(svc.complete, identity, grant.id, jkt)
+    await off_loop(request, _revoke, request, svc, identity, token)
     return {}  # RFC 7009 §2.2: 200 whether or not the token was valid
+
+
+def _revoke(request: Request, svc: GrantService, identity: Identity, token: str) -> None:
+    jkt = dpop_key(request, svc, identity, token, True)
+    grant = introspection.grant_of_token(svc, token)
+    if grant is not None and grant.subject == identity.subject and grant.attestor == identity.attestor:
+        svc.complete(identity, grant.id, jkt)

@@ -6,6 +6,8 @@ A resource server is a subject whose policy role is `resource_server`; any other
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from broker_client import DpopKey
@@ -52,3 +54,24 @@ def test_a_resource_server_gets_cnf_of_a_bound_token_without_a_proof_of_its_own(
                        headers={**auth(token), "DPoP": proof}).json()  # fmt: skip
     claims = _introspect(broker, issuers.worker("resource"), body["credential"]["token"])
     assert claims["active"] is True and claims["token_type"] == "DPoP" and claims["cnf"] == {"jkt": key.jkt}
+
+
+def test_the_caller_is_verified_on_the_event_loop_and_the_rest_takes_one_issuing_thread(broker, issuers, monkeypatch):
+    """Each hop to a thread waits its turn for the GIL on a busy server: introspection makes one."""
+    from broker.grants import introspection
+
+    token = broker.grant(issuers.worker(), ttl=120).json()["credential"]["token"]
+    caller = issuers.worker("resource")
+    assert _introspect(broker, caller, token)["active"] is True  # the caller's token verified in full once
+    threads: dict[str, list[str]] = {"authenticate": [], "introspect": []}
+    for name, owner in (("authenticate", broker.service), ("introspect", introspection)):
+        original = getattr(owner, name)
+
+        def recording(*args, _name=name, _original=original, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            threads[_name].append(threading.current_thread().name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recording)
+    assert _introspect(broker, caller, token)["active"] is True
+    assert len(threads["authenticate"]) == 1 and not threads["authenticate"][0].startswith(("broker-issue", "AnyIO"))
+    assert len(threads["introspect"]) == 1 and threads["introspect"][0].startswith("broker-issue")
