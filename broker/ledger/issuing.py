@@ -1,4 +1,4 @@
-"""What one issuing transaction decides for each write of its batch: commit, refuse, replay or supersede.
+"""What one issuing transaction decides for each write of its batch: commit, refuse, replay, supersede or end.
 
 Two checks must happen inside the transaction that appends to the chain, or a concurrent operator
 or a concurrent duplicate slips past them:
