@@ -67,6 +67,7 @@ _FROZEN_ONE = select(Freeze.kind, Freeze.value).where(
     or_((Freeze.kind == "subject") & (Freeze.value == bindparam("subject")),
         (Freeze.kind == "boundary") & (Freeze.value == bindparam("boundary")))
 )  # fmt: skip
+_ONE_GRANT = select(Grant.__table__).where(Grant.id == bindparam("grant_id"))  # a read, built once too
 _KEYS_AMONG = (
     select(IdempotencyKey.key_hash, IdempotencyKey.request_fp, IdempotencyKey.grant_id, Grant.status, Grant.expires_at)
     .join(Grant, Grant.id == IdempotencyKey.grant_id, isouter=True)
@@ -449,8 +450,10 @@ class LedgerStore:
     # --- reads ------------------------------------------------------------------------------
 
     def get_grant(self, grant_id: str) -> Grant | None:
-        with self.tx.session(readonly=True) as session:
-            return session.get(Grant, grant_id)
+        """One grant as a detached `Grant` (introspection and completion read one on every call)."""
+        with self.tx.reading() as conn:
+            row = conn.execute(_ONE_GRANT, {"grant_id": grant_id}).mappings().first()
+        return Grant(**row) if row else None
 
     def grant_status(self, grant_id: str) -> str | None:
         with self.tx.session(readonly=True) as session:
