@@ -15,10 +15,12 @@ an identity check failing closed) mistakes it for a failure.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _on_loop: ContextVar[bool] = ContextVar("broker_on_loop", default=False)
 
@@ -34,6 +36,16 @@ def on_loop() -> Iterator[None]:
         yield
     finally:
         _on_loop.reset(token)
+
+
+def attempt(fn: Callable[..., T], *args: Any) -> T | None:
+    """`fn(*args)` here, on the event loop; None where it would have waited (it changed nothing then, and
+    the caller runs it again on a thread). Only for functions that never return None themselves."""
+    try:
+        with on_loop():
+            return fn(*args)
+    except WouldBlock:
+        return None
 
 
 def may_block(*_: Any) -> None:

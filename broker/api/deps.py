@@ -12,7 +12,6 @@ from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from broker.api.tls import tls_facts
-from broker.blocking import WouldBlock, on_loop
 from broker.errors import Forbidden, InvalidDpop
 from broker.grants import GrantService
 from broker.identity import Identity
@@ -49,16 +48,6 @@ def caller(request: Request, svc: Service) -> Identity:
 
 
 Caller = Annotated[Identity, Depends(caller)]
-
-
-def caller_on_loop(request: Request, svc: GrantService) -> Identity | None:
-    """`caller`, here on the event loop; None where that would wait (a refusal to record, a JWKS fetch),
-    having changed nothing: the caller then authenticates on a thread (broker/blocking.py)."""
-    try:
-        with on_loop():
-            return caller(request, svc)
-    except WouldBlock:
-        return None
 
 
 async def off_loop(request: Request, fn: Callable[..., Any], *args: Any) -> Any:

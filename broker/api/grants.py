@@ -13,10 +13,10 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.routing import Route
 
-from broker.api.deps import Caller, ProofKey, Service, bearer, caller, caller_on_loop, dpop_key, off_loop
+from broker.api.deps import Caller, ProofKey, Service, bearer, caller, dpop_key, off_loop
 from broker.api.schemas import GrantIn, GrantOut, IssuedOut, TaskCompletedOut, when
 from broker.api.tls import tls_facts
-from broker.blocking import WouldBlock, on_loop
+from broker.blocking import attempt
 from broker.grants import GrantRequest, GrantService, Issued, Prepared
 from broker.identity import Identity
 from broker.ledger import Grant
@@ -35,7 +35,7 @@ async def create_grant(request: Request) -> Response:
     request.scope["route"] = ISSUE_ROUTE  # as FastAPI's routes leave it: the access line, error logs, DPoP actions
     svc: GrantService = request.app.state.service
     payload = _json(await request.body()) if _is_json(request) else _unsupported()
-    prepared = _on_loop(request, payload, svc) if _without_waiting(request, payload, svc) else None
+    prepared = attempt(_prepare, request, payload, svc) if _without_waiting(request, payload, svc) else None
     if prepared is None:  # it would have waited (a database, Vault, a JWKS fetch): from the start, on a thread
         prepared = await off_loop(request, _prepare, request, payload, svc)
     if isinstance(prepared, Issued):  # an Idempotency-Key replay
@@ -77,7 +77,7 @@ async def complete_grant(request: Request) -> Response:
     request.scope["route"] = COMPLETE_ROUTE
     svc: GrantService = request.app.state.service
     grant_id = request.path_params["grant_id"]
-    identity = caller_on_loop(request, svc) if "dpop" not in request.headers else None
+    identity = attempt(caller, request, svc) if "dpop" not in request.headers else None
     if identity is not None:
         ending = svc.submit_complete(identity, grant_id)
         await _durable(ending)
@@ -95,8 +95,7 @@ COMPLETE_DOC = APIRoute("/v1/grants/{grant_id}/complete", complete_grant, method
 
 def _complete(request: Request, svc: GrantService, grant_id: str, identity: Identity | None) -> Grant:
     identity = identity or caller(request, svc)
-    jkt = dpop_key(request, svc, identity, bearer(request)) if "dpop" in request.headers else None
-    return svc.complete(identity, grant_id, proof_jkt=jkt)
+    return svc.complete(identity, grant_id, proof_jkt=dpop_key(request, svc, identity, bearer(request)))
 
 
 def _grant(grant: Grant) -> Response:
@@ -123,15 +122,6 @@ def _without_waiting(request: Request, payload: Any, svc: GrantService) -> bool:
     headers = request.headers
     boundary = payload.get("boundary") if isinstance(payload, dict) else None
     return "dpop" not in headers and "idempotency-key" not in headers and svc.prepares_without_waiting(boundary)
-
-
-def _on_loop(request: Request, payload: Any, svc: GrantService) -> Prepared | Issued | None:
-    """`_prepare` here, on the event loop; None where it would have waited (it changed nothing then)."""
-    try:
-        with on_loop():
-            return _prepare(request, payload, svc)
-    except WouldBlock:
-        return None
 
 
 async def _durable(committed: Future) -> None:

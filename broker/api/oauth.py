@@ -8,9 +8,10 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.deps import Service, bearer, caller, caller_on_loop, dpop_key, form_body, off_loop
+from broker.api.deps import Service, bearer, caller, dpop_key, form_body, off_loop
 from broker.api.schemas import IntrospectionOut, TokenExchangeForm, TokenForm, TokenOut
 from broker.api.tls import tls_facts
+from broker.blocking import attempt
 from broker.grants import introspection
 from broker.grants.delegation import delegate
 from broker.grants.exchange import exchange, identity_token, mode, one, refuse_impersonation
@@ -79,7 +80,7 @@ async def introspect(request: Request, svc: Service) -> dict:
     """The caller verified on the event loop when that waits for nothing, then one hop to an issuing
     thread for the rest (a DPoP proof's replay check, the grant's status): each hop of a busy server
     waits its turn for the GIL, and the status is read where waiting is allowed."""
-    identity = caller_on_loop(request, svc) or await off_loop(request, caller, request, svc)
+    identity = attempt(caller, request, svc) or await off_loop(request, caller, request, svc)
     token = one(await _form(request), "token")
     return await off_loop(request, _introspect, request, svc, identity, token)
 
@@ -92,7 +93,7 @@ def _introspect(request: Request, svc: GrantService, identity: Identity, token: 
              openapi_extra=_form_body(TokenForm))
 async def revoke(request: Request, svc: Service) -> dict:
     """As introspection: the caller on the event loop when that waits for nothing, then one thread hop."""
-    identity = caller_on_loop(request, svc) or await off_loop(request, caller, request, svc)
+    identity = attempt(caller, request, svc) or await off_loop(request, caller, request, svc)
     token = one(await _form(request), "token")
     await off_loop(request, _revoke, request, svc, identity, token)
     return {}  # RFC 7009 §2.2: 200 whether or not the token was valid

@@ -45,6 +45,10 @@ class Outbox:
         self.ledger = ledger
         self.clock = clock
         self.boundaries = {b.name: b for b in settings.boundaries}
+        # a grant ends here (its ledger status is the deny list) when its boundary is configured and its
+        # backend calls nothing: the broker's own JWTs; the ledger writer gets these too (EndGrant)
+        self.boundary_names = frozenset(self.boundaries)
+        self.local_backends = frozenset(name for name, backend in backends.items() if not backend.calls_out)
 
     def revoke(
         self,
@@ -67,8 +71,7 @@ class Outbox:
 
     def _ends_here(self, grant: Grant) -> bool:
         """The broker's own JWTs: revoking one is its status in the ledger (the deny list), no backend call."""
-        backend = self.backends.get(grant.backend)
-        return grant.boundary in self.boundaries and backend is not None and not backend.calls_out
+        return grant.boundary in self.boundary_names and grant.backend in self.local_backends
 
     def execute(self, grant: Grant) -> bool:
         """Revoke at the backend; True when done, False when left for the retry worker."""

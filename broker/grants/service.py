@@ -322,8 +322,7 @@ class GrantService:
         no other system: a backend that signs here, no abuse limits. The API then prepares on the event
         loop, and anything that would wait still sends it to a thread (broker/blocking.py)."""
         config = self.boundaries.get(boundary) if isinstance(boundary, str) else None
-        backend = self.backends.get(config.backend) if config else None
-        if backend is None or backend.calls_out:
+        if config is None or config.backend not in self.outbox.local_backends:
             return False
         limits = self.settings.limits_for(config)
         return limits.max_active_grants is None and limits.issue_rate is None
@@ -509,8 +508,8 @@ class GrantService:
     def submit_complete(self, identity: Identity, grant_id: str) -> Future:
         """`complete` in the ledger writer's next batch, for the event loop: a future of `Ended`, or of
         `Declined` when the grant needs `complete` itself (broker/ledger/issuing.py says which)."""
-        local = frozenset(name for name, backend in self.backends.items() if not backend.calls_out)
-        end = EndGrant(grant_id, identity.subject, identity.attestor, frozenset(self.boundaries), local)
+        outbox = self.outbox  # it knows where a grant ends in the ledger alone (the same sets as its own revokes)
+        end = EndGrant(grant_id, identity.subject, identity.attestor, outbox.boundary_names, outbox.local_backends)
         return self.ledger.submit_end(end)
 
     @staticmethod

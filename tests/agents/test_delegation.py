@@ -4,11 +4,9 @@ have, a depth cap, impersonation refused, freezes and policy for every party, an
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 
 import pytest
 
@@ -24,7 +22,7 @@ from tests.agents.delegation import (
 )
 from tests.operators.fleet import auth
 from tests.support.broker import BrokerClient, broker_settings, open_client
-from tests.support.postgres import fresh_database
+from tests.support.postgres import ledger_database
 
 
 @pytest.fixture
@@ -37,12 +35,10 @@ def agents(tmp_path, issuers) -> Iterator[BrokerClient]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledgers(request, tmp_path, issuers) -> Iterator[BrokerClient]:
     """The cascade on both ledgers: PostgreSQL takes row locks and the chain head's, SQLite its write lock."""
-    with ExitStack() as stack:
-        extra = {}
-        if request.param == "postgresql":
-            extra = {"database_url": stack.enter_context(fresh_database()), "key_encryption_key": secrets.token_hex(32)}
+    with ledger_database(request.param) as extra:
         settings = broker_settings(tmp_path, issuers, boundaries=boundaries(), policy=policy(), **extra)
-        yield stack.enter_context(open_client(settings))
+        with open_client(settings) as client:
+            yield client
 
 
 def identity(issuers, sa: str) -> str:

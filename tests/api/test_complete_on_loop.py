@@ -3,28 +3,23 @@ awaited on the event loop; what it declines goes to `GrantService.complete` on a
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
 
 import pytest
 
 from broker.ledger.issuing import Declined, Ended, EndGrant, Write
 from tests.operators.fleet import auth
 from tests.support.broker import BrokerClient, broker_settings, open_client
-from tests.support.postgres import fresh_database
+from tests.support.postgres import ledger_database
 
 WORKER = "system:serviceaccount:payments:worker"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledgers(request, tmp_path, issuers) -> Iterator[BrokerClient]:
-    with ExitStack() as stack:
-        extra = {}
-        if request.param == "postgresql":
-            extra = {"database_url": stack.enter_context(fresh_database()), "key_encryption_key": secrets.token_hex(32)}
-        yield stack.enter_context(open_client(broker_settings(tmp_path, issuers, **extra)))
+    with ledger_database(request.param) as extra, open_client(broker_settings(tmp_path, issuers, **extra)) as client:
+        yield client
 
 
 def _where_completed(client: BrokerClient, monkeypatch) -> list[str]:  # noqa: ANN001

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
@@ -24,3 +25,14 @@ def fresh_database(prefix: str = "broker_test") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def ledger_database(kind: str) -> Iterator[dict[str, Any]]:
+    """Broker settings for a ledger on `kind`: "sqlite" (the default: nothing to add) or "postgresql" (a
+    fresh database, with the key encryption key that keeps signing keys in it)."""
+    if kind == "sqlite":
+        yield {}
+        return
+    with fresh_database() as url:
+        yield {"database_url": url, "key_encryption_key": secrets.token_hex(32)}
