@@ -21,10 +21,12 @@ fails with `LedgerUnavailable` (a 503), and so does every later one: nothing is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +59,11 @@ def socket_path(data_dir: Path) -> Path:
     return path
 
 
+def _wake(address: str) -> None:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+        probe.connect(address)
+
+
 class WriterServer:
     """The writer process's side: accepts the workers' connections, answers each write once it is durable."""
 
@@ -70,6 +77,7 @@ class WriterServer:
         self._key_file = data_dir / KEY_NAME
         self._listener: Listener | None = None
         self._connections: set[Connection] = set()
+        self._closed = threading.Event()
 
     def listen(self) -> None:
         """Bind the socket (a stale one from a killed process is replaced) and write a new key, both 0600."""
@@ -91,13 +99,20 @@ class WriterServer:
             try:
                 conn = self._listener.accept()
             except UNREACHABLE as exc:  # a failed challenge (wrong key) or a dropped connect
+                if self._closed.is_set():  # the listener itself was closed: stop, do not spin on it
+                    return
                 log.warning("ledger writer refused a connection: %s", type(exc).__name__)
                 continue
+            if self._closed.is_set():
+                conn.close()
+                return
             threading.Thread(target=self._serve, args=(conn,), name="broker-ledger-writer-conn", daemon=True).start()
 
     def close(self) -> None:
         """Stop accepting and hang up on every worker (their waiting writes fail), then stop the writer."""
+        self._closed.set()
         if self._listener is not None:
+            _wake(self._address)  # closing a socket does not wake a thread blocked in its accept; a connect does
             self._listener.close()
         for conn in list(self._connections):
             conn.close()

@@ -116,3 +116,19 @@ def test_the_socket_and_key_are_only_the_brokers_users(data_dir, writer):
 def test_a_data_dir_too_long_for_a_unix_socket_is_refused_with_the_way_out(tmp_path):
     with pytest.raises(LedgerUnavailable, match="ledger_writer: thread"):
         socket_path(tmp_path / ("d" * 120))
+
+
+
+def test_closing_the_writer_ends_its_accept_loop_without_a_warning(data_dir, caplog):
+    """Closed, the listener's accept fails at once and for ever: the loop ends instead of spinning on it
+    (it once logged 'refused a connection' thousands of times a second until the process exited)."""
+    server = WriterServer(_store(data_dir, remote=False).apply_writes, data_dir)
+    server.listen()
+    accepting = threading.Thread(target=server.serve_forever, daemon=True)
+    accepting.start()
+    worker = _store(data_dir, remote=True)
+    assert isinstance(worker.record_issued(_grant("g-before"), Event(kind="issued", grant_id="g-before")), Committed)
+    with caplog.at_level("WARNING", logger="broker.ledger.writer_process"):
+        server.close()
+        wait_until(lambda: not accepting.is_alive(), timeout=10, what="the accept loop's end")
+    assert "refused a connection" not in caplog.text
