@@ -41,7 +41,7 @@ from broker.errors import (
     UnknownScope,
 )
 from broker.fingerprint import fingerprint
-from broker.grants.limits import IssuanceLimits
+from broker.grants.limits import EXCEEDED, IssuanceLimits
 from broker.grants.outbox import Outbox, RevokeOutcome
 from broker.grants.recording import recorded
 from broker.identity import Attestors, Identity
@@ -249,7 +249,10 @@ class GrantService:
             return failed
         derived = prepared.request.derived
         guard = derived.guard_subjects if derived else ()
-        return self.ledger.submit_issued(prepared.row, prepared.event, idem=prepared.claim, guard_subjects=guard)
+        grant = prepared.grant
+        return self.ledger.submit_issued(prepared.row, prepared.event, idem=prepared.claim, guard_subjects=guard,
+                                         limits=self.limits.at(grant.boundary),
+                                         only_here=grant.backend in self.outbox.local_backends)  # fmt: skip
 
     def conclude(self, prepared: Prepared, committed: Future) -> Issued:
         """Answer from the commit's outcome; fail closed: an unrecorded or refused credential is revoked."""
@@ -268,8 +271,9 @@ class GrantService:
         if isinstance(outcome, Replayed):
             return self._replay(outcome.grant_id)
         if isinstance(outcome, Refused):
-            self._revoke_refused(grant.id)
-            raise REFUSED_AT_COMMIT[outcome.code](outcome.detail)
+            if outcome.kept:
+                self._revoke_refused(grant.id)
+            raise _refusal(outcome)
         if outcome is not None and outcome.superseded:
             self._revoke_refused(outcome.superseded)
         borrowed = prepared.request.derived is not None and prepared.request.derived.authority is not None
@@ -289,6 +293,8 @@ class GrantService:
         if committed.exception() is not None or prepared.grant.policy_revision != self.policy.current.digest:
             return False
         outcome = committed.result()
+        if isinstance(outcome, Refused):
+            return not outcome.kept  # an abuse limit's: nothing to revoke, only the answer
         return isinstance(outcome, Committed) and outcome.superseded is None
 
     def _admit(self, identity: Identity, request: GrantRequest) -> tuple[BoundaryConfig, tuple[str, ...], int, Decision]:
@@ -311,7 +317,8 @@ class GrantService:
             if not decision.allowed:
                 raise PolicyDenied(decision.reason)
             cap = min(decision.max_ttl or boundary.max_ttl, request.ttl_ceiling or boundary.max_ttl, boundary.max_ttl)
-            self.limits.check(identity, boundary, self.clock())
+            if _backend(boundary, derived) not in self.outbox.local_backends:  # else counted at commit alone
+                self.limits.check(identity, boundary, self.clock())
             return boundary, scopes, granted_ttl(request.ttl, boundary, cap), decision
         except BrokerError as exc:
             self.record_denial(identity, request, exc, decision=decision)
@@ -319,13 +326,10 @@ class GrantService:
 
     def prepares_without_waiting(self, boundary: Any) -> bool:
         """True when admitting and minting at `boundary` (a name, as requested) reads no database and calls
-        no other system: a backend that signs here, no abuse limits. The API then prepares on the event
-        loop, and anything that would wait still sends it to a thread (broker/blocking.py)."""
+        no other system: a backend that signs here (its abuse limits are counted at commit). The API then
+        prepares on the event loop, and anything that would wait still sends it to a thread (broker/blocking.py)."""
         config = self.boundaries.get(boundary) if isinstance(boundary, str) else None
-        if config is None or config.backend not in self.outbox.local_backends:
-            return False
-        limits = self.settings.limits_for(config)
-        return limits.max_active_grants is None and limits.issue_rate is None
+        return config is not None and config.backend in self.outbox.local_backends
 
     def _one_boundary(self, requested: str | list[str]) -> BoundaryConfig:
         names = sorted(set(requested)) if isinstance(requested, list) else [requested]
@@ -562,6 +566,13 @@ REFUSED_AT_COMMIT: dict[str, type[BrokerError]] = {
     "idempotency_key_reused": IdempotencyKeyReused,
     "parent_grant_ended": InvalidSubjectToken,
 }
+
+
+def _refusal(refused: Refused) -> BrokerError:
+    """The error a refusal inside the issuing transaction is answered with."""
+    if refused.code in EXCEEDED:
+        return EXCEEDED[refused.code](refused.detail, retry_after=refused.retry_after or 1)
+    return REFUSED_AT_COMMIT[refused.code](refused.detail)
 
 
 def _backend(boundary: BoundaryConfig, derived: Derived | None) -> str:

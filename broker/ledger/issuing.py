@@ -10,6 +10,13 @@ or a concurrent duplicate slips past them:
   active: a parent that ends cascades to its children in the revoking transaction, and both take
   the chain head's lock, so a child committed first is found by the cascade and one committed
   after sees its parent ended.
+- a subject's abuse limits at the grant's boundary (`Limits`: active grants, grants per window) are
+  counted here, after the head lock, from the rows every replica's issuing transactions committed and
+  the batch's own grants before it: exact under any concurrency. When the refused credential exists
+  only in this request (the broker's own JWT, `only_here`), the refusal is its `denied` event alone,
+  as a refusal before minting is: a flood of over-limit requests leaves no grant row, no outbox work
+  and no pushed SET. A backend that calls another system is checked before minting too
+  (broker/grants/limits.py); one that loses the race here is kept `revoke_pending`, as a freeze's.
 - an `Idempotency-Key` already bound to a live grant of the same request either replays that grant
   (backends that can hand the credential out again: the broker's JWTs) or supersedes it (Vault
   tokens and leases, whose secret the broker never keeps): the earlier grant is revoked, so one key
@@ -32,6 +39,7 @@ from sqlalchemy import Connection, delete, insert, update
 from broker import context
 from broker.fingerprint import fingerprint
 from broker.ledger import compiled
+from broker.ledger.limits import Limits, Load, counted
 from broker.ledger.models import ACTIVE, REVOKE_PENDING, Event, Grant, IdempotencyKey
 
 _INSERT_GRANTS = insert(Grant.__table__)  # built once: it runs for every batch
@@ -69,6 +77,8 @@ class Write:
     idem: IdemClaim | None = None
     guard_subjects: tuple[str, ...] = ()  # other parties whose freeze refuses the grant too
     end: EndGrant | None = None  # a completion instead of an issuance
+    limits: Limits | None = None  # the subject's abuse limits at the grant's boundary
+    only_here: bool = False  # its credential exists only in this request (the broker's own JWT, not yet handed out)
 
 
 @dataclass
@@ -85,6 +95,8 @@ class Refused:
 
     code: str
     detail: str
+    retry_after: int | None = None  # an abuse limit's: seconds until it eases
+    kept: bool = True  # the grant's row is kept `revoke_pending` (False: a limit's refusal, only its event)
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,7 @@ class IssueBatch:
     ending: dict[str, Any] = field(default_factory=dict)  # grant id -> row, of the batch's EndGrant writes
     with_children: set[str] = field(default_factory=set)  # of those, the ones with an active derived grant
     ended: list[dict[str, Any]] = field(default_factory=list)
+    loads: dict[tuple[str, str, str], Load] = field(default_factory=dict)  # (subject, attestor, boundary) -> load
 
     def decide(self, write: Write) -> Outcome:
         if write.end is not None:
@@ -161,12 +174,16 @@ class IssueBatch:
         if refusal is not None:
             self._refuse(write, refusal)
             return refusal
+        if write.limits is not None and (exceeded := self._limit(write)) is not None:
+            return exceeded
         superseded = None
         if write.idem is not None:
             outcome = self._key(write)
             if not isinstance(outcome, Committed):
                 return outcome
             superseded = outcome.superseded
+        if write.limits is not None:
+            self._count(write.grant)
         committed = Committed(superseded=superseded)
         self.placed.append((committed, len(self.events)))
         self.grants.append(write.grant)
@@ -212,6 +229,7 @@ class IssueBatch:
                  "end_reason": "completed by owner", "ended_at": self.now, "next_attempt_at": None}  # fmt: skip
         self.ending[end.grant_id] = grant  # a second completion in this batch finds it ended
         self.ended.append(grant)
+        self._uncount(grant)
         self.events.append(end_event(grant, "completed", {"request_id": end.request_id} if end.request_id else {}))
         return Ended(grant)
 
@@ -222,6 +240,37 @@ class IssueBatch:
                 self.frozen_seen.add((kind, value))
                 return Refused(f"{kind}_frozen", f"{kind} was frozen while the grant was being issued")
         return None
+
+    def _limit(self, write: Write) -> Refused | None:
+        """A limit this grant would pass, counted at its issue time: refused, with its `denied` event alone
+        when the credential exists nowhere else."""
+        grant, limits = write.grant, write.limits
+        assert grant is not None and limits is not None
+        exceeded = limits.exceeded(self.loads[load_key(grant)], grant["issued_at"])
+        if exceeded is None:
+            return None
+        if not write.only_here:  # a Vault token or lease was minted meanwhile: kept for the outbox to revoke
+            refusal = Refused(exceeded.code, exceeded.detail, retry_after=exceeded.retry_after)
+            self._refuse(write, refusal)
+            return refusal
+        issued = write.events[0]
+        detail = {"code": exceeded.code, "action": "issue", "reason": exceeded.detail,
+                  **{k: issued.detail.get(k) for k in ("scopes", "identity_fp", "policy_revision", "rule", "request_id")
+                     if k in issued.detail}}  # fmt: skip
+        self.events.append(Event(kind="denied", subject=issued.subject, boundary=issued.boundary, task=issued.task,
+                                 actor=issued.actor, detail=detail))  # fmt: skip
+        return Refused(exceeded.code, exceeded.detail, retry_after=exceeded.retry_after, kept=False)
+
+    def _count(self, grant: dict[str, Any]) -> None:
+        key = load_key(grant)
+        if key in self.loads:
+            self.loads[key] = counted(self.loads[key], grant["issued_at"], grant["expires_at"])
+
+    def _uncount(self, grant: dict[str, Any]) -> None:
+        """An active grant the batch ended no longer counts against its subject's later grants in it."""
+        load = self.loads.get(load_key(grant))
+        if load is not None and load.active > 0:
+            self.loads[load_key(grant)] = Load(load.active - 1, load.next_expiry, load.recent, load.oldest_recent)
 
     def _parent(self, grant: dict[str, Any]) -> Refused | None:
         parent = grant.get("parent_grant_id")
@@ -269,6 +318,11 @@ class IssueBatch:
         detail = {**issued.detail, "code": refusal.code, "action": "issue", "reason": refusal.detail}
         self.events.append(Event(kind="denied", subject=issued.subject, boundary=issued.boundary, task=issued.task,
                                  grant_id=issued.grant_id, actor=issued.actor, detail=detail))  # fmt: skip
+
+
+def load_key(grant: dict[str, Any]) -> tuple[str, str, str]:
+    """What abuse limits count by: the subject (and its attestor) at one boundary."""
+    return grant["subject"], grant["attestor"], grant["boundary"]
 
 
 def grant_values(grant: Grant) -> dict[str, Any]:

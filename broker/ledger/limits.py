@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from sqlalchemy import Insert, Table, case, func, select, update
+from sqlalchemy import Connection, Insert, Table, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -26,6 +27,56 @@ class Load:
     oldest_recent: float | None  # when the oldest grant of the window leaves it
 
 
+@dataclass(frozen=True)
+class Exceeded:
+    """A limit reached: its stable code, what was counted, and the seconds until it eases."""
+
+    code: str
+    detail: str
+    retry_after: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One subject's abuse limits at one boundary (config `limits:`); None turns a limit off."""
+
+    boundary: str
+    max_active: int | None
+    rate: int | None
+    window: float
+
+    def exceeded(self, load: Load, now: float) -> Exceeded | None:
+        """The first limit one more grant would pass, given the subject's `load` at `now`."""
+        if self.max_active is not None and load.active >= self.max_active:
+            detail = f"subject holds {load.active} active grants at boundary {self.boundary!r} (limit {self.max_active})"
+            return Exceeded("too_many_active_grants", detail, _seconds_until(load.next_expiry, now))
+        if self.rate is not None and load.recent >= self.rate:
+            detail = (f"subject was issued {load.recent} grants at boundary {self.boundary!r} in the last "
+                      f"{self.window:g}s (limit {self.rate})")  # fmt: skip
+            return Exceeded("rate_limited", detail, _seconds_until((load.oldest_recent or now) + self.window, now))
+        return None
+
+
+def counted(load: Load, issued_at: float, expires_at: float) -> Load:
+    """`load` with one more grant, issued at `issued_at` and active until `expires_at`."""
+    first_expiry = expires_at if load.next_expiry is None else min(load.next_expiry, expires_at)
+    oldest = issued_at if load.oldest_recent is None else min(load.oldest_recent, issued_at)
+    return Load(load.active + 1, first_expiry, load.recent + 1, oldest)
+
+
+def load_on(conn: Connection, *, subject: str, attestor: str, boundary: str, now: float, since: float) -> Load:
+    """A subject's load at a boundary: one indexed statement (subject, boundary, issued_at) on `conn`."""
+    active = (Grant.status == ACTIVE) & (Grant.expires_at > now)
+    recent = Grant.issued_at > since
+    query = select(
+        func.count(case((active, 1))),
+        func.min(case((active, Grant.expires_at))),
+        func.count(case((recent, 1))),
+        func.min(case((recent, Grant.issued_at))),
+    ).where(Grant.subject == subject, Grant.boundary == boundary, Grant.attestor == attestor, active | recent)
+    return Load(*conn.execute(query).one())
+
+
 class LimitRecords:
     """Counts in the database, so every replica sees the same numbers."""
 
@@ -33,18 +84,10 @@ class LimitRecords:
         self.tx = tx
 
     def load(self, *, subject: str, attestor: str, boundary: str, now: float, since: float) -> Load:
-        """One indexed statement (subject, boundary, issued_at): it runs on every issuance."""
-        active = (Grant.status == ACTIVE) & (Grant.expires_at > now)
-        recent = Grant.issued_at > since
-        query = select(
-            func.count(case((active, 1))),
-            func.min(case((active, Grant.expires_at))),
-            func.count(case((recent, 1))),
-            func.min(case((recent, Grant.issued_at))),
-        ).where(Grant.subject == subject, Grant.boundary == boundary, Grant.attestor == attestor, active | recent)
-        try:  # a plain connection, like the freeze check
+        """`load_on` a plain connection, like the freeze check."""
+        try:
             with self.tx.reader.connect() as conn:
-                return Load(*conn.execute(query).one())
+                return load_on(conn, subject=subject, attestor=attestor, boundary=boundary, now=now, since=since)
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(f"ledger read failed: {type(exc).__name__}") from exc
 
@@ -86,3 +129,7 @@ class LimitRecords:
     def _insert_new(self, table: Table) -> Insert:
         dialect = postgresql if self.tx.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table).on_conflict_do_nothing()
+
+
+def _seconds_until(when: float | None, now: float) -> int:
+    return max(1, math.ceil((when if when is not None else now + 1) - now))

@@ -43,8 +43,9 @@ from broker.ledger.issuing import (
     Write,
     end_event,
     grant_values,
+    load_key,
 )
-from broker.ledger.limits import LimitRecords
+from broker.ledger.limits import LimitRecords, Limits, Load, load_on
 from broker.ledger.models import (
     ACTIVE,
     REVOKE_PENDING,
@@ -166,23 +167,30 @@ class LedgerStore:
         self._write(Write(events=list(events)))
 
     def record_issued(
-        self, grant: Grant, issued: Event, *, idem: IdemClaim | None = None, guard_subjects: tuple[str, ...] = ()
-    ) -> Outcome:
+        self, grant: Grant, issued: Event, *, idem: IdemClaim | None = None, guard_subjects: tuple[str, ...] = (),
+        limits: Limits | None = None, only_here: bool = False,
+    ) -> Outcome:  # fmt: skip
         """The grant row and its `issued` event commit together, or neither does.
 
         Inside that transaction a freeze of the grant's subject or boundary (or of `guard_subjects`)
         refuses it (promise 8), and so does its parent having ended: the row is kept as
-        `revoke_pending` so the minted credential is revoked through the outbox.
+        `revoke_pending` so the minted credential is revoked through the outbox. `limits` reached
+        refuse it too; with `only_here` (the credential exists nowhere else), its `denied` event alone.
         """
-        return self._write(Write([issued], grant_values(grant), guard=True, idem=idem, guard_subjects=guard_subjects))
+        write = Write([issued], grant_values(grant), guard=True, idem=idem, guard_subjects=guard_subjects,
+                      limits=limits, only_here=only_here)  # fmt: skip
+        return self._write(write)
 
     def submit_issued(
-        self, row: dict[str, Any], issued: Event, *, idem: IdemClaim | None = None, guard_subjects: tuple[str, ...] = ()
-    ) -> Future:
+        self, row: dict[str, Any], issued: Event, *, idem: IdemClaim | None = None, guard_subjects: tuple[str, ...] = (),
+        limits: Limits | None = None, only_here: bool = False,
+    ) -> Future:  # fmt: skip
         """`record_issued` for the event loop: a future of the outcome, awaited without a thread hop.
 
         `row` is `grant_values(grant)`, taken by the caller before it reaches the event loop."""
-        return self._writer.submit(Write([issued], row, guard=True, idem=idem, guard_subjects=guard_subjects))
+        write = Write([issued], row, guard=True, idem=idem, guard_subjects=guard_subjects, limits=limits,
+                      only_here=only_here)  # fmt: skip
+        return self._writer.submit(write)
 
     def submit_end(self, end: EndGrant) -> Future:
         """An owner's completion in the writer's next batch, for the event loop: a future of `Ended` or
@@ -210,6 +218,7 @@ class LedgerStore:
                 batch = IssueBatch(self.tx.clock(), self._frozen_among(conn, writes), self._keys_among(conn, writes),
                                    self._parents_among(conn, writes))  # fmt: skip
                 batch.ending, batch.with_children = self._ending_among(conn, writes)
+                batch.loads = self._loads_among(conn, writes)
                 decided = []
                 for write in writes:  # each write's events are one run of the batch's, in order
                     start = len(batch.events)
@@ -260,6 +269,19 @@ class LedgerStore:
         rows = {row["id"]: dict(row) for row in found}
         query = select(Grant.parent_grant_id).where(Grant.parent_grant_id.in_(ids), Grant.status == ACTIVE)
         return rows, set(conn.scalars(query).all())
+
+    def _loads_among(self, conn: Connection, writes: Sequence[Write]) -> dict[tuple[str, str, str], Load]:
+        """Each limited subject's load at its boundary, read after the head lock: every issuing transaction
+        holds it, so grants committed before this one (by any replica) are counted and none commits meanwhile.
+        Counted as of the batch's first grant for that subject (a few milliseconds early at most)."""
+        earliest: dict[tuple[str, str, str], tuple[float, float]] = {}
+        for w in writes:
+            if w.limits is not None and w.grant is not None:
+                key, now = load_key(w.grant), w.grant["issued_at"]
+                earliest[key] = min(earliest.get(key, (now, w.limits.window)), (now, w.limits.window))
+        return {(subject, attestor, boundary): load_on(conn, subject=subject, attestor=attestor, boundary=boundary,
+                                                       now=now, since=now - window)
+                for (subject, attestor, boundary), (now, window) in earliest.items()}  # fmt: skip
 
     def _lock_cascade(self, session: Session) -> None:
         """A revocation ends derived grants too; it takes the chain head's lock (PostgreSQL: SQLite's

@@ -55,15 +55,22 @@ def test_a_refusal_found_on_the_loop_is_recorded_once_from_a_thread(unlimited, i
     assert [e.detail["code"] for e in unlimited.events("denied") if e.task == "too-much"] == ["policy_denied"]
 
 
-@pytest.mark.parametrize("why", ["abuse limits", "idempotency key"])
-def test_what_reads_the_ledger_is_prepared_on_a_thread_from_the_start(broker, unlimited, issuers, monkeypatch, why):
-    client = broker if why == "abuse limits" else unlimited  # `broker` has limits on (tests/support/broker.py)
-    headers = {"Idempotency-Key": "k-1"} if why == "idempotency key" else {}
+def test_with_abuse_limits_on_a_jwt_grant_is_still_prepared_on_the_event_loop(broker, issuers, monkeypatch):
+    """`broker` has the default limits on (tests/support/broker.py): they are counted at commit, not before."""
+    token = issuers.worker()
+    assert broker.grant(token, task="first").status_code == 201
+    threads = _where_prepared(broker, monkeypatch)
+    assert [broker.grant(token, task=f"l-{n}").status_code for n in range(3)] == [201] * 3
+    assert len(threads) == 3 and not any(t.startswith("broker-issue") for t in threads)
+
+
+def test_an_idempotency_key_reads_the_ledger_so_it_is_prepared_on_a_thread_from_the_start(unlimited, issuers, monkeypatch):
     token = issuers.worker()
     body = {"task": "t", "boundary": "orders", "scopes": ["read"], "ttl": 60}
-    assert client.post("/v1/grants", json=body, headers={"Authorization": f"Bearer {token}"}).status_code == 201
-    threads = _where_prepared(client, monkeypatch)
-    answer = client.post("/v1/grants", json={**body, "task": "u"}, headers={"Authorization": f"Bearer {token}", **headers})
+    assert unlimited.post("/v1/grants", json=body, headers={"Authorization": f"Bearer {token}"}).status_code == 201
+    threads = _where_prepared(unlimited, monkeypatch)
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "k-1"}
+    answer = unlimited.post("/v1/grants", json={**body, "task": "u"}, headers=headers)
     assert answer.status_code == 201
     assert len(threads) == 1 and threads[0].startswith("broker-issue")  # never tried on the loop
 

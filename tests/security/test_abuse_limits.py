@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -95,15 +96,52 @@ def test_one_identity_token_firing_40_grants_gets_429_after_the_rate_limit(tmp_p
         assert broker.grant(token, "payments").status_code == 201
 
 
-def test_a_concurrent_burst_passes_the_rate_limit_by_at_most_the_requests_in_flight(tmp_path, issuers) -> None:
-    threads = 8
+def test_a_concurrent_burst_gets_exactly_the_rate_limit(tmp_path, issuers) -> None:
+    """Counted inside the issuing transaction: requests in flight together cannot pass the limit together."""
+    threads, barrier = 8, threading.Barrier(8)
     with broker_with(tmp_path, issuers, boundaries=limited(issue_rate=10, max_active_grants=None)) as broker:
         token = issuers.worker()
+
+        def ask(n: int) -> int:
+            if n < threads:
+                barrier.wait()
+            return broker.grant(token, task=f"b-{n}").status_code
+
         with ThreadPoolExecutor(threads) as pool:
-            codes = list(pool.map(lambda n: broker.grant(token, task=f"b-{n}").status_code, range(40)))
-        issued = codes.count(201)
-        assert 10 <= issued <= 10 + threads - 1 and codes.count(429) == 40 - issued
-        assert len(broker.service.ledger.grants()) == issued
+            codes = list(pool.map(ask, range(40)))
+        assert codes.count(201) == 10 and codes.count(429) == 30
+        assert len(broker.service.ledger.grants()) == 10  # a refused JWT existed only in its request: no row
+        refusals = denied(broker, "rate_limited")
+        assert len(refusals) == 30 and {e.grant_id for e in refusals} == {None}
+        assert {tuple(sorted(e.detail)) for e in refusals} == {
+            ("action", "code", "identity_fp", "policy_revision", "reason", "request_id", "rule", "scopes")
+        }
+        assert broker.service.ledger.verify().ok
+
+
+def test_concurrent_bursts_on_two_replicas_get_exactly_the_limit_between_them(tmp_path, issuers) -> None:
+    with fresh_database("broker_limits_race") as url:
+        shared = {"database_url": url, "key_encryption_key": secrets.token_hex(32),
+                  "boundaries": limited(max_active_grants=12, issue_rate=None)}  # fmt: skip
+        one = broker_with(tmp_path / "a", issuers, **shared)
+        two = broker_with(tmp_path / "b", issuers, **shared)
+        token, barrier = issuers.worker(), threading.Barrier(8)
+
+        def ask(n: int) -> int:
+            if n < 8:
+                barrier.wait()
+            return (one, two)[n % 2].grant(token, task=f"race-{n}", ttl=120).status_code
+
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                codes = list(pool.map(ask, range(40)))
+            assert codes.count(201) == 12 and codes.count(429) == 28
+            assert len([g for g in one.service.ledger.grants() if g.status == "active"]) == 12
+            assert one.service.ledger.verify().ok
+        finally:
+            for broker in (one, two):
+                broker.close()
+                broker.service.ledger.engine.dispose()
 
 
 def test_the_rate_window_slides_with_the_clock(quiet, issuers) -> None:
@@ -263,3 +301,28 @@ def test_the_sdk_raises_rate_limited_with_retry_after(tmp_path, issuers) -> None
         assert caught.value.code == "too_many_active_grants" and 1 <= caught.value.retry_after <= 120
     finally:
         live.stop()
+
+
+def test_one_issuing_batch_counts_its_own_grants_and_the_ones_it_ends(tmp_path, issuers) -> None:
+    """`apply_writes` (one transaction): a grant earlier in the batch counts against a later one, and a
+    completion earlier in it frees its slot."""
+    from broker.grants import GrantRequest
+    from broker.ledger.issuing import Committed, Ended, EndGrant, Refused, Write
+
+    with broker_with(tmp_path, issuers, boundaries=limited(max_active_grants=2, issue_rate=None)) as broker:
+        service, token = broker.service, issuers.worker()
+        held = broker.grant(token, task="held", ttl=120).json()["grant_id"]
+        identity = service.authenticate(token, action="test")
+        prepared = [service.prepare(identity, GrantRequest(task=f"p-{n}", boundary="orders", scopes=("read",), ttl=60))
+                    for n in range(3)]  # fmt: skip
+        limits = service.limits.at("orders")
+        first, second, third = (Write([p.event], p.row, guard=True, limits=limits, only_here=True) for p in prepared)
+        end = Write([], end=EndGrant(held, identity.subject, "k8s", frozenset(service.boundaries), frozenset({"jwt"})))
+        applied = service.ledger.apply_writes([first, end, second, third])
+        assert [type(a.outcome) for a in applied] == [Committed, Ended, Committed, Refused]
+        refused = applied[3].outcome
+        assert (refused.code, refused.kept) == ("too_many_active_grants", False) and 1 <= refused.retry_after <= 60
+        assert [row["kind"] for row in applied[3].rows] == ["denied"] and applied[3].rows[0]["grant_id"] is None
+        assert {g.task for g in service.ledger.grants() if g.status == "active"} == {"p-0", "p-1"}
+        assert service.ledger.get_grant(prepared[2].grant.id) is None
+        assert service.ledger.verify().ok
