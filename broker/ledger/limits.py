@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Insert, Table, case, func, select, update
+from sqlalchemy import Connection, Insert, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.types import NullType
 
 from broker.errors import LedgerUnavailable
+from broker.ledger import compiled
 from broker.ledger.models import ACTIVE, DenialWindow, Event, Grant
 from broker.ledger.transactions import Transactions
 
@@ -64,17 +66,28 @@ def counted(load: Load, issued_at: float, expires_at: float) -> Load:
     return Load(load.active + 1, first_expiry, load.recent + 1, oldest)
 
 
+_THEIRS = (Grant.subject == bindparam("subject")) & (Grant.boundary == bindparam("boundary")) & (
+    Grant.attestor == bindparam("attestor"))  # fmt: skip
+_ACTIVE = _THEIRS & (Grant.status == ACTIVE) & (Grant.expires_at > bindparam("now"))
+_RECENT = _THEIRS & (Grant.issued_at > bindparam("since"))
+# Four scalar subqueries, each one range of an index: (subject, boundary, status, expires_at) for the active
+# grants, (subject, boundary, issued_at) for the recent ones. One WHERE ORing the two let SQLite walk every
+# active grant of the ledger through (status, expires_at) (migration 0014). The minimums are raw driver values
+# (floats from either driver): SQLAlchemy's PostgreSQL float processor needs the result column's type code,
+# which a compiled statement (compiled.py) does not know.
+_LOAD = select(
+    select(func.count()).where(_ACTIVE).scalar_subquery(),
+    select(func.min(Grant.expires_at, type_=NullType())).where(_ACTIVE).scalar_subquery(),
+    select(func.count()).where(_RECENT).scalar_subquery(),
+    select(func.min(Grant.issued_at, type_=NullType())).where(_RECENT).scalar_subquery(),
+)
+
+
 def load_on(conn: Connection, *, subject: str, attestor: str, boundary: str, now: float, since: float) -> Load:
-    """A subject's load at a boundary: one indexed statement (subject, boundary, issued_at) on `conn`."""
-    active = (Grant.status == ACTIVE) & (Grant.expires_at > now)
-    recent = Grant.issued_at > since
-    query = select(
-        func.count(case((active, 1))),
-        func.min(case((active, Grant.expires_at))),
-        func.count(case((recent, 1))),
-        func.min(case((recent, Grant.issued_at))),
-    ).where(Grant.subject == subject, Grant.boundary == boundary, Grant.attestor == attestor, active | recent)
-    return Load(*conn.execute(query).one())
+    """A subject's load at a boundary: one indexed statement (subject, boundary, issued_at), compiled once
+    (the ledger writer runs it for every limited subject of a batch)."""
+    values = {"subject": subject, "attestor": attestor, "boundary": boundary, "now": now, "since": since}
+    return Load(*compiled.fetch(conn, _LOAD, values)[0])
 
 
 class LimitRecords:

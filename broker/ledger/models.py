@@ -81,7 +81,8 @@ class Grant(Base):
         Index("ix_grants_status_expires", "status", "expires_at"),
         Index("ix_grants_status_next_attempt", "status", "next_attempt_at"),
         Index("ix_grants_subject", "subject"),
-        Index("ix_grants_subject_boundary_issued", "subject", "boundary", "issued_at"),  # abuse limits
+        Index("ix_grants_subject_boundary_issued", "subject", "boundary", "issued_at"),  # abuse limits: recent
+        Index("ix_grants_subject_boundary_active", "subject", "boundary", "status", "expires_at"),  # and active
         Index("ix_grants_boundary", "boundary"),
         Index("ix_grants_task_subject", "task", "subject"),
         Index("ix_grants_revocation", "revocation_id"),
