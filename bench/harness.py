@@ -138,19 +138,22 @@ class Shape:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     body: str = ""
+    authorizations: tuple[str, ...] = ()  # Authorization values taken in turn, one a request (many workloads)
 
 
 def _lua(shape: Shape) -> str:
     quote = _lua_string
     headers = "\n".join(f"wrk.headers[{quote(k)}] = {quote(v)}" for k, v in shape.headers.items())
-    dynamic = "{n}" in shape.body
+    turns = (f"local auths = {{{', '.join(quote(a) for a in shape.authorizations)}}}\n"
+             if shape.authorizations else "")  # fmt: skip
+    take_turn = "  wrk.headers['Authorization'] = auths[n % #auths + 1]\n" if shape.authorizations else ""
     request = (
         # a fresh counter per request (e.g. a new task per grant); per wrk thread, prefixed by its id
-        f"local n = 0\nlocal body = {quote(shape.body)}\n"
+        f"local n = 0\nlocal body = {quote(shape.body)}\n{turns}"
         "function setup(thread) thread:set('tid', tostring(math.random(1, 1e9))) end\n"
-        "function request()\n  n = n + 1\n"
+        f"function request()\n  n = n + 1\n{take_turn}"
         "  return wrk.format(nil, nil, nil, (body:gsub('{n}', (tid or '0') .. '-' .. n)))\nend\n"
-        if dynamic
+        if "{n}" in shape.body or shape.authorizations
         else f"wrk.body = {quote(shape.body)}\n"
     )
     done = (

@@ -21,6 +21,7 @@ from tests.support.issuer import TestIssuer
 
 SUBJECT_NS, SUBJECT_SA = "bench", "worker"
 JWT_BOUNDARY = "bench-jwt"
+LIMITED_JWT_BOUNDARY = "bench-jwt-limited"  # the default abuse limits on (see limited_jwt_boundary)
 TOKEN_ROLE = "bench-token"
 DB_ROLE = "bench-db"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"  # what OpenBao's database engine connects to
@@ -58,14 +59,25 @@ def jwt_boundary() -> dict[str, Any]:
     return {"name": JWT_BOUNDARY, "backend": "jwt", "scopes": ["read"], "max_ttl": "15m"}
 
 
+def limited_jwt_boundary() -> dict[str, Any]:
+    """A jwt boundary with the documented default abuse limits, as a deployment that sets none has."""
+    return {**jwt_boundary(), "name": LIMITED_JWT_BOUNDARY, "limits": {"max_active_grants": 50, "issue_rate": 60}}
+
+
+def workloads(issuer: TestIssuer, count: int) -> tuple[str, ...]:
+    """`count` workloads' Authorization headers, one service account each (wrk takes them in turn)."""
+    return tuple(f"Bearer {issuer.k8s_token(SUBJECT_NS, f'w-{n}', lifetime=3600)}" for n in range(count))
+
+
 # --- request shapes (wrk sends each one over and over; `{n}` is a per-request counter) ----------
 
 
-def grant_request(base: str, token: str, boundary: str, ttl: int = 300) -> Shape:
-    """POST /v1/grants for `boundary`, a new task per request; the identity token is reused until its exp."""
+def grant_request(base: str, token: str, boundary: str, ttl: int = 300, authorizations: tuple[str, ...] = ()) -> Shape:
+    """POST /v1/grants for `boundary`, a new task per request; the identity token is reused until its exp
+    (or `authorizations`, many workloads' tokens, are taken in turn)."""
     body = f'{{"task":"bench-{{n}}","boundary":"{boundary}","scopes":["read"],"ttl":{ttl}}}'
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    return Shape("POST", f"{base}/v1/grants", headers, body)
+    return Shape("POST", f"{base}/v1/grants", headers, body, authorizations)
 
 
 def healthz(base: str) -> Shape:
