@@ -84,8 +84,8 @@ _LOAD = select(
 
 
 def load_on(conn: Connection, *, subject: str, attestor: str, boundary: str, now: float, since: float) -> Load:
-    """A subject's load at a boundary: one indexed statement (subject, boundary, issued_at), compiled once
-    (the ledger writer runs it for every limited subject of a batch)."""
+    """A subject's load at a boundary: `_LOAD`, compiled once (the ledger writer runs it for every limited
+    subject of a batch)."""
     values = {"subject": subject, "attestor": attestor, "boundary": boundary, "now": now, "since": since}
     return Load(*compiled.fetch(conn, _LOAD, values)[0])
 

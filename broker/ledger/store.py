@@ -167,19 +167,15 @@ class LedgerStore:
         self._write(Write(events=list(events)))
 
     def record_issued(
-        self, grant: Grant, issued: Event, *, idem: IdemClaim | None = None, guard_subjects: tuple[str, ...] = (),
-        limits: Limits | None = None, only_here: bool = False,
-    ) -> Outcome:  # fmt: skip
+        self, grant: Grant, issued: Event, *, idem: IdemClaim | None = None, guard_subjects: tuple[str, ...] = ()
+    ) -> Outcome:
         """The grant row and its `issued` event commit together, or neither does.
 
         Inside that transaction a freeze of the grant's subject or boundary (or of `guard_subjects`)
         refuses it (promise 8), and so does its parent having ended: the row is kept as
-        `revoke_pending` so the minted credential is revoked through the outbox. `limits` reached
-        refuse it too; with `only_here` (the credential exists nowhere else), its `denied` event alone.
+        `revoke_pending` so the minted credential is revoked through the outbox.
         """
-        write = Write([issued], grant_values(grant), guard=True, idem=idem, guard_subjects=guard_subjects,
-                      limits=limits, only_here=only_here)  # fmt: skip
-        return self._write(write)
+        return self._write(Write([issued], grant_values(grant), guard=True, idem=idem, guard_subjects=guard_subjects))
 
     def submit_issued(
         self, row: dict[str, Any], issued: Event, *, idem: IdemClaim | None = None, guard_subjects: tuple[str, ...] = (),
@@ -187,7 +183,9 @@ class LedgerStore:
     ) -> Future:  # fmt: skip
         """`record_issued` for the event loop: a future of the outcome, awaited without a thread hop.
 
-        `row` is `grant_values(grant)`, taken by the caller before it reaches the event loop."""
+        `row` is `grant_values(grant)`, taken by the caller before it reaches the event loop. `limits`
+        reached refuse it too; with `only_here` (the credential exists nowhere else), by its `denied`
+        event alone (issuing.py)."""
         write = Write([issued], row, guard=True, idem=idem, guard_subjects=guard_subjects, limits=limits,
                       only_here=only_here)  # fmt: skip
         return self._writer.submit(write)
