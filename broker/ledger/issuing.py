@@ -31,7 +31,7 @@ The grant's row is read after the head lock: every transaction that ends an acti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, update
@@ -267,10 +267,11 @@ class IssueBatch:
             self.loads[key] = counted(self.loads[key], grant["issued_at"], grant["expires_at"])
 
     def _uncount(self, grant: dict[str, Any]) -> None:
-        """An active grant the batch ended no longer counts against its subject's later grants in it."""
+        """A grant the batch ended no longer counts against its subject's later grants in it (if it was
+        counted: active when the load was read)."""
         load = self.loads.get(load_key(grant))
-        if load is not None and load.active > 0:
-            self.loads[load_key(grant)] = Load(load.active - 1, load.next_expiry, load.recent, load.oldest_recent)
+        if load is not None and load.active > 0 and (load.at is None or grant["expires_at"] > load.at):
+            self.loads[load_key(grant)] = replace(load, active=load.active - 1)
 
     def _parent(self, grant: dict[str, Any]) -> Refused | None:
         parent = grant.get("parent_grant_id")

@@ -27,6 +27,7 @@ class Load:
     next_expiry: float | None  # when the first active grant runs out
     recent: int
     oldest_recent: float | None  # when the oldest grant of the window leaves it
+    at: float | None = None  # the time it was counted at
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def counted(load: Load, issued_at: float, expires_at: float) -> Load:
     """`load` with one more grant, issued at `issued_at` and active until `expires_at`."""
     first_expiry = expires_at if load.next_expiry is None else min(load.next_expiry, expires_at)
     oldest = issued_at if load.oldest_recent is None else min(load.oldest_recent, issued_at)
-    return Load(load.active + 1, first_expiry, load.recent + 1, oldest)
+    return Load(load.active + 1, first_expiry, load.recent + 1, oldest, load.at)
 
 
 _THEIRS = (Grant.subject == bindparam("subject")) & (Grant.boundary == bindparam("boundary")) & (
@@ -87,7 +88,7 @@ def load_on(conn: Connection, *, subject: str, attestor: str, boundary: str, now
     """A subject's load at a boundary: `_LOAD`, compiled once (the ledger writer runs it for every limited
     subject of a batch)."""
     values = {"subject": subject, "attestor": attestor, "boundary": boundary, "now": now, "since": since}
-    return Load(*compiled.fetch(conn, _LOAD, values)[0])
+    return Load(*compiled.fetch(conn, _LOAD, values)[0], at=now)
 
 
 class LimitRecords:

@@ -326,3 +326,26 @@ def test_one_issuing_batch_counts_its_own_grants_and_the_ones_it_ends(tmp_path, 
         assert {g.task for g in service.ledger.grants() if g.status == "active"} == {"p-0", "p-1"}
         assert service.ledger.get_grant(prepared[2].grant.id) is None
         assert service.ledger.verify().ok
+
+
+def test_completing_an_expired_grant_in_the_batch_frees_no_slot(tmp_path, issuers) -> None:
+    """A grant past its expiry but not yet reaped was never counted: ending it must not make room."""
+    from broker.grants import GrantRequest
+    from broker.ledger.issuing import Committed, Ended, EndGrant, Refused, Write
+
+    with broker_with(tmp_path, issuers, boundaries=limited(max_active_grants=1, issue_rate=None)) as broker:
+        service, token = broker.service, issuers.worker()
+        identity = service.authenticate(token, action="test")
+        ask = lambda task: service.prepare(identity, GrantRequest(task=task, boundary="orders", scopes=("read",), ttl=60))  # noqa: E731
+        stale = ask("stale")
+        now = time.time()
+        row = {**stale.row, "issued_at": now - 120, "expires_at": now - 60}  # active in its row, expired in fact
+        assert isinstance(service.ledger.apply_writes([Write([stale.event], row)])[0].outcome, Committed)
+        assert broker.grant(token, task="held", ttl=120).status_code == 201  # the one slot
+        new = ask("new")
+        end = Write([], end=EndGrant(stale.grant.id, identity.subject, "k8s", frozenset(service.boundaries),
+                                     frozenset({"jwt"})))  # fmt: skip
+        applied = service.ledger.apply_writes([end, Write([new.event], new.row, guard=True,
+                                                          limits=service.limits.at("orders"), only_here=True)])
+        assert [type(a.outcome) for a in applied] == [Ended, Refused]
+        assert applied[1].outcome.code == "too_many_active_grants"
