@@ -7,11 +7,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Insert, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import NullType
 
-from broker.errors import LedgerUnavailable
 from broker.ledger import compiled
 from broker.ledger.models import ACTIVE, DenialWindow, Event, Grant
 from broker.ledger.transactions import Transactions
@@ -99,11 +97,8 @@ class LimitRecords:
 
     def load(self, *, subject: str, attestor: str, boundary: str, now: float, since: float) -> Load:
         """`load_on` a plain connection, like the freeze check."""
-        try:
-            with self.tx.reader.connect() as conn:
-                return load_on(conn, subject=subject, attestor=attestor, boundary=boundary, now=now, since=since)
-        except SQLAlchemyError as exc:
-            raise LedgerUnavailable(f"ledger read failed: {type(exc).__name__}") from exc
+        with self.tx.reading() as conn:
+            return load_on(conn, subject=subject, attestor=attestor, boundary=boundary, now=now, since=since)
 
     def record_aggregated(self, event: Event, *, window: int, token_fp: str, cap: int) -> bool:
         """Count a refusal in its (window, fingerprint) bucket; chain `event` only for a new bucket.

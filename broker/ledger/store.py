@@ -276,7 +276,8 @@ class LedgerStore:
         for w in writes:
             if w.limits is not None and w.grant is not None:
                 key, now = load_key(w.grant), w.grant["issued_at"]
-                earliest[key] = min(earliest.get(key, (now, w.limits.window)), (now, w.limits.window))
+                if key not in earliest or now < earliest[key][0]:
+                    earliest[key] = (now, w.limits.window)
         return {(subject, attestor, boundary): load_on(conn, subject=subject, attestor=attestor, boundary=boundary,
                                                        now=now, since=now - window)
                 for (subject, attestor, boundary), (now, window) in earliest.items()}  # fmt: skip
