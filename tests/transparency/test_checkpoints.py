@@ -108,6 +108,44 @@ def test_replicas_write_one_checkpoint_sequence(engine) -> None:
         assert reference_consistency_ok(size1, size2, bytes.fromhex(root1), bytes.fromhex(root2), proof)
 
 
+def test_a_pass_with_nothing_due_waits_for_no_writer(tmp_path) -> None:
+    """Deciding is a read: while another connection holds SQLite's write lock (the ledger writer's commit),
+    a pass with nothing due answers at once. It once took the write lock for its reads, proof and
+    signature, once a second in every worker, and every grant's commit waited behind it."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    migrate.upgrade(engine)
+    clock, signer = Clock(), note.Signer.generate(ORIGIN)
+    store, points = LedgerStore(engine), Checkpointer(engine, lambda: signer, interval=1.0, clock=clock)
+    store.record(Event(kind="denied", subject="a"))
+    assert points.maybe_sign().size == 1
+    store.record(Event(kind="denied", subject="b"))
+    clock.now += 0.5  # grown, not due
+    with engine.begin():  # BEGIN IMMEDIATE (make_engine): the write lock, held; a waiter gives up after 30 s
+        started = time.monotonic()
+        assert points.maybe_sign() is None
+        assert time.monotonic() - started < 5
+    engine.dispose()
+
+
+def test_a_checkpoint_stored_between_the_read_and_the_insert_stands(engine) -> None:
+    """Two signers decide on the same read: the first to store wins, the other stores nothing."""
+    clock, signer = Clock(), note.Signer.generate(ORIGIN)
+    store = LedgerStore(engine)
+    store.record(Event(kind="denied", subject="a"))
+    other = Checkpointer(engine, lambda: signer, interval=1.0, clock=clock)
+    first: list = []
+
+    def signer_that_loses_the_race() -> note.Signer:  # called after the read, before the insert
+        first.append(other.maybe_sign())
+        return signer
+
+    late = Checkpointer(engine, signer_that_loses_the_race, interval=1.0, clock=clock)
+    assert late.maybe_sign() is None
+    assert first[0] is not None and first[0].size == 1
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT size FROM log_checkpoints").scalars().all() == [1]
+
+
 def test_database_log_key_is_sealed_and_shared(engine) -> None:
     kek = os.urandom(32)
     first = load_or_create(DatabaseLogKeys(engine, kek), ORIGIN)
