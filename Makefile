@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/broker dev
 
 test: tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

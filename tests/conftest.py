@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.broker import BrokerClient, Issuers, broker_settings, open_client
+
+# pytest-xdist's workers (`make test` runs two) have COLUMNS=80 in their environment, which rich's
+# console (broker/cli/output.py, built when a test module imports the CLI) would keep as its width for
+# every CLI test; each CLI test names its own width when it invokes a command.
+os.environ.pop("COLUMNS", None)
 
 
 @pytest.fixture(scope="session")

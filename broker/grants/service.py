@@ -47,7 +47,8 @@ from broker.grants.recording import recorded
 from broker.identity import Attestors, Identity
 from broker.identity.dpop import DpopVerifier
 from broker.ledger import ACTIVE, REVOKE_PENDING, Committed, Event, Grant, IdemClaim, LedgerStore, Refused, Replayed
-from broker.ledger.issuing import Ended, EndGrant, grant_values
+from broker.ledger.issuing import Ended, EndGrant
+from broker.ledger.models import GRANT_DEFAULTS
 from broker.policy import Decision, PolicySource
 from broker.signing import KeyStore
 
@@ -237,9 +238,10 @@ class GrantService:
         minted = self._mint(identity, request, mint, decision)
         if "crash_after_mint" in self.settings.fault_injection:  # env=test only: a crash before the ledger commit
             os.kill(os.getpid(), signal.SIGKILL)
-        grant = self._grant_row(identity, mint, minted, decision, request.derived)
+        row = self._grant_row(identity, mint, minted, decision, request.derived)
+        grant = Grant.of_row(dict(row))  # its own dict: the writer's batch may change the row it is sent
         event = _issued_event(grant, minted, identity, request.derived)
-        return Prepared(identity, request, grant, grant_values(grant), minted, event, claim)
+        return Prepared(identity, request, grant, row, minted, event, claim)
 
     def commit(self, prepared: Prepared) -> Future:
         """Hand the grant and its `issued` event to the ledger writer; the future resolves once durable."""
@@ -370,26 +372,28 @@ class GrantService:
 
     def _grant_row(
         self, identity: Identity, mint: MintRequest, minted: Minted, decision: Decision, derived: Derived | None = None
-    ) -> Grant:
-        return Grant(
-            id=mint.grant_id,
-            subject=identity.subject,
-            attestor=identity.attestor,
-            task=mint.task,
-            boundary=mint.boundary.name,
-            backend=_backend(mint.boundary, derived),
-            scopes=" ".join(mint.scopes),
-            handle=minted.handle,
-            fingerprint=minted.fingerprint,
-            issued_at=mint.issued_at,
-            expires_at=mint.expires_at,
-            cnf_jkt=mint.cnf_jkt,
-            cnf_x5t=mint.cnf_x5t,
-            policy_revision=decision.revision,
-            rule=decision.rule,
-            parent_grant_id=derived.parent_grant_id if derived else None,
-            parent_handle=minted.parent_handle,
-        )
+    ) -> dict[str, Any]:
+        """The new grant's row: every column, as the ledger writer inserts it."""
+        return {
+            **GRANT_DEFAULTS,
+            "id": mint.grant_id,
+            "subject": identity.subject,
+            "attestor": identity.attestor,
+            "task": mint.task,
+            "boundary": mint.boundary.name,
+            "backend": _backend(mint.boundary, derived),
+            "scopes": " ".join(mint.scopes),
+            "handle": minted.handle,
+            "fingerprint": minted.fingerprint,
+            "issued_at": mint.issued_at,
+            "expires_at": mint.expires_at,
+            "cnf_jkt": mint.cnf_jkt,
+            "cnf_x5t": mint.cnf_x5t,
+            "policy_revision": decision.revision,
+            "rule": decision.rule,
+            "parent_grant_id": derived.parent_grant_id if derived else None,
+            "parent_handle": minted.parent_handle,
+        }
 
     def _idem_claim(self, identity: Identity, request: GrantRequest, boundary: BoundaryConfig) -> IdemClaim | None:
         if request.idempotency_key is None:
@@ -519,7 +523,7 @@ class GrantService:
     @staticmethod
     def completed(outcome: Any) -> Grant | None:
         """The grant `submit_complete` ended; None when the writer declined it (then `complete` decides)."""
-        return Grant(**outcome.grant) if isinstance(outcome, Ended) else None
+        return Grant.of_row(outcome.grant) if isinstance(outcome, Ended) else None
 
     @recorded_use_case("complete_task")
     def complete_task(self, identity: Identity, task: str, proof_jkt: str | None = None) -> RevokeOutcome:

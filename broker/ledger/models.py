@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, configure_mappers, mapped_column
 
 from broker import context
 
@@ -94,6 +94,22 @@ class Grant(Base):
     @property
     def scope_list(self) -> list[str]:
         return self.scopes.split()
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any]) -> Grant:
+        """A detached Grant holding `row` (every column), built as the ORM builds one it loads: straight
+        into the instance's dict. `Grant(**row)` runs an attribute event per column, and cost more than
+        the rest of a grant's row work (22 µs against 3 µs here); introspection, completion and issuance
+        build one per call. Never for a row not complete: a missing column reads as unloaded."""
+        if not cls.__mapper__.configured:  # the instrumentation this reads through is set up on first use
+            configure_mappers()
+        grant = cls.__mapper__.class_manager.new_instance()
+        grant.__dict__.update(row)
+        return grant
+
+
+# a new grant's columns before it is filled in: the table's own defaults (`active`, no attempts, the rest None)
+GRANT_DEFAULTS = {c.key: (c.default.arg if c.default is not None else None) for c in Grant.__table__.columns}
 
 
 class AuditEvent(Base):

@@ -77,12 +77,14 @@ _KEYS_AMONG = (
 
 
 def make_engine(
-    url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, Any] | None = None, read_only: bool = False
+    url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, Any] | None = None, read_only: bool = False,
+    own_checkpoints: bool = False,
 ) -> Engine:
     """The one place an engine is built: SQLite gets WAL, a busy timeout and immediate transactions.
 
     `pool` (pool_size, max_overflow, pool_timeout, pool_recycle) applies to server databases.
     `read_only`: for offline readers; the database must exist and is never written (nor created).
+    `own_checkpoints`: SQLite's commits never checkpoint the WAL; the caller runs `wal.WalCheckpoints`.
     """
     if not url.startswith("sqlite"):
         args = {"connect_args": {"options": "-c default_transaction_read_only=on"}} if read_only else {}
@@ -105,6 +107,8 @@ def make_engine(
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
         cursor.execute("PRAGMA busy_timeout=30000")
+        if own_checkpoints:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -476,7 +480,7 @@ class LedgerStore:
         """One grant as a detached `Grant` (introspection and completion read one on every call)."""
         with self.tx.reading() as conn:
             row = conn.execute(_ONE_GRANT, {"grant_id": grant_id}).mappings().first()
-        return Grant(**row) if row else None
+        return Grant.of_row(dict(row)) if row else None
 
     def grant_status(self, grant_id: str) -> str | None:
         with self.tx.session(readonly=True) as session:
