@@ -124,7 +124,7 @@ def test_two_workers_on_postgresql_commit_through_one_writer_process(tmp_path, i
     from tests.support.replicas import replica_config
 
     with fresh_database() as database_url:
-        config = {**replica_config(issuers, database_url), "data_dir": str(tmp_path / "absent" / "data")}
+        config = {**replica_config(issuers, database_url), "data_dir": str(tmp_path / "a" / "d")}  # absent; short (a socket path)
         path = tmp_path / "broker.yaml"
         path.write_text(yaml.safe_dump(config))
         port = free_port()
@@ -136,7 +136,7 @@ def test_two_workers_on_postgresql_commit_through_one_writer_process(tmp_path, i
         try:
             wait_serving(url, proc, "/healthz")
             wait_until(lambda: _fast_workers(proc) == 2, 60, "two workers serving")
-            assert len(_writer_processes(proc)) == 1 and (tmp_path / "absent" / "data" / "ledger-writer.sock").exists()
+            assert len(_writer_processes(proc)) == 1 and (tmp_path / "a" / "d" / "ledger-writer.sock").exists()
             body = {"task": "t", "boundary": "orders", "scopes": ["read"], "ttl": 60}
             with ThreadPoolExecutor(8) as pool:
                 statuses = list(pool.map(lambda _: httpx.post(f"{url}/v1/grants", json=body, timeout=30,

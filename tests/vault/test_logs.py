@@ -40,7 +40,9 @@ def _config(bed: VaultBed, issuers: Any, url: str) -> dict[str, Any]:
 def _serve(directory: Path, config: dict[str, Any], port: int) -> tuple[subprocess.Popen, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     path, log_path = directory / "broker.yaml", directory / "serve.log"
-    path.write_text(yaml.safe_dump({"data_dir": str(directory / "data"), **config}))
+    # short: the ledger writer's socket lives in the data dir, at most 100 bytes of path (pytest-xdist's
+    # tmp_path is 40 bytes longer than pytest's)
+    path.write_text(yaml.safe_dump({"data_dir": str(directory / "d"), **config}))
     broker = Path(sys.executable).with_name("broker")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -93,7 +95,7 @@ def test_a_full_run_logs_json_lines_with_access_lines_and_no_secret(tmp_path, is
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = _config(vault_bed, issuers, url)
-    proc, log_path = _serve(tmp_path / "broker", config, port)
+    proc, log_path = _serve(tmp_path / "b", config, port)
     try:
         wait_serving(url, proc)
         with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
