@@ -19,7 +19,12 @@ def canonical(event: dict[str, Any]) -> bytes:
 
 
 def link(prev_hash: str, event: dict[str, Any]) -> str:
-    return hashlib.sha256(prev_hash.encode() + canonical(event)).hexdigest()
+    return link_entry(prev_hash, canonical(event))
+
+
+def link_entry(prev_hash: str, entry: bytes) -> str:
+    """`link` of an event whose canonical bytes are at hand (the append hashes them into the log too)."""
+    return hashlib.sha256(prev_hash.encode() + entry).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import LedgerUnavailable
 from broker.ledger import compiled
-from broker.ledger.chain import link
+from broker.ledger.chain import canonical, link_entry
 from broker.ledger.compiled import Executor
 from broker.ledger.models import AuditEvent, ChainHead, Event
 from broker.ledger.turns import turn, turns_for
@@ -85,14 +85,15 @@ class Transactions:
         if not events:
             return []
         seq, prev_hash = head or self.lock(executor)
-        rows, now = [], self.clock()
+        rows, entries, now = [], [], self.clock()
         for item in events:
             seq += 1
-            row = event_row(item, seq, now, prev_hash)
+            row, entry = chained_row(item, seq, now, prev_hash)
             prev_hash = row["hash"]
             rows.append(row)
+            entries.append(entry)
         compiled.execute_many(executor, _INSERT_EVENTS, rows)
-        transparency_log.append_leaves(executor, rows)
+        transparency_log.append_leaves(executor, rows[0]["seq"], entries)
         compiled.fetch(executor, _SET_HEAD, {"head_seq": seq, "head_hash": prev_hash})
         if isinstance(executor, Session):
             executor.info.setdefault("feed", []).extend(rows)  # delivered after commit (broker/ledger/feed.py)
@@ -103,6 +104,11 @@ class Transactions:
 
 def event_row(item: Event, seq: int, now: float, prev_hash: str) -> dict[str, Any]:
     """An event as its chained row: the body, the previous row's hash and its own."""
+    return chained_row(item, seq, now, prev_hash)[0]
+
+
+def chained_row(item: Event, seq: int, now: float, prev_hash: str) -> tuple[dict[str, Any], bytes]:
+    """`event_row` and the row's canonical bytes (its log leaf): serialised once, for the chain and the log."""
     body = {
         "seq": seq,
         "id": uuid.uuid4().hex,
@@ -115,7 +121,8 @@ def event_row(item: Event, seq: int, now: float, prev_hash: str) -> dict[str, An
         "actor": item.actor,
         "detail": item.detail,
     }
-    return {**body, "prev_hash": prev_hash, "hash": link(prev_hash, body)}
+    entry = canonical(body)
+    return {**body, "prev_hash": prev_hash, "hash": link_entry(prev_hash, entry)}, entry
 
 
 def why_failed(exc: SQLAlchemyError) -> str:

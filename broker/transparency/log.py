@@ -30,16 +30,17 @@ _SET_HEAD = (
 )
 
 
-def append_leaves(executor: compiled.Executor, rows: Sequence[dict[str, Any]]) -> None:
-    """Add freshly chained events as leaves, inside the appending transaction (the chain head lock is held).
+def append_leaves(executor: compiled.Executor, first_seq: int, entries: Sequence[bytes]) -> None:
+    """Add freshly chained events as leaves, inside the appending transaction (the chain head lock is held):
+    `entries` are their canonical bytes (broker.ledger.chain.canonical), the first one's event is `first_seq`.
 
     Fails closed when the log and the ledger are out of step: the event is then not written either.
     """
     head = next(iter(compiled.fetch(executor, _HEAD)), None)
     size, frontier = (head[0], [bytes.fromhex(h) for h in head[1]]) if head else (0, [])
-    if rows[0]["seq"] != size + 1:
-        raise LedgerUnavailable(f"log out of step: log has {size} leaves, next event is seq {rows[0]['seq']}")
-    frontier, new_size, nodes = tree.append(frontier, size, (tree.leaf_hash(canonical(r)) for r in rows))
+    if first_seq != size + 1:
+        raise LedgerUnavailable(f"log out of step: log has {size} leaves, next event is seq {first_seq}")
+    frontier, new_size, nodes = tree.append(frontier, size, (tree.leaf_hash(entry) for entry in entries))
     compiled.execute_many(executor, _INSERT_NODES, [{"level": lv, "idx": ix, "hash": h.hex()} for lv, ix, h in nodes])
     hexes = [h.hex() for h in frontier]
     if head is None:
