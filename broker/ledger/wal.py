@@ -18,6 +18,7 @@ import sqlite3
 import threading
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger(__name__)
 INTERVAL = 0.1  # seconds: ~300 pages of the WAL under full load here, a few ms to copy
@@ -31,7 +32,7 @@ class WalCheckpoints:
         self._interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.passes = 0  # checkpoints run (readiness, tests)
+        self.passes = 0  # checkpoints run
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="broker-wal-checkpoints", daemon=True)
@@ -44,13 +45,15 @@ class WalCheckpoints:
             self._thread = None
 
     def _run(self) -> None:
-        connection = self._engine.raw_connection()  # its own: a checkpoint runs outside any transaction
+        connection = None  # its own, held: a checkpoint runs outside any transaction
         try:
             while not self._stop.wait(self._interval):
                 try:
+                    connection = connection or self._engine.raw_connection()
                     connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.passes += 1
-                except sqlite3.Error as exc:  # the next pass tries again; the commits never depended on it
+                except (sqlite3.Error, SQLAlchemyError) as exc:  # the next pass tries again; no commit waits on it
                     log.warning("WAL checkpoint failed: %s", type(exc).__name__)
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()

@@ -174,7 +174,7 @@ class RemoteWriter:
         """Queue the write for the writer process. On an event loop it is sent when the loop's current turn
         ends, with every write the turn's other requests submitted; from any other thread, at once."""
         future: Future = Future()
-        loop = asyncio._get_running_loop()  # noqa: SLF001 (None off a loop; asyncio's own cheap check)
+        loop = _running_loop()
         with self._lock:
             request_id = next(self._ids)
             self._pending[request_id] = future
@@ -281,6 +281,13 @@ def wait_for_writer(data_dir: Path, alive: Callable[[], bool], timeout: float = 
             if not alive() or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # an ordinary thread: no loop
+        return None
 
 
 def _send(conn: Connection, message: Any) -> None:

@@ -132,3 +132,35 @@ def test_closing_the_writer_ends_its_accept_loop_without_a_warning(data_dir, cap
         server.close()
         wait_until(lambda: not accepting.is_alive(), timeout=10, what="the accept loop's end")
     assert "refused a connection" not in caplog.text
+
+
+def test_the_writes_of_one_event_loop_turn_go_as_one_message(data_dir, writer, monkeypatch):
+    """On an event loop, what one turn submits is sent once the turn ends, as one message; from a thread,
+    each write at once (nothing else would send it)."""
+    import asyncio
+
+    from broker.ledger import writer_process
+    from broker.ledger.issuing import grant_values
+
+    sent: list[int] = []
+    real_send = writer_process._send
+
+    def counted(conn, message) -> None:  # noqa: ANN001
+        if isinstance(message, list):  # a worker's writes (the writer's answers, sent here too, are a tuple)
+            sent.append(len(message))
+        real_send(conn, message)
+
+    monkeypatch.setattr(writer_process, "_send", counted)
+    worker = _store(data_dir, remote=True)
+
+    async def one_turn() -> list:
+        futures = [worker.submit_issued(grant_values(_grant(f"loop{n}")), Event(kind="issued", grant_id=f"loop{n}"))
+                   for n in range(10)]  # fmt: skip
+        return [await asyncio.wrap_future(f) for f in futures]
+
+    outcomes = asyncio.run(one_turn())
+    assert all(isinstance(o, Committed) for o in outcomes) and sent == [10]
+    for n in range(2):
+        assert isinstance(worker.record_issued(_grant(f"thread{n}"), Event(kind="issued", grant_id=f"thread{n}")), Committed)
+    assert sent == [10, 1, 1]
+    assert writer[1].verify().checked == 12
