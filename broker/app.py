@@ -38,7 +38,6 @@ from broker.ledger import LedgerStore, make_engine, migrate
 from broker.ledger.deployment import deployment_id
 from broker.ledger.keyring import DatabaseKeyRepository, read_kek
 from broker.ledger.replay import ReplayStore
-from broker.ledger.wal import WalCheckpoints
 from broker.ledger.writer_process import WriterServer
 from broker.policy import PolicySource
 from broker.signals.transmitter import Transmitter, build_transmitter, signal_outbox
@@ -69,36 +68,27 @@ class Components:
     signals: Transmitter | None = None
 
 
-def open_ledger(settings: Settings, *, writer_process: bool = False, own_checkpoints: bool = False) -> LedgerStore:
+def open_ledger(settings: Settings, *, writer_process: bool = False) -> LedgerStore:
     """The ledger store for the configured database, schema created if missing. `writer_process`: its
-    writes are committed by the ledger writer process `broker serve` runs (see `serve_ledger_writer`).
-    `own_checkpoints`: its commits leave SQLite's WAL checkpoints to the caller (broker/ledger/wal.py)."""
+    writes are committed by the ledger writer process `broker serve` runs (see `serve_ledger_writer`)."""
     if settings.database.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = make_engine(settings.database, sqlite_synchronous=settings.sqlite_synchronous, pool=settings.db_pool,
-                         own_checkpoints=own_checkpoints)  # fmt: skip
+    engine = make_engine(settings.database, sqlite_synchronous=settings.sqlite_synchronous, pool=settings.db_pool)
     migrate.upgrade(engine)  # the same Alembic migrations on SQLite and PostgreSQL
     return LedgerStore(engine, writer_dir=settings.data_dir if writer_process else None)
 
 
 def serve_ledger_writer(settings: Settings) -> None:
     """The ledger writer process's work (broker/ledger/writer_process.py): the ledger with the same append
-    listeners as a worker's (the signals outbox), serving the workers' writes until the process ends. On
-    SQLite its commits never checkpoint the WAL: a thread of its own does (broker/ledger/wal.py)."""
-    sqlite = settings.database.startswith("sqlite")
-    ledger = open_ledger(settings, own_checkpoints=sqlite)
+    listeners as a worker's (the signals outbox), serving the workers' writes until the process ends."""
+    ledger = open_ledger(settings)
     signal_outbox(settings, ledger, time.time)
-    checkpoints = WalCheckpoints(ledger.engine) if sqlite else None
     server = WriterServer(ledger.apply_writes, settings.data_dir)
     server.listen()
-    if checkpoints is not None:
-        checkpoints.start()
     try:
         server.serve_forever()
     finally:
         server.close()
-        if checkpoints is not None:
-            checkpoints.close()
 
 
 def open_ledger_read_only(settings: Settings) -> LedgerStore:

@@ -77,14 +77,12 @@ _KEYS_AMONG = (
 
 
 def make_engine(
-    url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, Any] | None = None, read_only: bool = False,
-    own_checkpoints: bool = False,
+    url: str, *, sqlite_synchronous: str = "FULL", pool: dict[str, Any] | None = None, read_only: bool = False
 ) -> Engine:
     """The one place an engine is built: SQLite gets WAL, a busy timeout and immediate transactions.
 
     `pool` (pool_size, max_overflow, pool_timeout, pool_recycle) applies to server databases.
     `read_only`: for offline readers; the database must exist and is never written (nor created).
-    `own_checkpoints`: SQLite's commits never checkpoint the WAL; the caller runs `wal.WalCheckpoints`.
     """
     if not url.startswith("sqlite"):
         args = {"connect_args": {"options": "-c default_transaction_read_only=on"}} if read_only else {}
@@ -107,8 +105,6 @@ def make_engine(
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
         cursor.execute("PRAGMA busy_timeout=30000")
-        if own_checkpoints:
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
