@@ -71,11 +71,14 @@ def _receiver(broker, issuers, rs_port: int, seen: Seen, **kw) -> SignalReceiver
 
 
 def _refused_within(url: str, token: str, seconds: float) -> float:
+    """How soon the resource server refuses `token`, asked every 10 ms: the broker, its SET delivery and
+    the resource server share this process's GIL with the asking loop, which must not take it all."""
     started = time.monotonic()
     with httpx.Client() as http:
         while time.monotonic() - started < seconds:
             if http.get(f"{url}/orders", headers=auth(token)).status_code == 401:
                 return time.monotonic() - started
+            time.sleep(0.01)
     raise AssertionError(f"token still accepted after {seconds} s")
 
 
