@@ -239,7 +239,7 @@ class GrantService:
         if "crash_after_mint" in self.settings.fault_injection:  # env=test only: a crash before the ledger commit
             os.kill(os.getpid(), signal.SIGKILL)
         row = self._grant_row(identity, mint, minted, decision, request.derived)
-        grant = Grant.of_row(dict(row))  # its own dict: the writer's batch may change the row it is sent
+        grant = Grant.of_row(row)  # the instance holds its own copy: the writer's batch may change `row`
         event = _issued_event(grant, minted, identity, request.derived)
         return Prepared(identity, request, grant, row, minted, event, claim)
 

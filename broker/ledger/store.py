@@ -476,7 +476,7 @@ class LedgerStore:
         """One grant as a detached `Grant` (introspection and completion read one on every call)."""
         with self.tx.reading() as conn:
             row = conn.execute(_ONE_GRANT, {"grant_id": grant_id}).mappings().first()
-        return Grant.of_row(dict(row)) if row else None
+        return Grant.of_row(row) if row else None
 
     def grant_status(self, grant_id: str) -> str | None:
         with self.tx.session(readonly=True) as session:

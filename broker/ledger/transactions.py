@@ -102,13 +102,9 @@ class Transactions:
         return rows
 
 
-def event_row(item: Event, seq: int, now: float, prev_hash: str) -> dict[str, Any]:
-    """An event as its chained row: the body, the previous row's hash and its own."""
-    return chained_row(item, seq, now, prev_hash)[0]
-
-
 def chained_row(item: Event, seq: int, now: float, prev_hash: str) -> tuple[dict[str, Any], bytes]:
-    """`event_row` and the row's canonical bytes (its log leaf): serialised once, for the chain and the log."""
+    """An event as its chained row (the body, the previous row's hash and its own) and the row's canonical
+    bytes, its log leaf: serialised once, for the chain and the log."""
     body = {
         "seq": seq,
         "id": uuid.uuid4().hex,

@@ -1,6 +1,6 @@
 """The WAL under continuous commits, on a real SQLite ledger: the commits checkpoint it, so the file
 restarts instead of growing without end. (A checkpoint thread beside the commits, with
-`wal_autocheckpoint=0`, never caught up and let it grow to 850 MB in 30 s of load: bench/README.md.)"""
+`wal_autocheckpoint=0`, never caught up and let it grow to 854 MB over three 8 s runs of load: bench/README.md.)"""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from broker.errors import LedgerUnavailable
 from broker.ledger import Event, LedgerStore, event_dict, make_engine, migrate
 from broker.ledger.chain import canonical
 from broker.ledger.models import AuditEvent, ChainHead
-from broker.ledger.transactions import event_row as _event_row
+from broker.ledger.transactions import chained_row
 from broker.transparency import tree
 from broker.transparency.log import LogReader
 from tests.support.postgres import fresh_database
@@ -83,7 +83,7 @@ def test_the_migration_backfills_existing_events(tmp_path) -> None:
     with store.tx.session() as session:  # a ledger written before the log existed: the chain alone
         prev, rows = "0" * 64, []
         for seq in range(1, 12):
-            rows.append(_event_row(Event(kind="denied", subject=f"old{seq}"), seq, 1.0 + seq, prev))
+            rows.append(chained_row(Event(kind="denied", subject=f"old{seq}"), seq, 1.0 + seq, prev)[0])
             prev = rows[-1]["hash"]
         session.execute(insert(AuditEvent.__table__), rows)
         session.execute(update(ChainHead.__table__).values(seq=11, hash=prev))
