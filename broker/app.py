@@ -256,10 +256,10 @@ def create_app(settings: Settings, components: Components | None = None, *, free
                  len(settings.boundaries), parts.service.policy.current.digest[:12])  # fmt: skip
         yield
         parts.worker.stop()
+        parts.operations.close()  # background revocations commit end events, which wake the SET delivery
         if parts.signals:
             parts.signals.delivery.close()
         parts.readiness.stop()
-        parts.operations.close()
 
     # FastAPI's own OpenTelemetry hooks off: the broker's metrics are its own (broker/metrics.py), and
     # asking whether a provider is configured costs every request its share (FastAPI >= 0.160 asks)

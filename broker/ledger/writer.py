@@ -53,18 +53,20 @@ class LedgerWriter:
         return self.submit(write).result()
 
     def close(self) -> None:
-        if self._thread is not None:
+        with self._start_lock:  # a submit starting the thread on another thread is published first
+            thread, self._thread = self._thread, None
+        if thread is not None:
             self._queue.put(None)
-            self._thread.join(timeout=10)
-            self._thread = None
+            thread.join(timeout=10)
 
     def _ensure_started(self) -> None:
         if self._thread is not None:
             return
         with self._start_lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                thread.start()
+                self._thread = thread
 
     def _loop(self) -> None:
         while True:

@@ -38,6 +38,7 @@ class Delivery:
         self.http = http or httpx.Client(timeout=5.0, follow_redirects=False)
         self.max_delay, self.clock = max_delay, clock
         self._pass = threading.Lock()
+        self._starting = threading.Lock()  # a wake on a committing thread against close() on shutdown
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -48,13 +49,17 @@ class Delivery:
             self.wake()
 
     def wake(self) -> None:
-        if self._thread is None and not self._stop.is_set():
-            self._thread = threading.Thread(target=self._loop, name="broker-signals", daemon=True)
-            self._thread.start()
+        if self._thread is None:
+            with self._starting:
+                if self._thread is None and not self._stop.is_set():
+                    thread = threading.Thread(target=self._loop, name="broker-signals", daemon=True)
+                    thread.start()
+                    self._thread = thread  # published started, so close() never joins an unstarted thread
         self._wake.set()
 
     def close(self) -> None:
-        self._stop.set()
+        with self._starting:
+            self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(10)

@@ -53,3 +53,38 @@ def test_a_failing_write_fails_alone_in_its_batch(ledger):
         list(pool.map(write, range(16)))
     assert errors == [0]
     assert len(ledger.grants()) == 16 and ledger.verify().ok
+
+
+def test_close_while_a_submit_is_starting_the_thread_joins_it_started(monkeypatch):
+    """close() on shutdown against a first submit on another thread: it waits for the start, then joins."""
+    import types
+
+    from broker.ledger import writer as writer_module
+    from broker.ledger.writer import LedgerWriter
+
+    writer = LedgerWriter(lambda writes: [None for _ in writes])
+    errors: list[BaseException] = []
+    closed = threading.Event()
+
+    def close_now() -> None:
+        try:
+            writer.close()
+        except BaseException as exc:  # noqa: BLE001 (the assertion below reports it)
+            errors.append(exc)
+        finally:
+            closed.set()
+
+    started: list[threading.Thread] = []
+
+    class CloseDuringStart(threading.Thread):
+        def start(self) -> None:
+            threading.Thread(target=close_now, daemon=True).start()
+            closed.wait(0.5)  # the old close() joined here, before the thread had started
+            super().start()
+            started.append(self)
+
+    fake = types.SimpleNamespace(Thread=CloseDuringStart, Lock=threading.Lock)
+    monkeypatch.setattr(writer_module, "threading", fake)
+    writer.submit("w")
+    assert closed.wait(10) and errors == []
+    assert [thread.is_alive() for thread in started] == [False]  # close() joined the thread it stopped
