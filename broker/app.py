@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -289,4 +291,10 @@ def app_from_env() -> FastAPI:
     """uvicorn factory for `broker serve` (BROKER_CONFIG names the file); built at call, not import."""
     from broker.config import load_settings
 
+    dump_stacks_on_sigusr1()
     return create_app(load_settings(), freeze_gc=True)
+
+
+def dump_stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints every thread's stack to stderr: what a broker that will not stop is waiting on."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -170,10 +170,11 @@ def dev(
     """Run the broker on 127.0.0.1 with a demo config, a dev identity issuer and an OpenBao dev server."""
     import uvicorn
 
-    from broker.app import create_app
+    from broker.app import create_app, dump_stacks_on_sigusr1
     from broker.dev import dev_token
 
     server = None
+    dump_stacks_on_sigusr1()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # uvicorn re-raises SIGTERM; unwind to stop OpenBao
     try:
         server, settings = _dev_vault_settings(data_dir, port, postgres_url if vault else None, vault, tls)

@@ -43,8 +43,11 @@ class LedgerWriter:
         future: Future = Future()
         if on_done is not None:
             future.add_done_callback(on_done)
-        self._ensure_started()
-        self._queue.put((write, future))
+        with self._start_lock:  # queued before close()'s stop marker, or to a thread started after it
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._queue.put((write, future))
         return future
 
     def run(self, write: Any) -> Any:
@@ -53,20 +56,12 @@ class LedgerWriter:
         return self.submit(write).result()
 
     def close(self) -> None:
-        with self._start_lock:  # a submit starting the thread on another thread is published first
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout=10)
-
-    def _ensure_started(self) -> None:
-        if self._thread is not None:
-            return
         with self._start_lock:
-            if self._thread is None:
-                thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                thread.start()
-                self._thread = thread
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._queue.put(None)
+        if thread is not None:
+            thread.join(timeout=10)
 
     def _loop(self) -> None:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from broker.cli import app
 from broker.dev_openbao import free_port
-from tests.support.wait import wait_serving
+from tests.support.wait import wait_serving, wait_until
 
 BROKER = str(Path(sys.executable).with_name("broker"))
 
@@ -63,6 +64,27 @@ def test_dev_mode_issues_uses_and_completes_a_credential(dev_broker):
     assert active is False
     keys = list((data_dir / "keys").glob("*.json")) + [data_dir / "dev-issuer" / "key.pem"]
     assert keys and all(oct(p.stat().st_mode & 0o777) == "0o600" for p in keys)
+
+
+def test_dev_mode_prints_every_thread_on_sigusr1_and_stops_on_sigterm(tmp_path):
+    """An operator's view into a broker that will not stop, without stopping it; then SIGTERM ends it."""
+    port, log = free_port(), tmp_path / "dev.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    with log.open("w") as out:
+        proc = subprocess.Popen([BROKER, "dev", "--no-vault", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_serving(url, proc, "/healthz", log=log)
+        proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: "most recent call first" in log.read_text(), 30, "a stack dump in the log")
+        assert log.read_text().count("most recent call first") >= 2  # every thread, not only the main one
+        assert httpx.get(f"{url}/healthz").status_code == 200  # still serving
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 143
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def test_dev_mode_is_refused_in_production(tmp_path):

@@ -88,3 +88,31 @@ def test_close_while_a_submit_is_starting_the_thread_joins_it_started(monkeypatc
     writer.submit("w")
     assert closed.wait(10) and errors == []
     assert [thread.is_alive() for thread in started] == [False]  # close() joined the thread it stopped
+
+
+def test_a_write_submitted_while_close_runs_is_still_committed():
+    """A submit that found the writer running against close() on another thread: the write is never queued
+    behind the stop marker, where no thread would take it and its caller would wait forever."""
+    from broker.ledger.writer import LedgerWriter
+
+    committed: list[str] = []
+    writer = LedgerWriter(lambda writes: [committed.append(w) for w in writes])
+    writer.run("first")  # the thread is running
+    queue, closing = writer._queue, threading.Event()
+
+    class CloseBeforePut:
+        def put(self, item):  # noqa: ANN001, ANN202
+            if item is not None and not closing.is_set():
+                closing.set()
+                closer = threading.Thread(target=writer.close)
+                closer.start()
+                closer.join(0.5)  # the old submit let close() put its marker and stop the thread here
+            queue.put(item)
+
+        def __getattr__(self, name):  # noqa: ANN001, ANN204
+            return getattr(queue, name)
+
+    writer._queue = CloseBeforePut()
+    late = writer.submit("late")
+    assert late.result(timeout=10) is None and committed == ["first", "late"]
+    writer.close()

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,8 @@ def test_every_command_of_the_operator_guide_runs(tmp_path):
             ["bash", "-euo", "pipefail", "-c", guide_script()],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
         )  # fmt: skip
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"the guide hung; stdout:\n{hung.stdout}\nstderr:\n{hung.stderr}\n{_stacks(data)}")
     finally:
         _stop_leftover(data / "dev.pid")
         _stop_leftover(data / "witness.pid")
@@ -63,6 +66,19 @@ def _stop_leftover(pid_file: Path) -> None:
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
         except (ProcessLookupError, ValueError):
             pass
+
+
+def _stacks(data: Path) -> str:
+    """A `broker dev` that did not stop: every thread's stack (SIGUSR1), from its log."""
+    pid_file, log = data / "dev.pid", data / "dev.log"
+    try:
+        os.kill(int(pid_file.read_text()), signal.SIGUSR1)
+    except (OSError, ValueError):
+        return f"log:\n{_log(data)}"
+    deadline = time.monotonic() + 10
+    while "most recent call first" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return f"stacks of broker dev:\n{log.read_text()[-20000:]}"
 
 
 def _log(data: Path) -> str:
