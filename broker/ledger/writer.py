@@ -56,12 +56,12 @@ class LedgerWriter:
         return self.submit(write).result()
 
     def close(self) -> None:
-        with self._start_lock:
+        with self._start_lock:  # the stop marker goes after every write queued to this thread
             thread, self._thread = self._thread, None
-            if thread is not None:
-                self._queue.put(None)
-        if thread is not None:
-            thread.join(timeout=10)
+            if thread is None:
+                return
+            self._queue.put(None)
+        thread.join(timeout=10)
 
     def _loop(self) -> None:
         while True:
