@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +45,7 @@ from broker.grants.outbox import Outbox, RevokeOutcome
 from broker.grants.recording import recorded
 from broker.identity import Attestors, Identity
 from broker.identity.dpop import DpopVerifier
+from broker.ids import time_ordered
 from broker.ledger import ACTIVE, REVOKE_PENDING, Committed, Event, Grant, IdemClaim, LedgerStore, Refused, Replayed
 from broker.ledger.issuing import Ended, EndGrant
 from broker.ledger.models import GRANT_DEFAULTS
@@ -220,7 +220,7 @@ class GrantService:
             return replay
         now = self.clock()
         mint = MintRequest(
-            grant_id="g_" + secrets.token_urlsafe(18),
+            grant_id="g_" + time_ordered(now, 12),
             subject=identity.subject,
             task=request.task,
             boundary=boundary,

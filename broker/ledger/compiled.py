@@ -28,14 +28,16 @@ Executor = Session | Connection
 class Compiled:
     sql: str
     defaults: dict[str, Any]  # the statement's own literal values (e.g. `WHERE id = 1`)
-    order: tuple[str, ...] | None  # parameter names in order for positional styles (sqlite's qmark)
     binds: dict[str, Callable[[Any], Any]]  # type processors by parameter name (JSON → text, …)
     results: tuple[Callable[[Any], Any] | None, ...]  # per selected column (text → JSON, …)
+    # positional styles (sqlite's qmark): each parameter's name and type processor, in order
+    positions: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None
 
     def params(self, values: Mapping[str, Any] | None) -> tuple | dict[str, Any]:
         merged = {**self.defaults, **values} if values else self.defaults
-        processed = {name: (self.binds[name](v) if name in self.binds else v) for name, v in merged.items()}
-        return tuple(processed[name] for name in self.order) if self.order is not None else processed
+        if self.positions is not None:
+            return tuple([merged[name] if process is None else process(merged[name]) for name, process in self.positions])
+        return {name: (self.binds[name](value) if name in self.binds else value) for name, value in merged.items()}
 
     def row(self, raw: Sequence[Any]) -> tuple:
         return tuple(value if p is None else p(value) for p, value in zip(self.results, raw, strict=True))
@@ -53,9 +55,10 @@ def compile_for(statement: Executable, dialect: Dialect) -> Compiled:
         binds = {name: p for name, bind in compiled.binds.items() if (p := _bind(bind.type, dialect))}
         columns = getattr(statement, "selected_columns", ())
         results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
-        positional = tuple(compiled.positiontup) if compiled.positiontup is not None else None
         literals = {name: bind.effective_value for bind, name in compiled.bind_names.items() if not bind.required}
-        found = Compiled(compiled.string, literals, positional, binds, results)
+        order = compiled.positiontup
+        positions = tuple((name, binds.get(name)) for name in order) if order is not None else None
+        found = Compiled(compiled.string, literals, binds, results, positions)
         _cache[key] = found
     return found
 

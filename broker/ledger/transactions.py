@@ -9,7 +9,6 @@ records, the abuse limits' records and the read queries each receive it; none re
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import LedgerUnavailable
+from broker.ids import time_ordered
 from broker.ledger import compiled
 from broker.ledger.chain import canonical, link_entry
 from broker.ledger.compiled import Executor
@@ -107,7 +107,7 @@ def chained_row(item: Event, seq: int, now: float, prev_hash: str) -> tuple[dict
     bytes, its log leaf: serialised once, for the chain and the log."""
     body = {
         "seq": seq,
-        "id": uuid.uuid4().hex,
+        "id": time_ordered(now, 10),
         "ts": round(now, 6),
         "kind": item.kind,
         "subject": item.subject,
