@@ -81,7 +81,6 @@ class Grant(Base):
     __table_args__ = (
         Index("ix_grants_status_expires", "status", "expires_at"),
         Index("ix_grants_status_next_attempt", "status", "next_attempt_at"),
-        Index("ix_grants_subject", "subject"),
         Index("ix_grants_subject_boundary_issued", "subject", "boundary", "issued_at"),  # abuse limits: recent
         Index("ix_grants_subject_boundary_active", "subject", "boundary", "status", "expires_at"),  # and active
         Index("ix_grants_boundary", "boundary"),

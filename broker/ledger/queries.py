@@ -9,6 +9,7 @@ from sqlalchemy import ColumnElement, func, or_, select, tuple_
 from broker.glob import compile_glob
 from broker.ledger.models import ACTIVE, REVOKE_PENDING, AuditEvent, Grant
 from broker.ledger.transactions import Transactions
+from broker.ledger.unindexed import unindexed
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class ReadQueries:
         self.tx = tx
 
     def active_ids(self, selector: Selector) -> list[str]:
-        """Ids of the active grants a revocation selector matches."""
-        conditions: list[ColumnElement[bool]] = [Grant.status == ACTIVE]
+        """Ids of the active grants a revocation selector matches, found through the selector's own index."""
+        status = Grant.status if selector.all_ else unindexed(Grant.status)
+        conditions: list[ColumnElement[bool]] = [status == ACTIVE]
         with self.tx.session(readonly=True) as session:
             if selector.grant_id is not None:
                 conditions.append(Grant.id == selector.grant_id)

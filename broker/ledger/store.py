@@ -59,6 +59,7 @@ from broker.ledger.models import (
 from broker.ledger.queries import ReadQueries
 from broker.ledger.transactions import Transactions, why_failed
 from broker.ledger.turns import turn
+from broker.ledger.unindexed import unindexed
 from broker.ledger.writer import LedgerWriter
 from broker.ledger.writer_process import RemoteWriter
 
@@ -265,7 +266,7 @@ class LedgerStore:
             return {}, set()
         found = conn.execute(select(Grant.__table__).where(Grant.id.in_(ids))).mappings()
         rows = {row["id"]: dict(row) for row in found}
-        query = select(Grant.parent_grant_id).where(Grant.parent_grant_id.in_(ids), Grant.status == ACTIVE)
+        query = select(Grant.parent_grant_id).where(Grant.parent_grant_id.in_(ids), unindexed(Grant.status) == ACTIVE)
         return rows, set(conn.scalars(query).all())
 
     def _loads_among(self, conn: Connection, writes: Sequence[Write]) -> dict[tuple[str, str, str], Load]:
@@ -293,7 +294,7 @@ class LedgerStore:
         found: list[Any] = []
         seen, frontier = set(ids), list(ids)
         while frontier:
-            where = (Grant.parent_grant_id.in_(frontier), Grant.status == ACTIVE)
+            where = (Grant.parent_grant_id.in_(frontier), unindexed(Grant.status) == ACTIVE)
             if rows:
                 query = select(Grant.__table__).where(*where).order_by(Grant.id)
                 children = [c for c in session.execute(_for_update(query, self.tx.lock_head)).all() if c.id not in seen]
