@@ -3,8 +3,8 @@
 Both are keys of ledger indexes (the grants table's primary key, the events' unique id, the events
 by grant). A random id (uuid4, `token_urlsafe`) puts each new row on a random page of each of those
 indexes, so every commit dirties, writes to the WAL and later checkpoints one page more per row;
-the ledger writer's commit was the largest part of its work (measured in bench/README.md, ninth
-pass). A time prefix puts a batch's new keys next to each other at the end of the index, as a
+the ledger writer's commit was the largest part of its work (bench/README.md, eighth pass). A
+time prefix puts a batch's new keys next to each other at the end of the index, as a
 sequence would, while the random part keeps an id unguessable and unique across replicas.
 
 The prefix is the creation time in milliseconds as 12 hex digits (hex sorts as the number does, and

@@ -2,7 +2,7 @@
 
 The one-column index duplicated the first column of the abuse limits' two indexes (0014), and each
 commit of new grants rewrote its pages too: 4 of the 58 WAL frames of a ledger writer's batch of 6
-grants on one subject (bench/README.md, ninth pass).
+grants on one subject (bench/README.md, eighth pass).
 
 Revision ID: 0015_drop_subject_index
 Revises: 0014_limits_index
