@@ -524,7 +524,7 @@ def _by_parent(rows: Sequence[Row]) -> dict[str, list[Row]]:
 
 def _batch(grant_ids: Sequence[str], status: str):  # noqa: ANN202
     # Core rows, not ORM objects (thousands per batch), locked in id order like begin_revoke: no deadlocks
-    return select(Grant.__table__).where(Grant.id.in_(grant_ids), Grant.status == status).order_by(Grant.id)
+    return select(Grant.__table__).where(Grant.id.in_(grant_ids), unindexed(Grant.status) == status).order_by(Grant.id)
 
 
 def _failed_event(grant: Grant | Row, error: str, attempt: int, retry_at: float) -> Event:

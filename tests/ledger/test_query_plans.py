@@ -105,3 +105,15 @@ def test_a_revocation_finds_the_grants_derived_from_it_by_parent(tmp_path):
     searches = [step for plan in plans for step in plan if "grants" in step]
     assert any("ix_grants_parent" in step for step in searches), plans
     assert all(step.startswith("SEARCH grants USING") and "ix_grants_status" not in step for step in searches), plans
+
+
+def test_an_operators_revocation_marks_its_batch_by_id(tmp_path):
+    """`begin_revoke_many` (1,000 grants a transaction) reads its batch by primary key: through the status
+    index it walked every active grant once per batch (0.85 → 0.52 s for 10,000 of 100,000 active grants)."""
+    ids = [f"o{n}" for n in range(0, 4000, 4)]  # a batch as operations.py makes them
+    moved: list[str] = []
+    plans = _plans(tmp_path, lambda store, _now: moved.extend(r.id for r in store.begin_revoke_many(
+        ids, end_status="revoked", actor="op", reason="test")))  # fmt: skip
+    assert sorted(moved) == sorted(ids)
+    batch = next(plan for plan in plans if any("sqlite_autoindex_grants_1" in s or "ix_grants_status" in s for s in plan))
+    assert batch[0].startswith("SEARCH grants USING INDEX sqlite_autoindex_grants_1"), plans
