@@ -45,7 +45,6 @@ def test_the_count_is_one_index_range_per_part_and_counts_right(tmp_path):
     assert all("ix_grants_subject_boundary_active" in s or "ix_grants_subject_boundary_issued" in s for s in searches)
 
 
-
 def _plans(tmp_path, read) -> list[list[str]]:  # noqa: ANN001
     """The query plan of every grants read `read(store, now)` runs, on 4,003 rows (tests above)."""
     engine = make_engine(f"sqlite:///{tmp_path / 'l.db'}", sqlite_synchronous="OFF")
