@@ -149,7 +149,7 @@ class DpopVerifier:
 
     def _claims(self, proof: str, key: Any, alg: str) -> dict[str, Any]:
         try:
-            # a DPoP proof has no aud or exp (RFC 9449 §4.2): freshness is the iat window checked below
+            # a DPoP proof has no aud or exp (RFC 9449 §4.2): its freshness is the iat window, _check_request
             claims = jwt.decode(proof, key, algorithms=[alg], options={"verify_aud": False, "verify_exp": False})
         except jwt.InvalidTokenError:
             raise InvalidDpop("proof signature invalid") from None

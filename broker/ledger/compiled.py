@@ -34,7 +34,8 @@ class Compiled:
     positions: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None
 
     def params(self, values: Mapping[str, Any] | None) -> tuple | dict[str, Any]:
-        merged = {**self.defaults, **values} if values else self.defaults
+        # a statement with no literals of its own (the inserts) reads the row as given: no copy per row
+        merged = {**self.defaults, **values} if values and self.defaults else (values or self.defaults)
         if self.positions is not None:
             return tuple([merged[name] if process is None else process(merged[name]) for name, process in self.positions])
         return {name: (self.binds[name](value) if name in self.binds else value) for name, value in merged.items()}
