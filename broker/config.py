@@ -31,6 +31,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 NAME = r"^[a-z0-9][a-z0-9._:/-]{0,127}$"
 SCOPE = r"^[a-z][a-z0-9_.-]{0,63}$"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_TTL = 300  # a grant's TTL when neither the request nor the boundary names one
 LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: the last instant a report can print
 # the development identity issuer of `broker dev` (broker/dev.py): refused outside development and test
 DEV_ISSUER = "https://dev-issuer.broker.invalid"
@@ -184,6 +185,11 @@ class BoundaryConfig(Strict):
     require_dpop: bool = False
     connection: dict[str, Any] = Field(default_factory=dict)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @property
+    def usual_ttl(self) -> int:
+        """A grant's TTL when the request names none: `default_ttl`, else DEFAULT_TTL, within the cap."""
+        return min(self.default_ttl or DEFAULT_TTL, self.max_ttl)
 
     @field_validator("scopes", mode="before")
     @classmethod

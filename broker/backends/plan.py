@@ -4,8 +4,8 @@ The plan is data: ACL policies (the scopes' own, `credential-broker` for the bro
 one `credential-broker-parent-<boundary>` per `vault_token` boundary for its parent tokens), token
 roles (the scopes': non-renewable, explicit max TTL = the boundary cap, children of a parent token;
 `broker-parent-<boundary>`: orphan, see vault_parents.py) and engine roles (`<mount>/creds/<name>`
-→ `<mount>/roles/<name>` with `default_ttl`/`max_ttl` = the boundary cap, so no lease can outlive
-the cap). Operators apply it with their own tooling;
+→ `<mount>/roles/<name>` with `max_ttl` = the boundary cap, so no lease can outlive the cap, and
+`default_ttl` = the TTL a grant gets when it names none, so that grant's lease needs no second call). Operators apply it with their own tooling;
 `apply` writes it to a dev or test server.
 """
 
@@ -81,7 +81,8 @@ def _secret_boundary(plan: VaultPlan, boundary: BoundaryConfig) -> None:
     for cfg in boundary.scopes.values():
         role_path = engine_role_path(str(cfg.path))
         if role_path:
-            plan.engine_roles[role_path] = {**cfg.role, "default_ttl": boundary.max_ttl, "max_ttl": boundary.max_ttl}
+            # a lease of the usual grant TTL is the grant's as it comes: one Vault call (vault_secret.py)
+            plan.engine_roles[role_path] = {**cfg.role, "default_ttl": boundary.usual_ttl, "max_ttl": boundary.max_ttl}
 
 
 def engine_role_path(creds_path: str) -> str | None:

@@ -1,11 +1,12 @@
 """The `vault_secret` backend: a dynamic secret (a lease) per grant from any secrets engine path.
 
-TTL: the engine role's own TTL should already be at most the boundary cap (`broker vault plan`
-sets `default_ttl`/`max_ttl` so). When the lease comes back longer than the grant, the broker
-shortens it with `sys/leases/renew/<lease id>` and `increment = grant ttl` (Vault and OpenBao set the new
-expiry to now + increment, capped by the role's max). If the engine refuses (a non-renewable
-lease), the lease outlives the grant in Vault only until the reaper: the grant's `expires_at`
-drives `expire_due`, which revokes the lease with `sys/leases/revoke/<lease id>`.
+TTL: `broker vault plan` sets the engine role's `max_ttl` to the boundary cap and its `default_ttl`
+to the TTL a grant gets when it names none, so that grant's lease is right as it comes: one Vault
+call. A lease of another length is set to the grant's with `sys/leases/renew/<lease id>` and
+`increment = grant ttl` (Vault and OpenBao set the new expiry to now + increment, capped by the role's
+max): shortened, or lengthened up to the cap. If the engine refuses (a non-renewable lease), a
+longer lease outlives the grant in Vault only until the reaper: the grant's `expires_at` drives
+`expire_due`, which revokes the lease with `sys/leases/revoke/<lease id>`; a shorter one ends first.
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ class VaultSecretBackend:
         return Minted(credential=credential, handle=lease_id, fingerprint=fingerprint(_secret_of(data, lease_id)))
 
     def _cap(self, lease_id: str, duration: int, ttl: int, renewable: Any) -> None:
-        if duration <= ttl + TTL_SLACK:
+        """The lease to the grant's TTL: as it comes when within TTL_SLACK, else renewed to it."""
+        if abs(duration - ttl) <= TTL_SLACK:
             return
         if not renewable:
-            log.info("lease %s lasts %ss > grant %ss; the reaper revokes it at grant expiry", lease_id, duration, ttl)
+            log.info("lease %s lasts %ss, the grant %ss, and is not renewable; %s", lease_id, duration, ttl,
+                     "the reaper revokes it at grant expiry" if duration > ttl else "it ends first")  # fmt: skip
             return
         self.vault.write(f"sys/leases/renew/{lease_id}", {"increment": ttl})
 

@@ -54,7 +54,6 @@ from broker.signing import KeyStore
 
 log = logging.getLogger(__name__)
 recorded_use_case = functools.partial(recorded, record=lambda service: service.record_refusal)
-DEFAULT_TTL = 300
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 # The one task grammar, on every endpoint that takes a task (body, path, query, form): printable
 # ASCII only, no whitespace, control characters, brackets, quotes or `%`, so a task id is safe in
@@ -649,7 +648,7 @@ def granted_ttl(requested: int | str | None, boundary: BoundaryConfig, cap: int)
     if requested == "max":
         return cap
     if requested is None:
-        return min(boundary.default_ttl or DEFAULT_TTL, cap)
+        return min(boundary.usual_ttl, cap)
     if int(requested) > cap:
         raise TtlExceedsCap(f"ttl {requested}s exceeds the cap of {cap}s")
     return int(requested)

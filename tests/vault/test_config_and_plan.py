@@ -71,7 +71,8 @@ def test_vault_plan_prints_policies_token_roles_and_engine_roles(tmp_path):
     }
     parent = plan["policies"]["credential-broker-parent-kv-payments"]
     assert parent == 'path "auth/token/create/kv-payments-read" { capabilities = ["update"] }\n'  # nothing else
-    assert plan["engine_roles"]["database/roles/orders-read"] == {"db_name": "orders", "default_ttl": 600, "max_ttl": 600}
+    # no lease outlives the cap; a lease of the TTL a grant gets by default is that grant's as it comes
+    assert plan["engine_roles"]["database/roles/orders-read"] == {"db_name": "orders", "default_ttl": 300, "max_ttl": 600}
     assert 'path "secret/data/payments/*"' in plan["policies"]["kv-payments-read"]
     broker = plan["policies"]["credential-broker"]
     assert 'path "auth/token/create/kv-payments-read"' not in broker  # only its parents make grants' tokens
@@ -118,3 +119,16 @@ def test_token_role_for_a_scope_set(scopes, expected):
             token_role(KV, scopes)
     else:
         assert token_role(KV, scopes) == expected
+
+
+@pytest.mark.parametrize(("ttls", "role"), [({"max_ttl": "10m", "default_ttl": "2m"}, (120, 600)),
+                                            ({"max_ttl": "4m"}, (240, 240))], ids=["boundary-default", "under-300s"])
+def test_engine_role_default_ttl_is_the_boundary_grant_default_within_the_cap(tmp_path, ttls, role):
+    boundary = {**_secret("orders-db", "database/creds/orders-read"), **ttls}
+    boundary["scopes"]["read"]["role"] = {"db_name": "orders"}
+    config = tmp_path / "broker.yaml"
+    config.write_text(yaml.safe_dump({"boundaries": [boundary], "vault": VAULT}))
+    result = CliRunner().invoke(app, ["vault", "plan", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    planned = yaml.safe_load(result.output)["engine_roles"]["database/roles/orders-read"]
+    assert (planned["default_ttl"], planned["max_ttl"]) == role
