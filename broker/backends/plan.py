@@ -5,8 +5,8 @@ one `credential-broker-parent-<boundary>` per `vault_token` boundary for its par
 roles (the scopes': non-renewable, explicit max TTL = the boundary cap, children of a parent token;
 `broker-parent-<boundary>`: orphan, see vault_parents.py) and engine roles (`<mount>/creds/<name>`
 → `<mount>/roles/<name>` with `max_ttl` = the boundary cap, so no lease can outlive the cap, and
-`default_ttl` = the TTL a grant gets when it names none, so that grant's lease needs no second call). Operators apply it with their own tooling;
-`apply` writes it to a dev or test server.
+`default_ttl` = the TTL a grant gets when it names none, so that grant's lease needs no second
+call). Operators apply it with their own tooling; `apply` writes it to a dev or test server.
 """
 
 from __future__ import annotations
