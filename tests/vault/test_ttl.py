@@ -11,13 +11,17 @@ from tests.support.openbao import VaultBed, recorded
 from tests.support.wait import wait_until
 
 
+def _epoch(instant: str) -> float:
+    return datetime.fromisoformat(instant.replace("Z", "+00:00")).timestamp()
+
+
 def _vault_expiry(bed: VaultBed, credential: dict) -> float:
     root = bed.openbao.root()
     if credential["type"] == "vault_token":
         data = root.write("auth/token/lookup-accessor", {"accessor": credential["accessor"]})["data"]
     else:
         data = root.write("sys/leases/lookup", {"lease_id": credential["lease_id"]})["data"]
-    return datetime.fromisoformat(data["expire_time"].replace("Z", "+00:00")).timestamp()
+    return _epoch(data["expire_time"])
 
 
 # 300 s: the boundary's default, the engine role's `default_ttl` in the plan; 600 s: a lease lengthened
@@ -29,7 +33,7 @@ def test_vault_ttl_equals_grant_ttl(vault_broker, issuers, vault_bed: VaultBed, 
     answer = vault_broker.grant(issuers.worker(), boundary, ["read"], ttl=ttl)
     assert answer.status_code == 201, answer.text
     body = answer.json()
-    granted = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")).timestamp()
+    granted = _epoch(body["expires_at"])
     assert abs(_vault_expiry(vault_bed, body["credential"]) - granted) <= 1.0
 
 
@@ -53,7 +57,7 @@ def test_a_lease_of_the_default_ttl_costs_one_vault_call_another_one_renew(tmp_p
                                   **({"ttl": ttl} if ttl else {}))  # fmt: skip
             assert answer.status_code == 201, answer.text
             body = answer.json()
-            granted = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")).timestamp()
+            granted = _epoch(body["expires_at"])
             assert abs(_vault_expiry(pg_bed, body["credential"]) - granted) <= 1.0
     lease = body["credential"]["lease_id"]
     minting = [(e.path, e.sent) for e in exchanges if e.path.startswith(("database/creds/", "sys/leases/renew/"))]
