@@ -50,6 +50,9 @@ def witness_serve(
     except NoteError as exc:
         typer.echo(f"error: --log-key: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # the port is taken or not ours to bind
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @witness_group.command("key")

@@ -26,10 +26,11 @@ def guide_script() -> str:
 
 @pytest.mark.slow  # starts `broker dev` with OpenBao and runs about twenty `broker` processes
 def test_every_command_of_the_operator_guide_runs(tmp_path):
-    data = tmp_path / "incident"
+    data, port = tmp_path / "incident", free_port()
     env = {
         **os.environ,
-        "PORT": str(free_port()),
+        "PORT": str(port),
+        "WITNESS_PORT": str(_another_free_port(port)),  # PORT + 1 may be some connection's source port
         "DATA": str(data),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "BROKER_ENV": "development",
@@ -61,6 +62,12 @@ def test_every_command_of_the_operator_guide_runs(tmp_path):
     assert "decision: allow by rule payments-workers (max_ttl 600s)" in out
 
 
+def _another_free_port(taken: int) -> int:
+    while (port := free_port()) == taken:
+        pass
+    return port
+
+
 def _stop_leftover(pid_file: Path) -> None:
     if pid_file.exists():
         try:
@@ -78,9 +85,11 @@ def _stacks(data: Path) -> str:
         return f"log:\n{_log(data)}"
     with contextlib.suppress(AssertionError):  # no dump in time: the log as it is says more than a second failure
         wait_until(lambda: "most recent call first" in log.read_text(), 10, "a stack dump")
-    return f"stacks of broker dev:\n{log.read_text()[-20000:]}"
+    witness = data / "witness.log"
+    tail = f"\nwitness.log:\n{witness.read_text()[-3000:]}" if witness.exists() else ""
+    return f"stacks of broker dev:\n{log.read_text()[-20000:]}{tail}"
 
 
 def _log(data: Path) -> str:
-    log = data / "dev.log"
-    return log.read_text()[-3000:] if log.exists() else ""
+    logs = [data / "dev.log", data / "witness.log"]
+    return "\n".join(f"{log.name}:\n{log.read_text()[-3000:]}" for log in logs if log.exists())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -112,3 +114,18 @@ def test_a_refused_checkpoint_raises_the_alarm(tmp_path, issuers, caplog) -> Non
             assert re.search(r'broker_log_witness_rejections_total\{status="409",witness="witness.test/w1"\} [1-9]', metrics)
             detail = restored.get("/readyz").json()["log_witnesses"]["witness.test/w1"]
             assert "HTTP 409" in detail
+
+
+def test_witness_serve_on_a_taken_port_says_so_and_exits(tmp_path) -> None:
+    key = note.Signer.generate(ORIGIN).verifier.key_string()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "broker"), "witness", "serve", "--port", str(port), "--data-dir", str(tmp_path),
+             "--log-key", key], check=False, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
