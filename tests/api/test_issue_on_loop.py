@@ -93,3 +93,18 @@ def test_a_held_lock_is_waited_for_on_a_thread_and_refused_on_the_loop():
     threading.Timer(0.05, lock.release).start()
     acquire(lock)  # waits for the holder
     lock.release()
+
+
+def test_every_route_is_matched_directly_the_two_per_task_calls_first(unlimited):
+    """No router is matched through (FastAPI >= 0.160 matches an included router's routes twice a request)."""
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    routes = unlimited.app.router.routes
+    assert all(isinstance(r, Route | APIRoute) for r in routes), [type(r).__name__ for r in routes]
+    ours = [r for r in routes if r.path not in ("/openapi.json", "/docs", "/docs/oauth2-redirect")]  # FastAPI's
+    assert [(r.path, r.name) for r in ours[:2]] == [("/v1/grants", "create_grant"),
+                                                     ("/v1/grants/{grant_id}/complete", "complete_grant")]  # fmt: skip
+    paths = {r.path for r in routes}
+    assert {"/healthz", "/readyz", "/oauth/introspect", "/.well-known/jwks.json", "/v1/log/checkpoint"} <= paths
+    assert unlimited.get("/healthz").json() == {"status": "ok"}
