@@ -1,8 +1,9 @@
 """Where a jwt grant's time goes: `py-spy record --gil` of one broker worker under wrk, summarised.
 
-    python -m bench.profile [--seconds 10] [--connections 32]
+    python -m bench.profile [--seconds 10] [--connections 32] [--boundary jwt|vault_token|vault_secret]
 
-One `broker serve --workers 1` (SQLite FULL, a jwt boundary), wrk at `connections` keep-alive
+One `broker serve --workers 1` (SQLite FULL, a jwt boundary; for `vault_token` and `vault_secret` also
+an OpenBao dev server set up as `make bench` does, and PostgreSQL for `vault_secret`), wrk at `connections` keep-alive
 connections for the whole sampling window, py-spy sampling only while a thread holds the GIL
 (`--gil`: Python work, not waiting). Prints the share of GIL samples under each part of the path
 (a sample counts once per part whose frame is on its stack; parts overlap where they nest) and the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -22,7 +24,10 @@ from pathlib import Path
 
 from bench import scenarios as sc
 from bench.harness import broker_server, cpu_seconds, ensure_wrk, wrk_run
+from broker.dev_openbao import OpenBaoServer
 from tests.support.issuer import TestIssuer
+
+BOUNDARIES = {"jwt": sc.JWT_BOUNDARY, "vault_token": "bench-vault-token", "vault_secret": "bench-vault-secret"}
 
 # part of the path -> substrings of a frame ("function (file:line)") that belong to it
 PARTS = {
@@ -38,6 +43,7 @@ PARTS = {
     "SQLAlchemy + sqlite3": ("sqlalchemy/", "sqlite3"),
     "grants use case (service.py)": ("broker/grants/service.py",),
     "metrics (prometheus_client)": ("prometheus_client",),
+    "Vault calls (broker/backends/vault*, hvac, urllib3)": ("broker/backends/vault", "hvac/", "urllib3/", "http/client"),
 }
 
 
@@ -69,13 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--boundary", choices=sorted(BOUNDARIES), default="jwt", help="the grants' backend")
     args = parser.parse_args(argv)
     ensure_wrk()
-    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp_name, TestIssuer() as issuer:
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp_name, TestIssuer() as issuer, \
+            contextlib.ExitStack() as stack:  # fmt: skip
         tmp = Path(tmp_name)
-        config = sc.broker_config(issuer, boundaries=[sc.jwt_boundary()])
+        vault_on = args.boundary != "jwt"
+        config = sc.broker_config(issuer, boundaries=[sc.jwt_boundary(), *(sc.vault_boundaries() if vault_on else [])])
+        if vault_on:
+            bao = OpenBaoServer(log_path=tmp / "openbao.log").start()
+            stack.callback(bao.stop)
+            config["vault"] = bao.vault_config()
+            sc.setup_vault(bao, config, issuer)
         with broker_server(tmp / "broker", config, workers=1) as broker:
-            shape = sc.grant_request(broker.url, sc.identity_token(issuer), sc.JWT_BOUNDARY)
+            shape = sc.grant_request(broker.url, sc.identity_token(issuer), BOUNDARIES[args.boundary])
             wrk_run("warm-up", shape, 4, 1)
             results = []
             load = threading.Thread(target=lambda: results.append(
@@ -91,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             spent = cpu_seconds([broker.proc.pid]) - before
             load.join()
         row = results[0]
-        print(f"load: {row.rate:,.0f} grants/s at {args.connections} connections, p99 {row.percentile(0.99):.1f} ms, "
+        print(f"load ({args.boundary}): {row.rate:,.0f} grants/s at {args.connections} connections, p99 {row.percentile(0.99):.1f} ms, "
               f"{1000 * spent / max(1, row.rate * args.seconds):.2f} CPU-ms per grant (1 worker)")  # fmt: skip
         print(summarise(raw))
     return 0
