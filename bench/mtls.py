@@ -9,7 +9,8 @@ row with a Kubernetes-style RS256 identity token (Bearer, no client certificate)
 an X.509-SVID (leaf + intermediate) and no token. The difference is the attestation: path
 validation against the trust domain's bundle and the SVID rules, versus the JWT's verification
 (and its identity-token cache). A third row opens a new connection per grant, so each mTLS grant
-also pays its TLS handshake with a client certificate.
+also pays its TLS handshake with a client certificate. Last, the JWT row again from `wrk` (no client
+certificate needed), the C client of every plain-HTTP row: the httpx rows measure mostly their client.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from bench.harness import BROKER, Result, _stop, free_port
-from bench.scenarios import JWT_BOUNDARY, broker_config, identity_token, jwt_boundary
+from bench.harness import BROKER, Result, _stop, free_port, wrk_run
+from bench.scenarios import JWT_BOUNDARY, broker_config, grant_request, identity_token, jwt_boundary
 from broker.app import open_keys, open_ledger
 from broker.config import load_settings
 from tests.support import pki
@@ -36,6 +37,7 @@ from tests.support.issuer import TestIssuer
 
 TD = "bench.internal"
 JWT_ROW = "jwt grant over HTTPS (bearer identity token)"
+WRK_ROW = "jwt grant over HTTPS, wrk"  # the C client of the plain-HTTP rows: the httpx rows are bound by their client
 SPIFFE_ID = f"spiffe://{TD}/ns/bench/sa/worker"
 
 
@@ -157,7 +159,10 @@ def rows(seconds: float, quick: bool) -> list[Result]:
         issuer = stack.enter_context(TestIssuer())
         certs = Pki(tmp / "pki")
         url = stack.enter_context(https_broker(tmp, config(issuer, certs), certs))
-        return measure(url, certs, identity_token(issuer), count, max(seconds, 1.0))
+        token = identity_token(issuer)
+        found = measure(url, certs, token, count, max(seconds, 1.0))
+        return found + [wrk_run(WRK_ROW, grant_request(url, token, JWT_BOUNDARY), level, max(seconds, 1.0))
+                        for level in (16, 32)]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

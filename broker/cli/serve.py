@@ -55,7 +55,7 @@ def serve(
         os.environ["BROKER_CONFIG"] = str(settings.config)
     workers = workers or default_workers()
     _prepare_shared_state(settings)
-    tls = serve_options(settings)  # HTTPS when the config has `tls:` (its own h11 protocol)
+    tls = serve_options(settings)  # HTTPS when the config has `tls:` (its own protocol class)
     writer = _ledger_writer(settings, workers)
     try:
         _run(

@@ -210,3 +210,16 @@ def test_completion_and_introspection_need_the_bound_certificate(broker: LiveBro
         assert broker.grant(made["grant_id"]).status == "active"
         done = holder.post(f"{broker.url}/v1/grants/{made['grant_id']}/complete")
         assert done.status_code == 200 and done.json()["status"] == "completed"
+
+
+def test_https_is_parsed_by_httptools_as_plain_http_is(broker: LiveBroker, certs: Pki) -> None:
+    """The TLS-facts protocol is uvicorn's C-parser protocol, not pure-Python h11; the chain still arrives."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert issubclass(broker.server.config.http, HttpToolsProtocol)
+    leaf = pki.svid(certs.inter, WORKER)
+    with certs.client(leaf, certs.inter) as client:  # one keep-alive connection: each request sees the chain
+        made = [grant(client, broker.url) for _ in range(3)]
+    assert [m.status_code for m in made] == [201, 201, 201]
+    assert {jwt.decode(m.json()["credential"]["token"], options={"verify_signature": False})["cnf"]["x5t#S256"]
+            for m in made} == {x5t(leaf)}  # fmt: skip
