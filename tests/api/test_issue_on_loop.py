@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import Route
 
 from broker.blocking import WouldBlock, acquire, may_block, on_loop
 from tests.support.broker import broker_settings, open_client
@@ -97,9 +99,6 @@ def test_a_held_lock_is_waited_for_on_a_thread_and_refused_on_the_loop():
 
 def test_every_route_is_matched_directly_the_two_per_task_calls_first(unlimited):
     """No router is matched through (FastAPI >= 0.160 matches an included router's routes twice a request)."""
-    from fastapi.routing import APIRoute
-    from starlette.routing import Route
-
     routes = unlimited.app.router.routes
     assert all(isinstance(r, Route | APIRoute) for r in routes), [type(r).__name__ for r in routes]
     ours = [r for r in routes if r.path not in ("/openapi.json", "/docs", "/docs/oauth2-redirect")]  # FastAPI's

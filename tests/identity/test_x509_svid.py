@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 import jwt
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tests.sdk.live import LiveBroker, sdk_policy
 from tests.support import pki
@@ -214,8 +215,6 @@ def test_completion_and_introspection_need_the_bound_certificate(broker: LiveBro
 
 def test_https_is_parsed_by_httptools_as_plain_http_is(broker: LiveBroker, certs: Pki) -> None:
     """The TLS-facts protocol is uvicorn's C-parser protocol, not pure-Python h11; the chain still arrives."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
     assert issubclass(broker.server.config.http, HttpToolsProtocol)
     leaf = pki.svid(certs.inter, WORKER)
     with certs.client(leaf, certs.inter) as client:  # one keep-alive connection: each request sees the chain
