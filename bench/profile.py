@@ -2,9 +2,9 @@
 
     python -m bench.profile [--seconds 10] [--connections 32] [--boundary jwt|vault_token|vault_secret]
 
-One `broker serve --workers 1` (SQLite FULL, a jwt boundary; for `vault_token` and `vault_secret` also
-an OpenBao dev server set up as `make bench` does, and PostgreSQL for `vault_secret`), wrk at `connections` keep-alive
-connections for the whole sampling window, py-spy sampling only while a thread holds the GIL
+One `broker serve --workers 1` (SQLite FULL, a jwt boundary; for `vault_token` and `vault_secret`
+also an OpenBao dev server set up as `make bench` does, and PostgreSQL for `vault_secret`), wrk at
+`connections` keep-alive connections for the whole sampling window, py-spy sampling only while a thread holds the GIL
 (`--gil`: Python work, not waiting). Prints the share of GIL samples under each part of the path
 (a sample counts once per part whose frame is on its stack; parts overlap where they nest) and the
 functions with the most samples of their own. Environment: BENCH_PROFILE_RAW (keep the raw stacks
@@ -43,7 +43,8 @@ PARTS = {
     "SQLAlchemy + sqlite3": ("sqlalchemy/", "sqlite3"),
     "grants use case (service.py)": ("broker/grants/service.py",),
     "metrics (prometheus_client)": ("prometheus_client",),
-    "Vault calls (broker/backends/vault*, hvac, urllib3)": ("broker/backends/vault", "hvac/", "urllib3/", "http/client"),
+    "Vault calls (broker/backends/vault*, hvac, urllib3)": ("broker/backends/vault", "hvac/", "urllib3/",
+                                                            "http/client"),  # fmt: skip
 }
 
 
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             spent = cpu_seconds([broker.proc.pid]) - before
             load.join()
         row = results[0]
-        print(f"load ({args.boundary}): {row.rate:,.0f} grants/s at {args.connections} connections, p99 {row.percentile(0.99):.1f} ms, "
+        print(f"load ({args.boundary}): {row.rate:,.0f} grants/s at {args.connections} connections, "
+              f"p99 {row.percentile(0.99):.1f} ms, "
               f"{1000 * spent / max(1, row.rate * args.seconds):.2f} CPU-ms per grant (1 worker)")  # fmt: skip
         print(summarise(raw))
     return 0

@@ -123,8 +123,8 @@ def test_witness_serve_on_a_taken_port_says_so_and_exits(tmp_path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [str(Path(sys.executable).parent / "broker"), "witness", "serve", "--port", str(port), "--data-dir", str(tmp_path),
-             "--log-key", key], check=False, capture_output=True, text=True, timeout=60,
+            [str(Path(sys.executable).parent / "broker"), "witness", "serve", "--port", str(port),
+             "--data-dir", str(tmp_path), "--log-key", key], check=False, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert done.returncode == 1
     assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
