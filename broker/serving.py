@@ -1,5 +1,11 @@
-"""Serving HTTPS with uvicorn: the broker's own certificate, client certificates asked for (never
-required), and each connection's peer chain handed to the app as the ASGI TLS extension.
+"""Serving with uvicorn: a cap on each request's head, and HTTPS with the broker's own certificate,
+client certificates asked for (never required), and each connection's peer chain handed to the app
+as the ASGI TLS extension.
+
+Why a cap: uvicorn's httptools protocol (the C parser, llhttp) has no limit on a request's line and
+headers, so a client could make the broker hold megabytes of headers per request (h11 stops at
+16 KiB). `CappedHeadProtocol` answers a head over `MAX_HEAD_BYTES` with 431 `headers_too_large` and
+closes the connection; it is the protocol of plain HTTP and HTTPS alike.
 
 Why a protocol subclass: uvicorn (h11 and httptools alike) puts nothing of TLS in the ASGI scope and
 an app cannot reach the transport, so the protocol, which owns the transport, wraps the app of its
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import ssl
 from typing import Any
@@ -29,6 +36,9 @@ from broker.identity.x509 import EndpointBundle, TrustBundle, trust_bundle
 
 log = logging.getLogger(__name__)
 
+# a request line and its headers: identity tokens, DPoP proofs and a proxy's forwarded client chain fit
+# several times over; more is refused before any route runs
+MAX_HEAD_BYTES = 64 * 1024
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL ≥ 1.1.0; not named by Python's ssl module
 
 
@@ -120,9 +130,74 @@ class _WithTls:
         await self._app(scope, receive, send)
 
 
-class TlsFactsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol (its C parser, as plain HTTP is served), handing the peer chain of its
-    TLS connection to the app. On h11, pure Python, HTTPS grants ran 8-40 % slower (bench/README.md)."""
+class HeadTooLarge(Exception):
+    """Raised from a parser callback: httptools stops parsing, uvicorn answers through send_400_response."""
+
+
+class CappedHeadProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a cap on each request's head (request line and headers).
+
+    Counted twice: the bytes received while a head is incomplete (so a head that never ends is cut
+    off after at most one read past the cap), and the line and headers as parsed (so one that ends
+    in the same read as it grew past the cap is refused too)."""
+
+    _received: int | None = 0  # bytes of the current request's head so far; None from its end to the next head
+    _parsed = 0
+    _too_large = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._received is not None:
+            self._received += len(data)
+        super().data_received(data)
+        if self._received is not None and self._received > MAX_HEAD_BYTES and not self.transport.is_closing():
+            self._refuse()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._received = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._received = 0
+
+    def _count(self, size: int) -> None:
+        self._parsed += size
+        if self._parsed > MAX_HEAD_BYTES:
+            self._too_large = True
+            raise HeadTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:  # the parser stopped at HeadTooLarge
+            return self._refuse()
+        super().send_400_response(msg)
+
+    def _refuse(self) -> None:
+        log.warning("refused a request head over %d bytes from %s", MAX_HEAD_BYTES, self.client and self.client[0])
+        body = json.dumps({
+            "type": "urn:broker:problem:headers_too_large", "status": 431, "code": "headers_too_large",
+            "title": f"The request line and headers are over {MAX_HEAD_BYTES} bytes.",
+        }).encode()  # fmt: skip
+        head = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))  # fmt: skip
+        self.transport.write(head + body)
+        self.transport.close()
+
+
+class TlsFactsProtocol(CappedHeadProtocol):
+    """The capped httptools protocol (as plain HTTP is served), handing the peer chain of its TLS
+    connection to the app. On h11, pure Python, HTTPS grants ran 8-40 % slower (bench/README.md)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -20,9 +20,10 @@ from broker.cli.x509 import serve_options
 from broker.config import Settings, refuse_embedded_ledger
 from broker.errors import BrokerError, ConfigError
 
-# uvicorn's C HTTP parser and event loop (both installed with `uvicorn[standard]`), named rather than
-# left to "auto", so a missing one is an error at start-up instead of a quietly slower broker.
-SERVER_SPEED = {"loop": "uvloop", "http": "httptools"}
+# uvicorn's C HTTP parser (its httptools protocol, with a cap on request heads: broker/serving.py) and
+# event loop (both installed with `uvicorn[standard]`), named rather than left to "auto", so a missing
+# one is an error at start-up instead of a quietly slower broker.
+SERVER_SPEED = {"loop": "uvloop", "http": "broker.serving:CappedHeadProtocol"}
 APP = "broker.app:app_from_env"  # a uvicorn factory: each worker builds its own app
 
 

@@ -14,8 +14,10 @@ import jwt
 import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from broker.serving import MAX_HEAD_BYTES
 from tests.sdk.live import LiveBroker, sdk_policy
 from tests.support import pki
+from tests.support.raw_http import connect, read_to_close, send_all
 from tests.support.broker import Issuers
 
 TD = "acme.internal"
@@ -222,3 +224,13 @@ def test_https_is_parsed_by_httptools_as_plain_http_is(broker: LiveBroker, certs
     assert [m.status_code for m in made] == [201, 201, 201]
     assert {jwt.decode(m.json()["credential"]["token"], options={"verify_signature": False})["cnf"]["x5t#S256"]
             for m in made} == {x5t(leaf)}  # fmt: skip
+
+
+def test_a_head_over_the_cap_is_refused_over_mtls_too(broker: LiveBroker, certs: Pki) -> None:
+    context = ssl.create_default_context(cadata=certs.root.pem.decode())
+    cert, key = pki.write_identity(certs.folder / "id-heads", pki.svid(certs.inter, WORKER), certs.inter)
+    context.load_cert_chain(cert, key)
+    sock = connect(broker.url, context)
+    send_all(sock, [b"GET /healthz HTTP/1.1\r\nHost: b\r\nX-Padding: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n\r\n"])
+    answer = read_to_close(sock)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b'"code": "headers_too_large"' in answer

@@ -1,4 +1,5 @@
-"""A real broker for SDK tests: uvicorn on a free loopback port in a thread, the test issuers trusted."""
+"""A real broker for SDK tests: uvicorn on a free loopback port in a thread (uvloop and the broker's
+httptools protocol, as `broker serve`), the test issuers trusted."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from broker.app import Components, build, create_app
+from broker.cli.serve import SERVER_SPEED
 from broker.config import Settings
 from broker.dev_openbao import free_port
 from broker.serving import uvicorn_tls
@@ -47,7 +49,7 @@ class LiveBroker:
         settings = broker_settings(data_dir, issuers, **values)
         components = build(settings, clock) if clock is not None else build(settings)
         config = uvicorn.Config(create_app(settings, components), host="127.0.0.1", port=port, log_level="warning",
-                                **uvicorn_tls(settings))  # fmt: skip
+                                **{**SERVER_SPEED, **uvicorn_tls(settings)})  # as `broker serve` serves  # fmt: skip
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="live-broker", daemon=True)
         thread.start()

@@ -1,0 +1,63 @@
+"""A cap on each request's head (request line and headers), before any route runs: over it, 431
+`headers_too_large` and the connection closes; under it, and for large bodies, nothing changes.
+Through a real uvicorn server on the broker's own protocol (broker/serving.py), with raw sockets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from broker.serving import MAX_HEAD_BYTES
+from tests.sdk.live import LiveBroker
+from tests.support.broker import Issuers
+from tests.support.raw_http import connect, read_answers, read_to_close, send_all
+
+
+@pytest.fixture
+def live(tmp_path, issuers: Issuers) -> Iterator[LiveBroker]:
+    broker = LiveBroker.start(tmp_path, issuers)
+    yield broker
+    broker.stop()
+
+
+def refused(answer: bytes) -> dict:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"content-type: application/problem+json" in head.lower() and b"connection: close" in head.lower()
+    return json.loads(body)
+
+
+def test_a_head_over_the_cap_gets_431_and_the_connection_closes(live: LiveBroker) -> None:
+    sock = connect(live.url)
+    padding = b"a" * (MAX_HEAD_BYTES + 1)
+    send_all(sock, [b"GET /healthz HTTP/1.1\r\nHost: broker\r\nX-Padding: " + padding + b"\r\n\r\n"])
+    problem = refused(read_to_close(sock))  # read_to_close returns only once the server closed
+    assert problem["code"] == "headers_too_large" and problem["status"] == 431
+
+
+def test_a_long_url_counts_toward_the_cap(live: LiveBroker) -> None:
+    sock = connect(live.url)
+    send_all(sock, [b"GET /healthz?" + b"q" * (MAX_HEAD_BYTES + 1) + b" HTTP/1.1\r\nHost: broker\r\n\r\n"])
+    assert refused(read_to_close(sock))["code"] == "headers_too_large"
+
+
+def test_a_head_that_never_ends_is_cut_off_after_the_cap(live: LiveBroker) -> None:
+    sock = connect(live.url)
+    chunks = [b"GET /healthz HTTP/1.1\r\nHost: broker\r\nX-Slow: "] + [b"b" * 8192] * (4 * MAX_HEAD_BYTES // 8192)
+    send_all(sock, chunks)  # never the blank line that ends a head
+    assert refused(read_to_close(sock))["code"] == "headers_too_large"
+
+
+def test_heads_under_the_cap_large_bodies_and_pipelined_requests_are_served(live: LiveBroker) -> None:
+    sock = connect(live.url)
+    body = json.dumps({"task": "t" * 60_000, "boundary": "orders", "scopes": ["read"]}).encode()  # under max_body_bytes
+    send_all(sock, [
+        b"GET /healthz HTTP/1.1\r\nHost: broker\r\nX-Padding: " + b"a" * (MAX_HEAD_BYTES // 2) + b"\r\n\r\n"
+        + b"POST /v1/grants HTTP/1.1\r\nHost: broker\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        + b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n",
+    ])  # fmt: skip
+    assert read_answers(sock, 3) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 401 Unauthorized", b"HTTP/1.1 200 OK"]
+    sock.close()
