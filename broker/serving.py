@@ -4,8 +4,10 @@ as the ASGI TLS extension.
 
 Why a cap: uvicorn's httptools protocol (the C parser, llhttp) has no limit on a request's line and
 headers, so a client could make the broker hold megabytes of headers per request (h11 stops at
-16 KiB). `CappedHeadProtocol` answers a head over `MAX_HEAD_BYTES` with 431 `headers_too_large` and
-closes the connection; it is the protocol of plain HTTP and HTTPS alike.
+16 KiB), and neither has a deadline for them, so a client trickling a head holds its connection for
+as long as it likes. `CappedHeadProtocol` answers a head over `MAX_HEAD_BYTES` with 431
+`headers_too_large`, and one unfinished `HEAD_TIMEOUT` after its first bytes with 408
+`request_timeout`, and closes the connection; it is the protocol of plain HTTP and HTTPS alike.
 
 Why a protocol subclass: uvicorn (h11 and httptools alike) puts nothing of TLS in the ASGI scope and
 an app cannot reach the transport, so the protocol, which owns the transport, wraps the app of its
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 # a request line and its headers: identity tokens, DPoP proofs and a proxy's forwarded client chain fit
 # several times over; more is refused before any route runs
 MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT = 30.0  # seconds from a head's first bytes to its end: a client trickling one holds no connection longer
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL ≥ 1.1.0; not named by Python's ssl module
 
 
@@ -141,16 +144,24 @@ class CappedHeadProtocol(HttpToolsProtocol):
     off after at most one read past the cap), and the line and headers as parsed (so one that ends
     in the same read as it grew past the cap is refused too)."""
 
+    head_timeout = HEAD_TIMEOUT
     _received: int | None = 0  # bytes of the current request's head so far; None from its end to the next head
     _parsed = 0
     _too_large = False
+    _deadline: asyncio.TimerHandle | None = None  # the current head's HEAD_TIMEOUT
 
     def data_received(self, data: bytes) -> None:
         if self._received is not None:
+            if not self._received and data:
+                self._deadline = self.loop.call_later(self.head_timeout, self._timed_out)
             self._received += len(data)
         super().data_received(data)
         if self._received is not None and self._received > MAX_HEAD_BYTES and not self.transport.is_closing():
-            self._refuse()
+            self._too_big()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -166,6 +177,7 @@ class CappedHeadProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._received = None
+        self._stop_deadline()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -180,17 +192,31 @@ class CappedHeadProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         if self._too_large:  # the parser stopped at HeadTooLarge
-            return self._refuse()
+            return self._too_big()
         super().send_400_response(msg)
 
-    def _refuse(self) -> None:
-        log.warning("refused a request head over %d bytes from %s", MAX_HEAD_BYTES, self.client and self.client[0])
-        body = json.dumps({
-            "type": "urn:broker:problem:headers_too_large", "status": 431, "code": "headers_too_large",
-            "title": f"The request line and headers are over {MAX_HEAD_BYTES} bytes.",
-        }).encode()  # fmt: skip
-        head = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))  # fmt: skip
+    def _too_big(self) -> None:
+        self._refuse(431, "headers_too_large", f"The request line and headers are over {MAX_HEAD_BYTES} bytes.")
+
+    def _timed_out(self) -> None:
+        if self._received is not None and not self.transport.is_closing():
+            title = f"The request line and headers did not arrive within {self.head_timeout:g} s."
+            self._refuse(408, "request_timeout", title)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _refuse(self, status: int, code: str, title: str) -> None:
+        """Answer before any route runs (problem+json, as the app's own refusals) and close the connection."""
+        self._stop_deadline()
+        log.warning("refused a request head from %s: %s", self.client and self.client[0], code)
+        problem = {"type": f"urn:broker:problem:{code}", "status": status, "code": code, "title": title}
+        body = json.dumps(problem).encode()
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n" % (status, reason, len(body)))  # fmt: skip
         self.transport.write(head + body)
         self.transport.close()
 

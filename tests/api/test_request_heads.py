@@ -1,15 +1,17 @@
 """A cap on each request's head (request line and headers), before any route runs: over it, 431
-`headers_too_large` and the connection closes; under it, and for large bodies, nothing changes.
+`headers_too_large`, and unfinished after its deadline, 408 `request_timeout`; either way the
+connection closes. Under them, and for large bodies, nothing changes.
 Through a real uvicorn server on the broker's own protocol (broker/serving.py), with raw sockets."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from broker.serving import MAX_HEAD_BYTES
+from broker.serving import MAX_HEAD_BYTES, CappedHeadProtocol
 from tests.sdk.live import LiveBroker
 from tests.support.broker import Issuers
 from tests.support.raw_http import connect, read_answers, read_to_close, send_all
@@ -61,3 +63,19 @@ def test_heads_under_the_cap_large_bodies_and_pipelined_requests_are_served(live
     ])  # fmt: skip
     assert read_answers(sock, 3) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 401 Unauthorized", b"HTTP/1.1 200 OK"]
     sock.close()
+
+
+def test_a_head_unfinished_after_the_deadline_gets_408_and_the_connection_closes(live: LiveBroker, monkeypatch) -> None:
+    monkeypatch.setattr(CappedHeadProtocol, "head_timeout", 0.3)  # for the connections opened from here on
+    trickling = connect(live.url)
+    send_all(trickling, [b"GET /healthz HTTP/1.1\r\nHost: broker\r\nX-Slow: "])  # and then nothing more
+    answer = read_to_close(trickling)  # returns once the server has closed: no fixed wait
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and json.loads(body)["code"] == "request_timeout"
+    served = connect(live.url)  # a head that ends in time is served, and its connection kept past the deadline
+    send_all(served, [b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n"])
+    assert read_answers(served, 1) == [b"HTTP/1.1 200 OK"]
+    time.sleep(1.0)  # past the head's deadline: a timer left running would have closed the connection by now
+    send_all(served, [b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n"])
+    assert read_answers(served, 1) == [b"HTTP/1.1 200 OK"]
+    served.close()
