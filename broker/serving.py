@@ -138,9 +138,10 @@ class HeadTooLarge(Exception):
 
 
 class CappedHeadProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a cap on each request's head (request line and headers).
+    """uvicorn's httptools protocol with a cap on each request's head (request line and headers), and a
+    deadline for it: HEAD_TIMEOUT from its first bytes to its end.
 
-    Counted twice: the bytes received while a head is incomplete (so a head that never ends is cut
+    The size is counted twice: the bytes received while a head is incomplete (so a head that never ends is cut
     off after at most one read past the cap), and the line and headers as parsed (so one that ends
     in the same read as it grew past the cap is refused too)."""
 
