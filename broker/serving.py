@@ -28,6 +28,7 @@ import functools
 import json
 import logging
 import ssl
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -215,9 +216,8 @@ class CappedHeadProtocol(HttpToolsProtocol):
         log.warning("refused a request head from %s: %s", self.client and self.client[0], code)
         problem = {"type": f"urn:broker:problem:{code}", "status": status, "code": code, "title": title}
         body = json.dumps(problem).encode()
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
         head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n" % (status, reason, len(body)))  # fmt: skip
+                b"connection: close\r\n\r\n" % (status, HTTPStatus(status).phrase.encode(), len(body)))  # fmt: skip
         self.transport.write(head + body)
         self.transport.close()
 

@@ -14,7 +14,7 @@ import pytest
 from broker.serving import MAX_HEAD_BYTES, CappedHeadProtocol
 from tests.sdk.live import LiveBroker
 from tests.support.broker import Issuers
-from tests.support.raw_http import connect, read_answers, read_to_close, send_all
+from tests.support.raw_http import connect, padded_head, read_answers, read_to_close, refusal, send_all
 
 
 @pytest.fixture
@@ -24,39 +24,31 @@ def live(tmp_path, issuers: Issuers) -> Iterator[LiveBroker]:
     broker.stop()
 
 
-def refused(answer: bytes) -> dict:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 431 "), answer[:200]
-    assert b"content-type: application/problem+json" in head.lower() and b"connection: close" in head.lower()
-    return json.loads(body)
-
-
 def test_a_head_over_the_cap_gets_431_and_the_connection_closes(live: LiveBroker) -> None:
     sock = connect(live.url)
-    padding = b"a" * (MAX_HEAD_BYTES + 1)
-    send_all(sock, [b"GET /healthz HTTP/1.1\r\nHost: broker\r\nX-Padding: " + padding + b"\r\n\r\n"])
-    problem = refused(read_to_close(sock))  # read_to_close returns only once the server closed
+    send_all(sock, [padded_head(MAX_HEAD_BYTES + 1)])
+    problem = refusal(read_to_close(sock), 431)  # read_to_close returns only once the server closed
     assert problem["code"] == "headers_too_large" and problem["status"] == 431
 
 
 def test_a_long_url_counts_toward_the_cap(live: LiveBroker) -> None:
     sock = connect(live.url)
     send_all(sock, [b"GET /healthz?" + b"q" * (MAX_HEAD_BYTES + 1) + b" HTTP/1.1\r\nHost: broker\r\n\r\n"])
-    assert refused(read_to_close(sock))["code"] == "headers_too_large"
+    assert refusal(read_to_close(sock), 431)["code"] == "headers_too_large"
 
 
 def test_a_head_that_never_ends_is_cut_off_after_the_cap(live: LiveBroker) -> None:
     sock = connect(live.url)
     chunks = [b"GET /healthz HTTP/1.1\r\nHost: broker\r\nX-Slow: "] + [b"b" * 8192] * (4 * MAX_HEAD_BYTES // 8192)
     send_all(sock, chunks)  # never the blank line that ends a head
-    assert refused(read_to_close(sock))["code"] == "headers_too_large"
+    assert refusal(read_to_close(sock), 431)["code"] == "headers_too_large"
 
 
 def test_heads_under_the_cap_large_bodies_and_pipelined_requests_are_served(live: LiveBroker) -> None:
     sock = connect(live.url)
     body = json.dumps({"task": "t" * 60_000, "boundary": "orders", "scopes": ["read"]}).encode()  # under max_body_bytes
     send_all(sock, [
-        b"GET /healthz HTTP/1.1\r\nHost: broker\r\nX-Padding: " + b"a" * (MAX_HEAD_BYTES // 2) + b"\r\n\r\n"
+        padded_head(MAX_HEAD_BYTES // 2)
         + b"POST /v1/grants HTTP/1.1\r\nHost: broker\r\nContent-Type: application/json\r\n"
         + b"Content-Length: %d\r\n\r\n" % len(body) + body
         + b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n",
@@ -70,8 +62,7 @@ def test_a_head_unfinished_after_the_deadline_gets_408_and_the_connection_closes
     trickling = connect(live.url)
     send_all(trickling, [b"GET /healthz HTTP/1.1\r\nHost: broker\r\nX-Slow: "])  # and then nothing more
     answer = read_to_close(trickling)  # returns once the server has closed: no fixed wait
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408 ") and json.loads(body)["code"] == "request_timeout"
+    assert refusal(answer, 408)["code"] == "request_timeout"
     served = connect(live.url)  # a head that ends in time is served, and its connection kept past the deadline
     send_all(served, [b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n"])
     assert read_answers(served, 1) == [b"HTTP/1.1 200 OK"]

@@ -17,7 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from broker.serving import MAX_HEAD_BYTES
 from tests.sdk.live import LiveBroker, sdk_policy
 from tests.support import pki
-from tests.support.raw_http import connect, read_to_close, send_all
+from tests.support.raw_http import connect, padded_head, read_to_close, refusal, send_all
 from tests.support.broker import Issuers
 
 TD = "acme.internal"
@@ -41,12 +41,15 @@ class Pki:
         (folder / "server.pem").write_bytes(self.server.pem)
         (folder / "server-key.pem").write_bytes(self.server.key_pem)
 
-    def client(self, leaf: pki.Issued | None, *chain: pki.Issued, local: str | None = None) -> httpx.Client:
+    def context(self, leaf: pki.Issued | None, *chain: pki.Issued) -> ssl.SSLContext:
         context = ssl.create_default_context(cadata=self.root.pem.decode())
         if leaf is not None:
             cert, key = pki.write_identity(self.folder / f"id-{id(leaf)}", leaf, *chain)
             context.load_cert_chain(cert, key)
-        transport = httpx.HTTPTransport(verify=context, local_address=local)
+        return context
+
+    def client(self, leaf: pki.Issued | None, *chain: pki.Issued, local: str | None = None) -> httpx.Client:
+        transport = httpx.HTTPTransport(verify=self.context(leaf, *chain), local_address=local)
         return httpx.Client(transport=transport, timeout=10)
 
 
@@ -227,10 +230,6 @@ def test_https_is_parsed_by_httptools_as_plain_http_is(broker: LiveBroker, certs
 
 
 def test_a_head_over_the_cap_is_refused_over_mtls_too(broker: LiveBroker, certs: Pki) -> None:
-    context = ssl.create_default_context(cadata=certs.root.pem.decode())
-    cert, key = pki.write_identity(certs.folder / "id-heads", pki.svid(certs.inter, WORKER), certs.inter)
-    context.load_cert_chain(cert, key)
-    sock = connect(broker.url, context)
-    send_all(sock, [b"GET /healthz HTTP/1.1\r\nHost: b\r\nX-Padding: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n\r\n"])
-    answer = read_to_close(sock)
-    assert answer.startswith(b"HTTP/1.1 431 ") and b'"code": "headers_too_large"' in answer
+    sock = connect(broker.url, certs.context(pki.svid(certs.inter, WORKER), certs.inter))
+    send_all(sock, [padded_head(MAX_HEAD_BYTES + 1)])
+    assert refusal(read_to_close(sock), 431)["code"] == "headers_too_large"

@@ -85,11 +85,12 @@ def _stacks(data: Path) -> str:
         return f"log:\n{_log(data)}"
     with contextlib.suppress(AssertionError):  # no dump in time: the log as it is says more than a second failure
         wait_until(lambda: "most recent call first" in log.read_text(), 10, "a stack dump")
-    witness = data / "witness.log"
-    tail = f"\nwitness.log:\n{witness.read_text()[-3000:]}" if witness.exists() else ""
-    return f"stacks of broker dev:\n{log.read_text()[-20000:]}{tail}"
+    return f"stacks of broker dev:\n{log.read_text()[-20000:]}\n{_tails(data / 'witness.log')}"
 
 
 def _log(data: Path) -> str:
-    logs = [data / "dev.log", data / "witness.log"]
+    return _tails(data / "dev.log", data / "witness.log")
+
+
+def _tails(*logs: Path) -> str:
     return "\n".join(f"{log.name}:\n{log.read_text()[-3000:]}" for log in logs if log.exists())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -52,3 +54,18 @@ def read_answers(sock: socket.socket, count: int) -> list[bytes]:
         buffer = buffer[length:]
         lines.append(head.split(b"\r\n", 1)[0])
     return lines
+
+
+def padded_head(size: int) -> bytes:
+    """`GET /healthz` whose head (request line and headers) is `size` bytes of padding longer than usual."""
+    return b"GET /healthz HTTP/1.1\r\nHost: broker\r\nX-Padding: " + b"a" * size + b"\r\n\r\n"
+
+
+def refusal(answer: bytes, status: int) -> dict[str, Any]:
+    """The problem+json of a refusal answered before any route ran, with `connection: close`."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert b"content-type: application/problem+json" in head.lower() and b"connection: close" in head.lower()
+    problem = json.loads(body)
+    assert problem["status"] == status
+    return problem
